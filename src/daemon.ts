@@ -1,0 +1,87 @@
+import * as fs from 'node:fs';
+import type { Config } from './config/config';
+import { DaemonLock } from './daemon_lock';
+import type { Logger } from './log';
+import { GrpcServer } from './server/grpc_server';
+import { buildRpcTable } from './server/rpc_table';
+import { CriService } from './server/service';
+import { packageVersion } from './version';
+
+/** Something with a start-up recovery pass and a clean shutdown, owned by the daemon. */
+export interface Subsystem {
+  readonly name: string;
+  /** Rebuilds in-memory state from disk; runs before calls are admitted. */
+  recover?(): Promise<void>;
+  close?(): Promise<void>;
+}
+
+/**
+ * The daemon: takes the root lock, serves the socket right away (answering UNAVAILABLE until
+ * recovery finished, so kubelet sees a live but not-yet-ready runtime), recovers, then admits calls.
+ */
+export class Daemon {
+  private ready = false;
+  private closing?: Promise<void>;
+  private readonly subsystems: Subsystem[] = [];
+
+  private constructor(
+    readonly config: Config,
+    readonly log: Logger,
+    readonly service: CriService,
+    private readonly lock: DaemonLock,
+    private readonly server: GrpcServer,
+  ) {}
+
+  static async start(config: Config, log: Logger): Promise<Daemon> {
+    fs.mkdirSync(config.root, { recursive: true, mode: 0o711 });
+    fs.mkdirSync(config.state, { recursive: true, mode: 0o711 });
+    const lock = await DaemonLock.acquire(config.root, config.state);
+    let daemon: Daemon | undefined;
+    try {
+      const service = new CriService(config, log, packageVersion());
+      const server = new GrpcServer({
+        socket: config.socket,
+        table: buildRpcTable(service),
+        log,
+        isReady: () => daemon?.ready === true,
+      });
+      daemon = new Daemon(config, log, service, lock, server);
+      await server.listen();
+      await daemon.recover();
+      daemon.ready = true;
+      log.info({ root: config.root, state: config.state, version: service.version }, 'crisp is ready');
+      return daemon;
+    } catch (err) {
+      if (daemon) await daemon.stop();
+      else lock.release();
+      throw err;
+    }
+  }
+
+  private async recover(): Promise<void> {
+    for (const sub of this.subsystems) {
+      if (!sub.recover) continue;
+      const started = Date.now();
+      await sub.recover();
+      this.log.info({ subsystem: sub.name, ms: Date.now() - started }, 'recovered');
+    }
+  }
+
+  /** Stops accepting calls, lets in-flight ones finish, removes the socket and releases the lock. */
+  stop(): Promise<void> {
+    this.closing ??= (async () => {
+      this.ready = false;
+      await this.server.close();
+      for (const sub of [...this.subsystems].reverse()) {
+        try {
+          await sub.close?.();
+        } catch (err) {
+          this.log.error({ err, subsystem: sub.name }, 'closing failed');
+        }
+      }
+      this.lock.release();
+      this.log.info('crisp stopped');
+    })();
+    return this.closing;
+  }
+}

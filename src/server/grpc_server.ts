@@ -1,0 +1,111 @@
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { ImageServiceService, RuntimeServiceService } from '../generated/runtime/v1/api';
+import type { Logger } from '../log';
+import { aliasService, type ApiVersion, instrument, type RpcTable } from './instrument';
+
+/** kubelet sends and accepts messages up to 16 MiB; list responses on big nodes need the room. */
+const MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
+
+export interface GrpcServerOptions {
+  socket: string;
+  table: RpcTable;
+  log: Logger;
+  isReady: () => boolean;
+  onFinished?: (method: string, code: grpc.status, seconds: number) => void;
+}
+
+/**
+ * Serves RuntimeService and ImageService under both runtime.v1 and runtime.v1alpha2 on a unix
+ * socket only root can reach.
+ */
+export class GrpcServer {
+  private server?: grpc.Server;
+
+  constructor(private readonly options: GrpcServerOptions) {}
+
+  async listen(): Promise<void> {
+    const { socket, log } = this.options;
+    await prepareSocketPath(socket);
+    const server = new grpc.Server({
+      'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
+      'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
+    });
+    const add = (definition: grpc.ServiceDefinition, apiVersion: ApiVersion): void => {
+      server.addService(
+        definition,
+        instrument(definition, this.options.table, {
+          log: this.options.log,
+          apiVersion,
+          isReady: this.options.isReady,
+          onFinished: this.options.onFinished,
+        }),
+      );
+    };
+    const runtime = RuntimeServiceService as unknown as grpc.ServiceDefinition;
+    const image = ImageServiceService as unknown as grpc.ServiceDefinition;
+    add(runtime, 'v1');
+    add(image, 'v1');
+    add(aliasService(runtime, 'runtime.v1', 'runtime.v1alpha2'), 'v1alpha2');
+    add(aliasService(image, 'runtime.v1', 'runtime.v1alpha2'), 'v1alpha2');
+
+    // The socket is created with the process umask; tighten it before anyone can race us to it.
+    const oldMask = process.umask(0o117);
+    try {
+      await new Promise<void>((resolve, reject) => {
+        server.bindAsync(`unix://${socket}`, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve()));
+      });
+    } finally {
+      process.umask(oldMask);
+    }
+    fs.chmodSync(socket, 0o660);
+    this.server = server;
+    log.info({ socket }, 'serving CRI v1 and v1alpha2');
+  }
+
+  /** Stops accepting calls and waits for in-flight ones, forcing them after `graceMs`. */
+  async close(graceMs = 10_000): Promise<void> {
+    const server = this.server;
+    if (!server) return;
+    this.server = undefined;
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(() => {
+        server.forceShutdown();
+        resolve();
+      }, graceMs);
+      server.tryShutdown(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+    fs.rmSync(this.options.socket, { force: true });
+  }
+}
+
+/**
+ * Creates the socket's directory (0711, like containerd's) and clears a stale socket left by a
+ * crashed daemon. A socket that still accepts connections belongs to a live server: refuse.
+ */
+export async function prepareSocketPath(socket: string): Promise<void> {
+  const dir = path.dirname(socket);
+  if (!fs.existsSync(dir)) fs.mkdirSync(dir, { recursive: true, mode: 0o711 });
+  let st: fs.Stats;
+  try {
+    st = fs.lstatSync(socket);
+  } catch {
+    return;
+  }
+  if (!st.isSocket()) throw new Error(`${socket} exists and is not a socket`);
+  const live = await new Promise<boolean>((resolve) => {
+    const conn = net.connect({ path: socket });
+    conn.once('connect', () => {
+      conn.destroy();
+      resolve(true);
+    });
+    conn.once('error', () => resolve(false));
+  });
+  if (live) throw new Error(`socket ${socket} is in use by another process`);
+  fs.rmSync(socket, { force: true });
+}

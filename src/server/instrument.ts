@@ -1,0 +1,226 @@
+import * as crypto from 'node:crypto';
+import * as grpc from '@grpc/grpc-js';
+import type { Logger } from '../log';
+import { CrispError, type ErrorCode, errorMessage } from '../util/errors';
+
+/** What every RPC implementation receives besides its request. */
+export interface CallContext {
+  /** Short id that ties together all log lines of one call. */
+  readonly id: string;
+  /** PascalCase RPC name, e.g. "RunPodSandbox". */
+  readonly method: string;
+  /** "v1", or "v1alpha2" when an older kubelet called through the legacy service name. */
+  readonly apiVersion: ApiVersion;
+  readonly log: Logger;
+  /** Aborted when the client cancels or its deadline passes. */
+  readonly signal: AbortSignal;
+}
+
+export type ApiVersion = 'v1' | 'v1alpha2';
+
+/**
+ * One RPC: unary ones resolve with their response; server-streaming ones call `send` per message
+ * and resolve when done.
+ */
+export type RpcImpl = (request: any, ctx: CallContext, send: (message: unknown) => Promise<void>) => Promise<unknown>;
+type UnaryImpl = RpcImpl;
+type StreamImpl = RpcImpl;
+
+/** Implementations by PascalCase RPC name. Names missing here answer UNIMPLEMENTED. */
+export type RpcTable = Partial<Record<string, RpcImpl>>;
+
+const STATUS_OF: Record<ErrorCode, grpc.status> = {
+  InvalidArgument: grpc.status.INVALID_ARGUMENT,
+  NotFound: grpc.status.NOT_FOUND,
+  AlreadyExists: grpc.status.ALREADY_EXISTS,
+  FailedPrecondition: grpc.status.FAILED_PRECONDITION,
+  DeadlineExceeded: grpc.status.DEADLINE_EXCEEDED,
+  Unimplemented: grpc.status.UNIMPLEMENTED,
+  Unavailable: grpc.status.UNAVAILABLE,
+  PermissionDenied: grpc.status.PERMISSION_DENIED,
+  Unauthenticated: grpc.status.UNAUTHENTICATED,
+  ResourceExhausted: grpc.status.RESOURCE_EXHAUSTED,
+  Internal: grpc.status.INTERNAL,
+  Aborted: grpc.status.ABORTED,
+  Canceled: grpc.status.CANCELLED,
+};
+
+/**
+ * Calls kubelet makes every second or so; logging them at info would drown everything else.
+ */
+const HIGH_FREQUENCY = new Set([
+  'Version',
+  'Status',
+  'RuntimeConfig',
+  'ListPodSandbox',
+  'PodSandboxStatus',
+  'ListContainers',
+  'ContainerStatus',
+  'ListContainerStats',
+  'ContainerStats',
+  'PodSandboxStats',
+  'ListPodSandboxStats',
+  'ListImages',
+  'ImageStatus',
+  'ImageFsInfo',
+  'ExecSync',
+  'ListMetricDescriptors',
+  'ListPodSandboxMetrics',
+]);
+
+export function toServiceError(err: unknown): Partial<grpc.StatusObject> {
+  if (err instanceof CrispError) return { code: STATUS_OF[err.code], details: err.message };
+  return { code: grpc.status.INTERNAL, details: errorMessage(err) };
+}
+
+export interface InstrumentOptions {
+  log: Logger;
+  apiVersion: ApiVersion;
+  /** False until recovery finished: calls are refused with UNAVAILABLE meanwhile. */
+  isReady: () => boolean;
+  /** Observes every finished call (metrics). */
+  onFinished?: (method: string, code: grpc.status, seconds: number) => void;
+}
+
+const notStreaming = (): Promise<void> => Promise.reject(new Error('send() called from a unary RPC'));
+
+function methodName(path: string): string {
+  return path.slice(path.lastIndexOf('/') + 1);
+}
+
+let sequence = 0;
+const idPrefix = crypto.randomBytes(3).toString('hex');
+function nextCallId(): string {
+  sequence = (sequence + 1) % 0x1000000;
+  return `${idPrefix}${sequence.toString(16).padStart(6, '0')}`;
+}
+
+/**
+ * Builds a grpc-js service implementation for `definition` in which every method goes through the
+ * same gate: readiness, a call id, one log line with outcome and duration, error-to-status mapping,
+ * and a guarantee that no exception escapes into grpc-js.
+ */
+export function instrument(
+  definition: grpc.ServiceDefinition,
+  table: RpcTable,
+  options: InstrumentOptions,
+): grpc.UntypedServiceImplementation {
+  const impl: grpc.UntypedServiceImplementation = {};
+  for (const [key, method] of Object.entries(definition)) {
+    const name = methodName(method.path);
+    const run = table[name];
+    const level = HIGH_FREQUENCY.has(name) ? 'debug' : 'info';
+    const begin = (signal: AbortSignal): { ctx: CallContext; refused?: Partial<grpc.StatusObject> } => {
+      const id = nextCallId();
+      const ctx: CallContext = {
+        id,
+        method: name,
+        apiVersion: options.apiVersion,
+        log: options.log.child({ rpc: name, call: id }),
+        signal,
+      };
+      if (!options.isReady()) {
+        return { ctx, refused: { code: grpc.status.UNAVAILABLE, details: 'crisp is starting: recovery has not finished yet' } };
+      }
+      if (!run) {
+        return { ctx, refused: { code: grpc.status.UNIMPLEMENTED, details: `${name} is not implemented by crisp` } };
+      }
+      return { ctx };
+    };
+    const finish = (ctx: CallContext, started: bigint, err?: unknown): Partial<grpc.StatusObject> | undefined => {
+      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+      const status = err === undefined ? undefined : toServiceError(err);
+      const code = status?.code ?? grpc.status.OK;
+      if (status === undefined) {
+        ctx.log[level]({ ms: Math.round(seconds * 1e6) / 1e3 }, 'ok');
+      } else {
+        const internal = code === grpc.status.INTERNAL;
+        ctx.log[internal ? 'error' : level === 'debug' ? 'debug' : 'warn'](
+          { ms: Math.round(seconds * 1e6) / 1e3, code: grpc.status[code], err: internal ? err : undefined },
+          status.details ?? 'failed',
+        );
+      }
+      options.onFinished?.(name, code, seconds);
+      return status;
+    };
+
+    if (!method.requestStream && !method.responseStream) {
+      impl[key] = ((call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) => {
+        const abort = new AbortController();
+        call.on('cancelled', () => abort.abort(new CrispError('Canceled', 'the client cancelled the call')));
+        const { ctx, refused } = begin(abort.signal);
+        const started = process.hrtime.bigint();
+        if (refused) {
+          options.onFinished?.(name, refused.code!, 0);
+          ctx.log.debug({ code: grpc.status[refused.code!] }, refused.details!);
+          callback(refused, null);
+          return;
+        }
+        ctx.log.trace({ request: call.request }, 'request');
+        (run as UnaryImpl)(call.request, ctx, notStreaming).then(
+          (response) => {
+            finish(ctx, started);
+            callback(null, response);
+          },
+          (err: unknown) => callback(finish(ctx, started, err)!, null),
+        );
+      }) as grpc.handleUnaryCall<unknown, unknown>;
+    } else if (!method.requestStream && method.responseStream) {
+      impl[key] = ((call: grpc.ServerWritableStream<unknown, unknown>) => {
+        const abort = new AbortController();
+        call.on('cancelled', () => abort.abort(new CrispError('Canceled', 'the client cancelled the call')));
+        const { ctx, refused } = begin(abort.signal);
+        const started = process.hrtime.bigint();
+        if (refused) {
+          options.onFinished?.(name, refused.code!, 0);
+          call.emit('error', Object.assign(new Error(refused.details), refused));
+          return;
+        }
+        const send = (message: unknown): Promise<void> => {
+          if (abort.signal.aborted) return Promise.reject(abort.signal.reason);
+          if (call.write(message)) return Promise.resolve();
+          // Respect HTTP/2 flow control: a slow reader must not make the daemon buffer without bound.
+          return new Promise((resolve, reject) => {
+            const onDrain = (): void => {
+              abort.signal.removeEventListener('abort', onAbort);
+              resolve();
+            };
+            const onAbort = (): void => {
+              call.off('drain', onDrain);
+              reject(abort.signal.reason);
+            };
+            call.once('drain', onDrain);
+            abort.signal.addEventListener('abort', onAbort, { once: true });
+          });
+        };
+        (run as StreamImpl)(call.request, ctx, send).then(
+          () => {
+            finish(ctx, started);
+            call.end();
+          },
+          (err: unknown) => {
+            const status = finish(ctx, started, err)!;
+            if (!abort.signal.aborted) call.emit('error', Object.assign(new Error(status.details), status));
+          },
+        );
+      }) as grpc.handleServerStreamingCall<unknown, unknown>;
+    } else {
+      throw new Error(`${method.path}: client-streaming RPCs are not part of CRI`);
+    }
+  }
+  return impl;
+}
+
+/**
+ * The same service under another package name. CRI v1alpha2 and v1 share messages and field numbers
+ * for everything v1alpha2 has, so one set of handlers serves both.
+ */
+export function aliasService(definition: grpc.ServiceDefinition, fromPackage: string, toPackage: string): grpc.ServiceDefinition {
+  const out: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
+  const prefix = `/${fromPackage}.`;
+  for (const [key, method] of Object.entries(definition)) {
+    if (!method.path.startsWith(prefix)) throw new Error(`${method.path} is not in package ${fromPackage}`);
+    out[key] = { ...method, path: `/${toPackage}.${method.path.slice(prefix.length)}` };
+  }
+  return out;
+}

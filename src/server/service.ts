@@ -1,0 +1,65 @@
+import type { Config } from '../config/config';
+import type { Logger } from '../log';
+
+/** A condition reported by the Status RPC. */
+export interface RuntimeCondition {
+  type: string;
+  status: boolean;
+  reason: string;
+  message: string;
+}
+
+/** Something that contributes a condition to Status (network readiness, for example). */
+export interface ConditionSource {
+  condition(): RuntimeCondition;
+}
+
+/**
+ * Shared context of all RPC implementations (containerd's criService, CRI-O's Server): the
+ * configuration and the subsystems. Each RPC lives in its own file as a function of this.
+ */
+export class CriService {
+  readonly startedAt = Date.now();
+  /** Pod CIDR pushed by kubelet through UpdateRuntimeConfig. */
+  podCidr = '';
+  private readonly conditionSources: ConditionSource[] = [];
+
+  constructor(
+    readonly config: Config,
+    readonly log: Logger,
+    readonly version: string,
+  ) {}
+
+  addConditionSource(source: ConditionSource): void {
+    this.conditionSources.push(source);
+  }
+
+  conditions(): RuntimeCondition[] {
+    return this.conditionSources.map((s) => s.condition());
+  }
+
+  /** Extra sections of verbose Status info, by subsystem. */
+  private readonly infoSources = new Map<string, () => unknown>();
+
+  addStatusInfo(key: string, source: () => unknown): void {
+    this.infoSources.set(key, source);
+  }
+
+  statusInfo(): Record<string, unknown> {
+    return Object.fromEntries([...this.infoSources].map(([key, source]) => [key, source()]));
+  }
+
+  /** What each handler supports; user namespaces and recursive read-only mounts are not offered yet. */
+  handlerFeatures(): { recursiveReadOnlyMounts: boolean; userNamespaces: boolean } {
+    return { recursiveReadOnlyMounts: false, userNamespaces: false };
+  }
+
+  runtimeFeatures(): { supplementalGroupsPolicy: boolean; userNamespacesHostNetwork: boolean } {
+    return { supplementalGroupsPolicy: false, userNamespacesHostNetwork: false };
+  }
+
+  /** Handler names accepted in runtime_handler, the default first. */
+  runtimeHandlers(): string[] {
+    return [this.config.runtime.defaultHandler, ...this.config.runtime.handlers.filter((h) => h !== this.config.runtime.defaultHandler)];
+  }
+}
