@@ -1,7 +1,9 @@
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import type { Config } from './config/config';
 import { DaemonLock } from './daemon_lock';
 import type { Logger } from './log';
+import { CniManager } from './network/cni';
 import { GrpcServer } from './server/grpc_server';
 import { buildRpcTable } from './server/rpc_table';
 import { CriService } from './server/service';
@@ -46,6 +48,7 @@ export class Daemon {
         isReady: () => daemon?.ready === true,
       });
       daemon = new Daemon(config, log, service, lock, server);
+      await daemon.initSubsystems();
       await server.listen();
       await daemon.recover();
       daemon.ready = true;
@@ -56,6 +59,28 @@ export class Daemon {
       else lock.release();
       throw err;
     }
+  }
+
+  /** Creates the subsystems in dependency order; each one's recovery runs before calls are admitted. */
+  private async initSubsystems(): Promise<void> {
+    const { config, log, service } = this;
+    const cni = new CniManager({
+      cacheDir: path.join(config.root, 'cni-cache'),
+      confDir: config.cni.confDir,
+      binDirs: config.cni.binDirs,
+      pluginTimeoutMs: config.cni.pluginTimeoutMs,
+      logger: log.child({ subsystem: 'cni' }),
+    });
+    await cni.start();
+    this.subsystems.push({ name: 'cni', close: async () => cni.close() });
+    service.cni = cni;
+    service.addConditionSource({
+      condition: async () => {
+        const st = await cni.status();
+        return { type: 'NetworkReady', status: st.ready, reason: st.reason ?? '', message: st.message ?? '' };
+      },
+    });
+    service.addStatusInfo('cniconfig', () => cni.watcher.current());
   }
 
   private async recover(): Promise<void> {

@@ -5,7 +5,7 @@ import type { CriService } from './service';
 export async function status(svc: CriService, req: StatusRequest, _ctx: CallContext): Promise<StatusResponse> {
   const conditions = [
     { type: 'RuntimeReady', status: true, reason: '', message: '' },
-    ...svc.conditions(),
+    ...(await svc.conditions()),
   ];
   const info: Record<string, string> = {};
   if (req.verbose) {

@@ -1,5 +1,6 @@
 import type { Config } from '../config/config';
 import type { Logger } from '../log';
+import type { CniManager } from '../network/cni';
 
 /** A condition reported by the Status RPC. */
 export interface RuntimeCondition {
@@ -11,7 +12,7 @@ export interface RuntimeCondition {
 
 /** Something that contributes a condition to Status (network readiness, for example). */
 export interface ConditionSource {
-  condition(): RuntimeCondition;
+  condition(): Promise<RuntimeCondition>;
 }
 
 /**
@@ -22,6 +23,8 @@ export class CriService {
   readonly startedAt = Date.now();
   /** Pod CIDR pushed by kubelet through UpdateRuntimeConfig. */
   podCidr = '';
+  /** Set during daemon start-up, before any call is admitted. */
+  cni!: CniManager;
   private readonly conditionSources: ConditionSource[] = [];
 
   constructor(
@@ -34,8 +37,8 @@ export class CriService {
     this.conditionSources.push(source);
   }
 
-  conditions(): RuntimeCondition[] {
-    return this.conditionSources.map((s) => s.condition());
+  conditions(): Promise<RuntimeCondition[]> {
+    return Promise.all(this.conditionSources.map((s) => s.condition()));
   }
 
   /** Extra sections of verbose Status info, by subsystem. */
