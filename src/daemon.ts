@@ -3,6 +3,10 @@ import * as path from 'node:path';
 import type { Config } from './config/config';
 import { DaemonLock } from './daemon_lock';
 import type { Logger } from './log';
+import { ImageManager } from './image/image_manager';
+import { RegistryClient } from './image/registry_client';
+import { RegistryHosts } from './image/registry_hosts';
+import { loadNative } from './native';
 import { CniManager } from './network/cni';
 import { GrpcServer } from './server/grpc_server';
 import { buildRpcTable } from './server/rpc_table';
@@ -64,6 +68,32 @@ export class Daemon {
   /** Creates the subsystems in dependency order; each one's recovery runs before calls are admitted. */
   private async initSubsystems(): Promise<void> {
     const { config, log, service } = this;
+    const native = loadNative();
+    log.info({ core: native.coreVersion() }, 'native core loaded');
+
+    const registry = new RegistryClient({
+      hosts: new RegistryHosts({ configDir: config.registry.configPath }),
+      stallTimeoutMs: config.registry.stallTimeoutMs,
+      maxConcurrentDownloads: config.registry.maxConcurrentDownloads,
+      userAgent: `crisp/${service.version}`,
+      logger: log.child({ subsystem: 'registry' }),
+    });
+    const images = new ImageManager({
+      root: config.root,
+      registry,
+      unpackLayer: (blob, compression, dest) => native.unpackLayer(blob, compression, dest),
+      log: log.child({ subsystem: 'images' }),
+    });
+    service.images = images;
+    this.subsystems.push({
+      name: 'images',
+      recover: async () => {
+        await images.load();
+        await images.collectGarbage();
+      },
+      close: async () => registry.close(),
+    });
+
     const cni = new CniManager({
       cacheDir: path.join(config.root, 'cni-cache'),
       confDir: config.cni.confDir,

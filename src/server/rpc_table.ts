@@ -1,4 +1,9 @@
-import type { RpcTable } from './instrument';
+import { imageFsInfo } from './image_fs_info';
+import { listImages, streamImages } from './image_list';
+import { pullImage } from './image_pull';
+import { removeImage } from './image_remove';
+import { imageStatus } from './image_status';
+import type { CallContext, RpcTable } from './instrument';
 import { runtimeConfig, updateRuntimeConfig } from './runtime_config';
 import { status } from './runtime_status';
 import { version } from './runtime_version';
@@ -10,13 +15,19 @@ import type { CriService } from './service';
  */
 export function buildRpcTable(svc: CriService): RpcTable {
   const bind =
-    <Req, Res>(fn: (svc: CriService, req: Req, ctx: Parameters<NonNullable<RpcTable[string]>>[1]) => Promise<Res>) =>
-    (req: Req, ctx: Parameters<NonNullable<RpcTable[string]>>[1]) =>
-      fn(svc, req, ctx);
+    <Req, Res, Msg>(fn: (svc: CriService, req: Req, ctx: CallContext, send: (m: Msg) => Promise<void>) => Promise<Res>) =>
+    (req: Req, ctx: CallContext, send: (m: unknown) => Promise<void>) =>
+      fn(svc, req, ctx, send);
   return {
     Version: bind(version),
     Status: bind(status),
     RuntimeConfig: bind(runtimeConfig),
     UpdateRuntimeConfig: bind(updateRuntimeConfig),
+    PullImage: bind(pullImage),
+    ListImages: bind(listImages),
+    StreamImages: bind(streamImages),
+    ImageStatus: bind(imageStatus),
+    RemoveImage: bind(removeImage),
+    ImageFsInfo: bind(imageFsInfo),
   };
 }

@@ -1,5 +1,6 @@
 import type { Config } from '../config/config';
 import type { Logger } from '../log';
+import type { ImageManager } from '../image/image_manager';
 import type { CniManager } from '../network/cni';
 
 /** A condition reported by the Status RPC. */
@@ -25,6 +26,7 @@ export class CriService {
   podCidr = '';
   /** Set during daemon start-up, before any call is admitted. */
   cni!: CniManager;
+  images!: ImageManager;
   private readonly conditionSources: ConditionSource[] = [];
 
   constructor(
