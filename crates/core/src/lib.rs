@@ -1,0 +1,6 @@
+//! Plain-Rust core of crisp: everything here is callable and testable without Node.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod identity;
+pub mod unpack;

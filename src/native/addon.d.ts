@@ -1,0 +1,47 @@
+/**
+ * The raw exports of `native/crisp.node`, built from `crates/napi`. Written by hand: keep it in
+ * step with the `register` functions in `crates/napi/src/*.rs`.
+ *
+ * Errors: synchronous argument errors are thrown as `TypeError` with Node's codes
+ * (`ERR_INVALID_ARG_TYPE`, `ERR_INVALID_ARG_VALUE`). Everything else is an `Error` — thrown, or
+ * the rejection of a returned promise — whose string `code` is one of:
+ *   - `EPATHESCAPE`   an archive path tried to leave the destination directory
+ *   - `EFORMAT`       the data is not a valid (compressed) tar stream
+ *   - `EUNSUPPORTED`  a tar feature the unpacker refuses (sparse files, unknown entry types)
+ *   - an errno name (`ENOENT`, `ENOSPC`, `EPERM`, ...) for a failed system call
+ *   - `EIO`           an I/O failure without an errno
+ *   - `EPANIC`        a bug in the addon (a caught Rust panic)
+ *   - `ENAPI`         a failed Node-API call
+ */
+
+export type RawMediaType = 'gzip' | 'zstd' | 'none' | 'auto';
+
+export interface RawUnpackOptions {
+  /** Flush the destination's filesystem before resolving (default true). */
+  sync?: boolean;
+}
+
+export interface RawUnpackResult {
+  /** Archive members, whiteouts included. */
+  entries: number;
+  /** Length of the uncompressed tar stream. */
+  tarBytes: number;
+  /** Regular-file bytes written. */
+  bytesWritten: number;
+  /** Extended attributes that were not applied (unsupported or reserved names). */
+  xattrsSkipped: number;
+  /** `sha256:<hex>` of the uncompressed stream: the layer's diffID. */
+  diffId: string;
+  /** The compression the stream's magic bytes showed; it decides the decoder, not `mediaType`. */
+  compression: 'gzip' | 'zstd' | 'none';
+}
+
+export interface NativeAddon {
+  /** Version of the Rust core the addon was built from. */
+  coreVersion(): string;
+  /**
+   * Unpacks the layer blob at `path` into the empty directory `dest` (overlayfs layer format),
+   * on libuv's threadpool. On rejection `dest` holds a partial tree the caller must delete.
+   */
+  unpackLayer(path: string, mediaType: RawMediaType, dest: string, options?: RawUnpackOptions): Promise<RawUnpackResult>;
+}

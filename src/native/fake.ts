@@ -1,0 +1,94 @@
+import * as crypto from 'node:crypto';
+import * as fsp from 'node:fs/promises';
+import * as zlib from 'node:zlib';
+import { promisify } from 'node:util';
+import { fromNativeError, type LayerMediaType, type NativeCore, type UnpackLayerResult } from './index';
+
+const gunzip = promisify(zlib.gunzip);
+
+export interface FakeUnpackCall {
+  blobPath: string;
+  mediaType: LayerMediaType;
+  dest: string;
+}
+
+/**
+ * Stands in for the native addon in unit tests of the code above it. `unpackLayer` records each
+ * call and reports what the addon would for gzip and plain layers (diffID, tar size, member
+ * count), but writes nothing into `dest` unless `onUnpack` does. Failures injected with
+ * `failNextUnpack` go through the same error conversion as the real addon's.
+ */
+export class FakeNativeCore implements NativeCore {
+  readonly calls: FakeUnpackCall[] = [];
+  /** Runs after an unpack succeeded, e.g. to populate `dest`. */
+  onUnpack?: (call: FakeUnpackCall) => void | Promise<void>;
+  private readonly failures: Array<{ code: string; message: string }> = [];
+
+  constructor(private readonly version = '0.0.0-fake') {}
+
+  coreVersion(): string {
+    return this.version;
+  }
+
+  /** Makes the next `unpackLayer` fail as if the addon had rejected with `code`. */
+  failNextUnpack(code: string, message = `injected ${code}`): void {
+    this.failures.push({ code, message });
+  }
+
+  async unpackLayer(blobPath: string, mediaType: LayerMediaType, dest: string): Promise<UnpackLayerResult> {
+    const call = { blobPath, mediaType, dest };
+    this.calls.push(call);
+    try {
+      const failure = this.failures.shift();
+      if (failure) throw Object.assign(new Error(failure.message), { code: failure.code });
+      const blob = await fsp.readFile(blobPath).catch((err: NodeJS.ErrnoException) => {
+        throw Object.assign(new Error(`open layer ${blobPath}: ${err.message}`), { code: err.code ?? 'EIO' });
+      });
+      const { tar, compression } = await decompress(blob);
+      const result: UnpackLayerResult = {
+        entries: countMembers(tar),
+        tarBytes: tar.length,
+        bytesWritten: 0,
+        xattrsSkipped: 0,
+        diffId: `sha256:${crypto.createHash('sha256').update(tar).digest('hex')}`,
+        compression,
+      };
+      await this.onUnpack?.(call);
+      return result;
+    } catch (err) {
+      throw fromNativeError(err, `layer ${blobPath}`);
+    }
+  }
+}
+
+async function decompress(blob: Buffer): Promise<{ tar: Buffer; compression: UnpackLayerResult['compression'] }> {
+  if (blob[0] === 0x1f && blob[1] === 0x8b) {
+    const tar = await gunzip(blob).catch((err: Error) => {
+      throw Object.assign(new Error(`read layer: ${err.message}`), { code: 'EFORMAT' });
+    });
+    return { tar, compression: 'gzip' };
+  }
+  if (blob.length >= 4 && blob.readUInt32LE(0) === 0xfd2fb528) {
+    throw Object.assign(new Error('the fake native core cannot decode zstd'), { code: 'EUNSUPPORTED' });
+  }
+  return { tar: blob, compression: 'none' };
+}
+
+/** Members of a tar stream, not counting PAX and GNU long-name headers. */
+function countMembers(tar: Buffer): number {
+  let members = 0;
+  for (let pos = 0; pos + 512 <= tar.length; ) {
+    const header = tar.subarray(pos, pos + 512);
+    if (header.every((b) => b === 0)) break;
+    const sizeField = header.subarray(124, 136).toString('latin1').replace(/[\0 ]+/g, '');
+    const size = sizeField === '' ? 0 : parseInt(sizeField, 8);
+    if (!Number.isFinite(size)) {
+      throw Object.assign(new Error(`tar header at offset ${pos}: invalid size field`), { code: 'EFORMAT' });
+    }
+    const typeflag = String.fromCharCode(header[156]!);
+    if (!['x', 'g', 'L', 'K'].includes(typeflag)) members++;
+    const dataBlocks = ['1', '2', '3', '4', '5', '6'].includes(typeflag) ? 0 : Math.ceil(size / 512);
+    pos += 512 * (1 + dataBlocks);
+  }
+  return members;
+}

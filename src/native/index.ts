@@ -1,0 +1,108 @@
+import * as path from 'node:path';
+import { CrispError, errorMessage, failedPrecondition, internal } from '../util/errors';
+import type { NativeAddon, RawMediaType, RawUnpackResult } from './addon';
+
+export type LayerMediaType = RawMediaType;
+export type UnpackLayerResult = RawUnpackResult;
+
+/** What the rest of crisp uses from the native addon; `FakeNativeCore` stands in for it in tests. */
+export interface NativeCore {
+  /** Version of the Rust core the addon was built from. */
+  coreVersion(): string;
+  /**
+   * Unpacks the layer blob at `blobPath` into `dest`, which must be a fresh empty directory the
+   * caller renames into place on success and deletes on failure. Runs off the event loop.
+   * Rejects with a `CrispError`: InvalidArgument for a hostile or corrupt layer,
+   * ResourceExhausted when the disk is full, Internal otherwise.
+   */
+  unpackLayer(blobPath: string, mediaType: LayerMediaType, dest: string): Promise<UnpackLayerResult>;
+}
+
+/** `<package root>/native/crisp.node`; this file runs from `<package root>/dist/src/native/`. */
+export const NATIVE_ADDON_PATH = path.resolve(__dirname, '..', '..', '..', 'native', 'crisp.node');
+
+const REQUIRED_EXPORTS: ReadonlyArray<keyof NativeAddon> = ['coreVersion', 'unpackLayer'];
+
+/** The error code the addon attached to an error, if any. */
+export function nativeErrorCode(err: unknown): string | undefined {
+  const code = (err as { code?: unknown } | null)?.code;
+  return err instanceof Error && typeof code === 'string' ? code : undefined;
+}
+
+/**
+ * Converts an error from the addon into a `CrispError` the RPC layer can report; `subject`
+ * names what was being worked on ("layer <path>"). The original error stays the `cause`.
+ * Argument errors (TypeError) are bugs in the caller and pass through unchanged.
+ */
+export function fromNativeError(err: unknown, subject: string): Error {
+  if (err instanceof TypeError) return err;
+  const message = errorMessage(err);
+  const code = nativeErrorCode(err);
+  switch (code) {
+    case 'EPATHESCAPE':
+      return new CrispError('InvalidArgument', `${subject} escapes the directory it is unpacked into (${message})`, {
+        cause: err,
+      });
+    case 'EFORMAT':
+      return new CrispError('InvalidArgument', `${subject} is not a valid layer archive: ${message}`, { cause: err });
+    case 'EUNSUPPORTED':
+      return new CrispError('InvalidArgument', `${subject} uses an unsupported archive feature: ${message}`, { cause: err });
+    case 'ENOSPC':
+    case 'EDQUOT':
+      return new CrispError('ResourceExhausted', `${subject}: ${message}`, { cause: err });
+    case undefined:
+      return internal(`${subject}: ${message}`, err);
+    default:
+      return internal(`${subject}: ${message} (${code})`, err);
+  }
+}
+
+class AddonCore implements NativeCore {
+  constructor(private readonly addon: NativeAddon) {}
+
+  coreVersion(): string {
+    return this.addon.coreVersion();
+  }
+
+  async unpackLayer(blobPath: string, mediaType: LayerMediaType, dest: string): Promise<UnpackLayerResult> {
+    try {
+      return await this.addon.unpackLayer(blobPath, mediaType, dest);
+    } catch (err) {
+      throw fromNativeError(err, `layer ${blobPath}`);
+    }
+  }
+}
+
+const cores = new Map<string, NativeCore>();
+
+/**
+ * Loads the native addon (once per path). Throws a FailedPrecondition `CrispError` telling the
+ * operator to build it if it is missing, stale or built for another Node ABI.
+ */
+export function loadNative(addonPath: string = NATIVE_ADDON_PATH): NativeCore {
+  const cached = cores.get(addonPath);
+  if (cached) return cached;
+  let addon: NativeAddon;
+  try {
+    addon = require(addonPath) as NativeAddon;
+  } catch (err) {
+    const code = (err as { code?: unknown }).code;
+    if (code === 'MODULE_NOT_FOUND') {
+      throw failedPrecondition(`the native addon ${addonPath} has not been built: run "npm run build"`);
+    }
+    throw new CrispError(
+      'FailedPrecondition',
+      `the native addon ${addonPath} cannot be loaded (${errorMessage(err)}): rebuild it with "npm run build"`,
+      { cause: err },
+    );
+  }
+  const missing = REQUIRED_EXPORTS.filter((name) => typeof addon[name] !== 'function');
+  if (missing.length > 0) {
+    throw failedPrecondition(
+      `the native addon ${addonPath} is out of date (missing ${missing.join(', ')}): rebuild it with "npm run build"`,
+    );
+  }
+  const core = new AddonCore(addon);
+  cores.set(addonPath, core);
+  return core;
+}
