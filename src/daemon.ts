@@ -8,6 +8,9 @@ import { RegistryClient } from './image/registry_client';
 import { RegistryHosts } from './image/registry_hosts';
 import { loadNative } from './native';
 import { CniManager } from './network/cni';
+import { PodRuntime } from './sandbox/pod_runtime';
+import { recoverSandboxes } from './sandbox/sandbox_recover';
+import { SandboxStore } from './sandbox/sandbox_store';
 import { GrpcServer } from './server/grpc_server';
 import { buildRpcTable } from './server/rpc_table';
 import { CriService } from './server/service';
@@ -111,6 +114,10 @@ export class Daemon {
       },
     });
     service.addStatusInfo('cniconfig', () => cni.watcher.current());
+
+    service.sandboxes = new SandboxStore(path.join(config.state, 'sandboxes'));
+    service.pods = new PodRuntime(native, log.child({ subsystem: 'pods' }));
+    this.subsystems.push({ name: 'sandboxes', recover: () => recoverSandboxes(service) });
   }
 
   private async recover(): Promise<void> {

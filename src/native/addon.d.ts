@@ -44,4 +44,18 @@ export interface NativeAddon {
    * on libuv's threadpool. On rejection `dest` holds a partial tree the caller must delete.
    */
   unpackLayer(path: string, mediaType: RawMediaType, dest: string, options?: RawUnpackOptions): Promise<RawUnpackResult>;
+  /** `{"version":1|2,"controllers":[...]}` of this host's cgroup setup. */
+  cgroupDriverInfo(): string;
+  /** The cgroupfs path of `name` under `parent` (a path or a systemd slice name). */
+  cgroupResolvePath(parent: string, name: string): string;
+  /** Creates the cgroup and applies `resources` (JSON); resolves with `{"path","version","paths"}` JSON. */
+  cgroupCreate(parent: string, name: string, resources: string): Promise<string>;
+  cgroupUpdate(path: string, resources: string): Promise<void>;
+  /** Removes the cgroup and its descendants (killing their processes with `kill`). Idempotent. */
+  cgroupRemove(path: string, options?: { kill?: boolean }): Promise<void>;
+  /** Raw stats JSON; counters are decimal strings. */
+  cgroupStats(path: string): Promise<string>;
+  cgroupPids(path: string): Promise<string>;
+  /** Unmounts and deletes every pinned namespace file in `dir`, then `dir`. Idempotent. */
+  nsUnpinDir(dir: string): Promise<void>;
 }

@@ -2,7 +2,7 @@ import * as crypto from 'node:crypto';
 import * as fsp from 'node:fs/promises';
 import * as zlib from 'node:zlib';
 import { promisify } from 'node:util';
-import { fromNativeError, type LayerMediaType, type NativeCore, type UnpackLayerResult } from './index';
+import { type CgroupResources, type CreatedCgroup, fromNativeError, type LayerMediaType, type NativeCore, type UnpackLayerResult } from './index';
 
 const gunzip = promisify(zlib.gunzip);
 
@@ -20,6 +20,28 @@ export interface FakeUnpackCall {
  */
 export class FakeNativeCore implements NativeCore {
   readonly calls: FakeUnpackCall[] = [];
+  /** Cgroups "created" and not yet removed, by path. */
+  readonly cgroups = new Map<string, CgroupResources>();
+  readonly unpinned: string[] = [];
+
+  cgroupResolvePath(parent: string, name: string): string {
+    return `${parent.replace(/\/$/, '')}/${name}`;
+  }
+
+  async cgroupCreate(parent: string, name: string, resources: CgroupResources): Promise<CreatedCgroup> {
+    const path = `${parent.replace(/\/$/, '')}/${name}`;
+    this.cgroups.set(path, resources);
+    return { path, version: 1, paths: { memory: `/sys/fs/cgroup/memory${path}` } };
+  }
+
+  async cgroupRemove(path: string): Promise<void> {
+    this.cgroups.delete(path);
+  }
+
+  async unpinNamespaces(dir: string): Promise<void> {
+    this.unpinned.push(dir);
+  }
+
   /** Runs after an unpack succeeded, e.g. to populate `dest`. */
   onUnpack?: (call: FakeUnpackCall) => void | Promise<void>;
   private readonly failures: Array<{ code: string; message: string }> = [];

@@ -16,12 +16,43 @@ export interface NativeCore {
    * ResourceExhausted when the disk is full, Internal otherwise.
    */
   unpackLayer(blobPath: string, mediaType: LayerMediaType, dest: string): Promise<UnpackLayerResult>;
+  /** The cgroupfs path of `name` under `parent` (a path or a systemd slice name). */
+  cgroupResolvePath(parent: string, name: string): string;
+  /** Creates (idempotently) a cgroup under `parent` with `resources` applied. */
+  cgroupCreate(parent: string, name: string, resources: CgroupResources): Promise<CreatedCgroup>;
+  /** Removes a cgroup and its descendants, SIGKILLing what still runs there. Idempotent. */
+  cgroupRemove(path: string): Promise<void>;
+  /** Releases the pinned namespace files in `dir` and the directory. Idempotent. */
+  unpinNamespaces(dir: string): Promise<void>;
+}
+
+/** Limits in the units of the cgroup files (crates/core/src/cgroup Resources). */
+export interface CgroupResources {
+  cpuShares?: number;
+  cpuWeight?: number;
+  cpuQuota?: number;
+  cpuPeriod?: number;
+  cpusetCpus?: string;
+  cpusetMems?: string;
+  memoryLimit?: number;
+  memorySwapLimit?: number;
+  hugepageLimits?: { pageSize: string; limit: number }[];
+  pidsLimit?: number;
+  unified?: Record<string, string>;
+}
+
+export interface CreatedCgroup {
+  /** Path relative to the hierarchy root, e.g. `/kubepods/pod<uid>/<id>`. */
+  path: string;
+  version: 1 | 2;
+  /** Directory per controller, as the monitor joins them. */
+  paths: Record<string, string>;
 }
 
 /** `<package root>/native/crisp.node`; this file runs from `<package root>/dist/src/native/`. */
 export const NATIVE_ADDON_PATH = path.resolve(__dirname, '..', '..', '..', 'native', 'crisp.node');
 
-const REQUIRED_EXPORTS: ReadonlyArray<keyof NativeAddon> = ['coreVersion', 'unpackLayer'];
+const REQUIRED_EXPORTS: ReadonlyArray<keyof NativeAddon> = ['coreVersion', 'unpackLayer', 'cgroupCreate', 'cgroupRemove', 'nsUnpinDir'];
 
 /** The error code the addon attached to an error, if any. */
 export function nativeErrorCode(err: unknown): string | undefined {
@@ -45,6 +76,8 @@ export function fromNativeError(err: unknown, subject: string): Error {
       });
     case 'EFORMAT':
       return new CrispError('InvalidArgument', `${subject} is not a valid layer archive: ${message}`, { cause: err });
+    case 'EINVAL':
+      return new CrispError('InvalidArgument', `${subject}: ${message}`, { cause: err });
     case 'EUNSUPPORTED':
       return new CrispError('InvalidArgument', `${subject} uses an unsupported archive feature: ${message}`, { cause: err });
     case 'ENOSPC':
@@ -62,6 +95,38 @@ class AddonCore implements NativeCore {
 
   coreVersion(): string {
     return this.addon.coreVersion();
+  }
+
+  cgroupResolvePath(parent: string, name: string): string {
+    try {
+      return this.addon.cgroupResolvePath(parent, name);
+    } catch (err) {
+      throw fromNativeError(err, `cgroup parent ${parent}`);
+    }
+  }
+
+  async cgroupCreate(parent: string, name: string, resources: CgroupResources): Promise<CreatedCgroup> {
+    try {
+      return JSON.parse(await this.addon.cgroupCreate(parent, name, JSON.stringify(resources))) as CreatedCgroup;
+    } catch (err) {
+      throw fromNativeError(err, `cgroup ${parent}/${name}`);
+    }
+  }
+
+  async cgroupRemove(path: string): Promise<void> {
+    try {
+      await this.addon.cgroupRemove(path, { kill: true });
+    } catch (err) {
+      throw fromNativeError(err, `removing cgroup ${path}`);
+    }
+  }
+
+  async unpinNamespaces(dir: string): Promise<void> {
+    try {
+      await this.addon.nsUnpinDir(dir);
+    } catch (err) {
+      throw fromNativeError(err, `unpinning namespaces in ${dir}`);
+    }
   }
 
   async unpackLayer(blobPath: string, mediaType: LayerMediaType, dest: string): Promise<UnpackLayerResult> {

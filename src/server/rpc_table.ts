@@ -4,6 +4,11 @@ import { pullImage } from './image_pull';
 import { removeImage } from './image_remove';
 import { imageStatus } from './image_status';
 import type { CallContext, RpcTable } from './instrument';
+import { listPodSandbox, streamPodSandboxes } from './sandbox_list';
+import { removePodSandbox } from './sandbox_remove';
+import { runPodSandbox } from './sandbox_run';
+import { podSandboxStatus } from './sandbox_status';
+import { stopPodSandbox } from './sandbox_stop';
 import { runtimeConfig, updateRuntimeConfig } from './runtime_config';
 import { status } from './runtime_status';
 import { version } from './runtime_version';
@@ -23,6 +28,12 @@ export function buildRpcTable(svc: CriService): RpcTable {
     Status: bind(status),
     RuntimeConfig: bind(runtimeConfig),
     UpdateRuntimeConfig: bind(updateRuntimeConfig),
+    RunPodSandbox: bind(runPodSandbox),
+    StopPodSandbox: bind(stopPodSandbox),
+    RemovePodSandbox: bind(removePodSandbox),
+    PodSandboxStatus: bind(podSandboxStatus),
+    ListPodSandbox: bind(listPodSandbox),
+    StreamPodSandboxes: bind(streamPodSandboxes),
     PullImage: bind(pullImage),
     ListImages: bind(listImages),
     StreamImages: bind(streamImages),

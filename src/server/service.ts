@@ -2,6 +2,9 @@ import type { Config } from '../config/config';
 import type { Logger } from '../log';
 import type { ImageManager } from '../image/image_manager';
 import type { CniManager } from '../network/cni';
+import type { PodRuntime } from '../sandbox/pod_runtime';
+import type { SandboxStore } from '../sandbox/sandbox_store';
+import { KeyedLock } from '../util/keyed_lock';
 
 /** A condition reported by the Status RPC. */
 export interface RuntimeCondition {
@@ -27,6 +30,11 @@ export class CriService {
   /** Set during daemon start-up, before any call is admitted. */
   cni!: CniManager;
   images!: ImageManager;
+  sandboxes!: SandboxStore;
+  pods!: PodRuntime;
+  /** RunPodSandbox calls in flight, by pod name key, so kubelet's retries join them. */
+  readonly sandboxCreates = new Map<string, Promise<string>>();
+  readonly sandboxLocks = new KeyedLock();
   private readonly conditionSources: ConditionSource[] = [];
 
   constructor(

@@ -4,3 +4,7 @@
 
 pub mod identity;
 pub mod unpack;
+pub mod cgroup;
+pub mod monitor_proto;
+pub mod ns;
+pub mod sys;

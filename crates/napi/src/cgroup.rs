@@ -178,9 +178,9 @@ mod tests {
     fn error_codes() {
         assert_eq!(to_js(cgroup::Error::InvalidArgument("x".into())).code, "EINVAL");
         assert_eq!(to_js(cgroup::Error::Unsupported("x".into())).code, "EUNSUPPORTED");
-        let busy = cgroup::Error::Io { context: "rmdir".into(), source: std::io::Error::from_raw_os_error(libc::EBUSY) };
-        assert_eq!(to_js(busy).code, "EBUSY");
-        let other = cgroup::Error::Io { context: "read".into(), source: std::io::Error::new(std::io::ErrorKind::Other, "x") };
+        let missing = std::fs::remove_dir("/nonexistent-crisp-test-dir").unwrap_err();
+        assert_eq!(to_js(cgroup::Error::Io { context: "rmdir".into(), source: missing }).code, "ENOENT");
+        let other = cgroup::Error::Io { context: "read".into(), source: std::io::Error::other("x") };
         assert_eq!(to_js(other).code, "EIO");
     }
 }

@@ -3,11 +3,13 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod cgroup;
 mod image;
 mod js;
+mod ns;
 mod sys;
 
-const AREAS: &[js::RegisterArea] = &[image::register];
+const AREAS: &[js::RegisterArea] = &[image::register, cgroup::register, ns::register];
 
 /// Module entry point node looks up when it loads the addon.
 ///

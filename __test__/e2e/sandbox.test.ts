@@ -1,0 +1,237 @@
+import { execFileSync } from 'node:child_process';
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import anyTest, { type TestFn } from 'ava';
+import type { CriClient } from '../../src/client/cri_client';
+import { NamespaceMode, PodSandboxState } from '../../src/generated/runtime/v1/api';
+import { TestDaemon, tempDir } from '../fixtures/daemon';
+
+/**
+ * Pod sandboxes through the daemon's socket with the real CNI plugins, on a bridge and /24 that
+ * belong to this run only (no masquerade, no route off the subnet). Serial: they share the bridge.
+ */
+interface Context {
+  dir: string;
+  confDir: string;
+  bridge: string;
+  subnet: string;
+  forwarding: string;
+}
+const test = anyTest.serial as TestFn<Context>;
+
+const tag = crypto.randomBytes(3).toString('hex');
+
+test.before((t) => {
+  const dir = tempDir('crisp-test-cni-');
+  const confDir = path.join(dir, 'net.d');
+  fs.mkdirSync(confDir);
+  const bridge = `crisp-s${tag}`;
+  const subnet = `10.214.${crypto.randomInt(1, 250)}`;
+  const forwarding = fs.readFileSync('/proc/sys/net/ipv4/ip_forward', 'utf8');
+  fs.writeFileSync(
+    path.join(confDir, '10-crisp-e2e.conflist'),
+    JSON.stringify({
+      cniVersion: '1.0.0',
+      name: `crisp-e2e-${tag}`,
+      plugins: [
+        {
+          type: 'bridge',
+          bridge,
+          isGateway: true,
+          ipMasq: false,
+          ipam: { type: 'host-local', ranges: [[{ subnet: `${subnet}.0/24` }]], dataDir: path.join(dir, 'ipam') },
+        },
+        { type: 'portmap', capabilities: { portMappings: true } },
+      ],
+    }),
+  );
+  t.context = { dir, confDir, bridge, subnet, forwarding };
+});
+
+test.after.always((t) => {
+  try {
+    execFileSync('ip', ['link', 'delete', t.context.bridge], { stdio: 'ignore' });
+  } catch {
+    // Never created.
+  }
+  fs.writeFileSync('/proc/sys/net/ipv4/ip_forward', t.context.forwarding);
+  fs.rmSync(t.context.dir, { recursive: true, force: true });
+  // The pods' cgroup parent stands for kubelet's pod cgroup, which kubelet (here: the test) owns.
+  for (const hierarchy of fs.readdirSync('/sys/fs/cgroup')) {
+    const dir = path.join('/sys/fs/cgroup', hierarchy, `crisp-test-${tag}`);
+    if (fs.existsSync(dir)) fs.rmdirSync(dir);
+  }
+});
+
+function podConfig(name: string, extra: Record<string, unknown> = {}) {
+  return {
+    metadata: { name, namespace: 'e2e', uid: `uid-${name}-${tag}`, attempt: 0 },
+    hostname: name,
+    logDirectory: '',
+    dnsConfig: { servers: ['192.0.2.10'], searches: ['e2e.svc.cluster.local'], options: ['ndots:5'] },
+    labels: { app: name, suite: 'sandbox' },
+    annotations: { 'crisp.test/annotation': 'yes' },
+    linux: { cgroupParent: `/crisp-test-${tag}`, sysctls: { 'net.ipv4.ip_unprivileged_port_start': '80' } },
+    ...extra,
+  };
+}
+
+async function daemon(t: any, env: NodeJS.ProcessEnv = {}): Promise<{ d: TestDaemon; c: CriClient }> {
+  const d = await TestDaemon.start({ cniConfDir: t.context.confDir, env });
+  t.teardown(() => d.destroy());
+  return { d, c: d.client() };
+}
+
+function nsenter(ns: string, pinned: string, argv: string[]): string {
+  return execFileSync('nsenter', [`--${ns}=${pinned}`, ...argv], { encoding: 'utf8' });
+}
+
+function mountsUnder(dir: string): string[] {
+  return fs
+    .readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .filter((l) => l.split(' ')[4]?.startsWith(dir));
+}
+
+function cgroupExists(parent: string): boolean {
+  return fs.existsSync(path.join('/sys/fs/cgroup/memory', parent));
+}
+
+function assertNothingLeft(t: any, d: TestDaemon, id: string): void {
+  t.deepEqual(mountsUnder(d.dir), [], 'no mount left under the daemon directories');
+  t.false(fs.existsSync(path.join(d.state, 'sandboxes', id)), 'no state left');
+  t.false(cgroupExists(`/crisp-test-${tag}/${id}`), 'no cgroup left');
+  const monitors = execFileSync('ps', ['-eo', 'args'], { encoding: 'utf8' })
+    .split('\n')
+    .filter((l) => l.includes('crisp-monitor') && l.includes(id));
+  t.deepEqual(monitors, [], 'no monitor left');
+}
+
+test('a pod gets its own network, IP, hostname, DNS and sysctls; stop and remove leave nothing', async (t) => {
+  const { d, c } = await daemon(t);
+  const status = await c.call('status', {});
+  t.true(status.status!.conditions.find((x) => x.type === 'NetworkReady')!.status, 'the conflist makes the network ready');
+
+  const { podSandboxId: id } = await c.call('runPodSandbox', { config: podConfig('web') });
+  t.regex(id, /^[0-9a-f]{64}$/);
+  const st = (await c.call('podSandboxStatus', { podSandboxId: id, verbose: true })).status!;
+  t.is(st.state, PodSandboxState.SANDBOX_READY);
+  t.is(st.metadata?.name, 'web');
+  t.deepEqual(st.labels, { app: 'web', suite: 'sandbox' });
+  t.is(st.annotations['crisp.test/annotation'], 'yes');
+  t.true(st.network!.ip.startsWith(`${t.context.subnet}.`), st.network!.ip);
+  t.true(st.createdAt > 0n);
+
+  const netns = path.join(d.state, 'sandboxes', id, 'ns', 'net');
+  execFileSync('busybox', ['ping', '-c', '1', '-W', '2', st.network!.ip]);
+  t.regex(nsenter('net', netns, ['ip', '-o', 'addr', 'show', 'eth0']), new RegExp(st.network!.ip.replaceAll('.', '\\.')));
+  t.regex(nsenter('net', netns, ['ip', '-o', 'link', 'show', 'lo']), /UP/, 'lo is up');
+  t.is(nsenter('uts', path.join(d.state, 'sandboxes', id, 'ns', 'uts'), ['hostname']).trim(), 'web');
+  t.is(nsenter('net', netns, ['cat', '/proc/sys/net/ipv4/ip_unprivileged_port_start']).trim(), '80');
+  t.is(
+    fs.readFileSync(path.join(d.state, 'sandboxes', id, 'resolv.conf'), 'utf8'),
+    'search e2e.svc.cluster.local\nnameserver 192.0.2.10\noptions ndots:5\n',
+  );
+  t.true(cgroupExists(`/crisp-test-${tag}/${id}`), 'the pod cgroup exists');
+
+  const list = await c.call('listPodSandbox', { filter: { labelSelector: { app: 'web' } } });
+  t.deepEqual(list.items.map((i) => i.id), [id]);
+  t.deepEqual((await c.call('listPodSandbox', { filter: { labelSelector: { app: 'other' } } })).items, []);
+  t.deepEqual((await c.call('listPodSandbox', { filter: { id: id.slice(0, 12) } })).items.map((i) => i.id), [id]);
+
+  await c.call('stopPodSandbox', { podSandboxId: id });
+  t.is((await c.call('podSandboxStatus', { podSandboxId: id })).status!.state, PodSandboxState.SANDBOX_NOTREADY);
+  await c.call('stopPodSandbox', { podSandboxId: id });
+  const ipam = fs.readdirSync(path.join(t.context.dir, 'ipam', `crisp-e2e-${tag}`)).filter((f) => f.startsWith('10.'));
+  t.deepEqual(ipam, [], 'the IP allocation was released');
+  await c.call('removePodSandbox', { podSandboxId: id });
+  await c.call('removePodSandbox', { podSandboxId: id });
+  const err = (await t.throwsAsync(c.call('podSandboxStatus', { podSandboxId: id }))) as grpc.ServiceError;
+  t.is(err.code, grpc.status.NOT_FOUND);
+  assertNothingLeft(t, d, id);
+});
+
+test('a kubelet retry of an in-flight RunPodSandbox gets the same sandbox', async (t) => {
+  const { d, c } = await daemon(t);
+  const config = podConfig('retry');
+  const [a, b] = await Promise.all([c.call('runPodSandbox', { config }), c.call('runPodSandbox', { config })]);
+  t.is(a.podSandboxId, b.podSandboxId);
+  const again = await c.call('runPodSandbox', { config });
+  t.is(again.podSandboxId, a.podSandboxId);
+  t.is((await c.call('listPodSandbox', {})).items.length, 1);
+  await c.call('removePodSandbox', { podSandboxId: a.podSandboxId });
+  assertNothingLeft(t, d, a.podSandboxId);
+});
+
+test('host network pods share the host network namespace and get no IP', async (t) => {
+  const { d, c } = await daemon(t);
+  const config = podConfig('hostnet', {
+    linux: { cgroupParent: `/crisp-test-${tag}`, securityContext: { namespaceOptions: { network: NamespaceMode.NODE } } },
+  });
+  const { podSandboxId: id } = await c.call('runPodSandbox', { config });
+  const st = (await c.call('podSandboxStatus', { podSandboxId: id })).status!;
+  t.is(st.state, PodSandboxState.SANDBOX_READY);
+  t.is(st.network!.ip, '');
+  t.is(st.linux?.namespaces?.options?.network, NamespaceMode.NODE);
+  t.false(fs.existsSync(path.join(d.state, 'sandboxes', id, 'ns', 'net')), 'no network namespace is pinned');
+  await c.call('removePodSandbox', { podSandboxId: id });
+  assertNothingLeft(t, d, id);
+});
+
+test('bad input: missing metadata, unknown ids, bad sysctls, unknown handler', async (t) => {
+  const { c } = await daemon(t);
+  const code = async (p: Promise<unknown>) => ((await t.throwsAsync(p)) as grpc.ServiceError).code;
+  t.is(await code(c.call('runPodSandbox', { config: { hostname: 'x' } })), grpc.status.INVALID_ARGUMENT);
+  t.is(await code(c.call('runPodSandbox', {})), grpc.status.INVALID_ARGUMENT);
+  t.is(await code(c.call('podSandboxStatus', { podSandboxId: 'f'.repeat(64) })), grpc.status.NOT_FOUND);
+  t.is(
+    await code(c.call('runPodSandbox', { config: podConfig('bad-sysctl', { linux: { sysctls: { 'vm.swappiness': '1' } } }) })),
+    grpc.status.INVALID_ARGUMENT,
+  );
+  t.is(await code(c.call('runPodSandbox', { config: podConfig('bad-handler'), runtimeHandler: 'kata' })), grpc.status.INVALID_ARGUMENT);
+  await c.call('stopPodSandbox', { podSandboxId: 'f'.repeat(64) });
+  await c.call('removePodSandbox', { podSandboxId: 'f'.repeat(64) });
+  t.deepEqual((await c.call('listPodSandbox', {})).items, []);
+});
+
+test('a failing CNI plugin fails RunPodSandbox with its message and leaves nothing', async (t) => {
+  const confDir = tempDir('crisp-test-badcni-');
+  const bin = path.join(confDir, 'bin');
+  fs.mkdirSync(bin);
+  fs.writeFileSync(
+    path.join(bin, 'crisp-failing'),
+    '#!/bin/sh\ncat >/dev/null\nif [ "$CNI_COMMAND" = ADD ]; then echo \'{"cniVersion":"1.0.0","code":11,"msg":"no addresses left","details":"pool exhausted"}\'; exit 1; fi\nif [ "$CNI_COMMAND" = VERSION ]; then echo \'{"cniVersion":"1.0.0","supportedVersions":["1.0.0"]}\'; fi\nexit 0\n',
+    { mode: 0o755 },
+  );
+  fs.writeFileSync(path.join(confDir, '10-bad.conflist'), JSON.stringify({ cniVersion: '1.0.0', name: 'bad', plugins: [{ type: 'crisp-failing' }] }));
+  const d = await TestDaemon.start({ cniConfDir: confDir, cniBinDirs: [bin] });
+  t.teardown(async () => {
+    await d.destroy();
+    fs.rmSync(confDir, { recursive: true, force: true });
+  });
+  const c = d.client();
+  const err = (await t.throwsAsync(c.call('runPodSandbox', { config: podConfig('cni-fail') }))) as grpc.ServiceError;
+  t.regex(err.details, /plugin crisp-failing failed \(ADD\): no addresses left: pool exhausted/);
+  t.deepEqual((await c.call('listPodSandbox', {})).items, []);
+  t.deepEqual(fs.readdirSync(path.join(d.state, 'sandboxes')), []);
+  t.deepEqual(mountsUnder(d.dir), []);
+});
+
+test('kill -9 of the daemon half-way through RunPodSandbox: after restart the pod is fully gone', async (t) => {
+  const { d } = await daemon(t, { CRISP_FAILPOINTS: 'sandbox-after-network' });
+  const c = d.client();
+  await t.throwsAsync(c.call('runPodSandbox', { config: podConfig('crash') }));
+  await new Promise((resolve) => (d.child!.exitCode !== null || d.child!.signalCode !== null ? resolve(undefined) : d.child!.once('exit', resolve)));
+  t.is(d.child!.signalCode, 'SIGKILL');
+  const ids = fs.readdirSync(path.join(d.state, 'sandboxes'));
+  t.is(ids.length, 1, 'the crash left a sandbox being created');
+  d.options.env = {};
+  await d.start();
+  const c2 = d.client();
+  t.deepEqual((await c2.call('listPodSandbox', {})).items, []);
+  assertNothingLeft(t, d, ids[0]);
+  const ipam = fs.readdirSync(path.join(t.context.dir, 'ipam', `crisp-e2e-${tag}`)).filter((f) => f.startsWith('10.'));
+  t.deepEqual(ipam, [], 'the IP allocated before the crash was released');
+});

@@ -1,0 +1,575 @@
+//! The contract between the daemon and a pod's monitor process (`crisp-monitor`).
+//!
+//! * Configuration: `<bundle>/monitor.json`, a [`MonitorConfig`], written by the daemon before it
+//!   starts `crisp-monitor <bundle>`.
+//! * Readiness: one JSON line, a [`Ready`], written to the inherited descriptor 3, which is then
+//!   closed.
+//! * Control: `<bundle>/monitor.sock`, a stream socket carrying newline-delimited JSON. Clients
+//!   send [`RequestEnvelope`]s (`{"id":1,"op":"status"}`); the monitor answers each with a
+//!   [`Response`] carrying the same id, in any order, and pushes [`Event`]s (objects with an
+//!   `"event"` key and no `"id"`) to connections that sent `subscribe`.
+//!
+//! Field names are camelCase (they are read by TypeScript); operation and event names are
+//! snake_case.
+
+use std::collections::BTreeMap;
+
+use serde_derive::{Deserialize, Serialize};
+
+use crate::cgroup::CgroupPaths;
+
+/// Bumped on incompatible changes; reported by `status` so a restarted daemon can tell whether
+/// it can drive a monitor started by an older build.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+pub const CONFIG_FILE: &str = "monitor.json";
+pub const SOCKET_FILE: &str = "monitor.sock";
+/// Directory under the bundle holding the pinned namespace files (`net`, `ipc`, `uts`, `pid`).
+pub const NS_DIR: &str = "ns";
+/// The descriptor the readiness line is written to.
+pub const READY_FD: i32 = 3;
+/// Longest accepted request line; longer ones close the connection.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+
+/// Whether a namespace is the pod's own or the node's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NamespaceMode {
+    Pod,
+    Node,
+}
+
+/// The PID namespace may additionally be private to each container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PidNamespaceMode {
+    Pod,
+    Node,
+    Container,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Namespaces {
+    pub network: NamespaceMode,
+    pub ipc: NamespaceMode,
+    pub uts: NamespaceMode,
+    pub pid: PidNamespaceMode,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    #[default]
+    Info,
+    Debug,
+}
+
+/// `<bundle>/monitor.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MonitorConfig {
+    pub sandbox_id: String,
+    /// Set in the pod's UTS namespace; ignored (must be absent or empty) when uts is "node".
+    #[serde(default)]
+    pub hostname: Option<String>,
+    pub namespaces: Namespaces,
+    /// The cgroup the monitor (and so, by inheritance, the pod's init) joins first.
+    #[serde(default)]
+    pub cgroup: Option<CgroupPaths>,
+    /// Namespaced sysctls applied inside the pod's namespaces ("net.ipv4.ip_forward": "1").
+    #[serde(default)]
+    pub sysctls: BTreeMap<String, String>,
+    /// Applied to the monitor and inherited by what it starts; raised to the current value when
+    /// lowering is not permitted.
+    #[serde(default)]
+    pub oom_score_adj: Option<i32>,
+    #[serde(default)]
+    pub log_level: LogLevel,
+}
+
+impl MonitorConfig {
+    /// Checks the config for contradictions before anything is changed on the host.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.sandbox_id.is_empty() {
+            return Err("sandboxId is empty".into());
+        }
+        if let Some(h) = self.hostname.as_deref().filter(|h| !h.is_empty()) {
+            if self.namespaces.uts != NamespaceMode::Pod {
+                return Err("hostname needs a pod UTS namespace".into());
+            }
+            if h.len() > 64 {
+                return Err(format!("hostname {:?} is longer than 64 bytes", h));
+            }
+        }
+        if let Some(adj) = self.oom_score_adj {
+            if !(-1000..=1000).contains(&adj) {
+                return Err(format!("oomScoreAdj {} is outside -1000..=1000", adj));
+            }
+        }
+        for key in self.sysctls.keys() {
+            check_sysctl(key, &self.namespaces)?;
+        }
+        Ok(())
+    }
+}
+
+/// The /proc/sys path of a sysctl key. Like sysctl(8), '.' separates components unless the key
+/// uses '/' first, in which case '/' separates and dots are literal (interface names like
+/// "eth0.100").
+pub fn sysctl_path(key: &str) -> Result<String, String> {
+    let slash_first = match (key.find('/'), key.find('.')) {
+        (Some(s), Some(d)) => s < d,
+        (Some(_), None) => true,
+        _ => false,
+    };
+    let rel: String = if slash_first {
+        key.to_owned()
+    } else {
+        key.chars().map(|c| match c { '.' => '/', '/' => '.', c => c }).collect()
+    };
+    if rel.split('/').any(|c| c.is_empty() || c == "." || c == "..") || rel.contains('\0') {
+        return Err(format!("invalid sysctl key {:?}", key));
+    }
+    Ok(format!("/proc/sys/{}", rel))
+}
+
+/// Only namespaced sysctls may be set, and only when the pod owns that namespace: the monitor
+/// shares the node's mount namespace, so anything else would change the node.
+pub fn check_sysctl(key: &str, ns: &Namespaces) -> Result<(), String> {
+    let path = sysctl_path(key)?;
+    let rel = &path["/proc/sys/".len()..];
+    let ipc = matches!(rel, "kernel/sem" | "kernel/shmall" | "kernel/shmmax" | "kernel/shmmni" | "kernel/shm_rmid_forced"
+        | "kernel/msgmax" | "kernel/msgmnb" | "kernel/msgmni")
+        || rel.starts_with("fs/mqueue/");
+    let uts = matches!(rel, "kernel/hostname" | "kernel/domainname");
+    let net = rel.starts_with("net/");
+    let (needs, owned) = if ipc {
+        ("ipc", ns.ipc == NamespaceMode::Pod)
+    } else if uts {
+        ("uts", ns.uts == NamespaceMode::Pod)
+    } else if net {
+        ("network", ns.network == NamespaceMode::Pod)
+    } else {
+        return Err(format!("sysctl {:?} is not namespaced", key));
+    };
+    if !owned {
+        return Err(format!("sysctl {:?} needs a pod {} namespace", key, needs));
+    }
+    Ok(())
+}
+
+/// The readiness line on descriptor 3.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Ready {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    /// PID (in the node's PID namespace) of the pod's init when pid is "pod".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_pid: Option<i32>,
+    /// Pinned namespace files by kind ("net", "ipc", "uts", "pid").
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub namespaces: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Which setup step failed (see the monitor's stage names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+}
+
+/// A request line: `{"id": <n>, "op": "<name>", ...op fields}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestEnvelope {
+    pub id: u64,
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Answered with [`Reply::Status`].
+    Status,
+    /// Start pushing events to this connection.
+    Subscribe,
+    /// Stop everything the monitor runs (SIGTERM, then SIGKILL once `graceMs` has passed),
+    /// let the pod's init exit, reply, and exit.
+    Shutdown(ShutdownRequest),
+    Create(CreateRequest),
+    Start(ContainerRef),
+    Signal(SignalRequest),
+    Exec(ExecRequest),
+    Attach(AttachRequest),
+    ReopenLog(ContainerRef),
+}
+
+impl Request {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Status => "status",
+            Request::Subscribe => "subscribe",
+            Request::Shutdown(_) => "shutdown",
+            Request::Create(_) => "create",
+            Request::Start(_) => "start",
+            Request::Signal(_) => "signal",
+            Request::Exec(_) => "exec",
+            Request::Attach(_) => "attach",
+            Request::ReopenLog(_) => "reopen_log",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ShutdownRequest {
+    pub grace_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerRef {
+    pub container_id: String,
+}
+
+/// Create a container from the prepared bundle (rootfs and process spec) at `bundleDir`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateRequest {
+    pub container_id: String,
+    pub bundle_dir: String,
+    /// CRI-format log file the container's output is written to.
+    pub log_path: String,
+    #[serde(default)]
+    pub tty: bool,
+    #[serde(default)]
+    pub stdin: bool,
+    #[serde(default)]
+    pub stdin_once: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SignalRequest {
+    pub container_id: String,
+    /// Signal an exec'd process instead of the container's main process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec_id: Option<String>,
+    pub signal: i32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessSpec {
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+    #[serde(default)]
+    pub uid: Option<u32>,
+    #[serde(default)]
+    pub gid: Option<u32>,
+    #[serde(default)]
+    pub additional_gids: Vec<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecRequest {
+    pub container_id: String,
+    pub exec_id: String,
+    pub process: ProcessSpec,
+    #[serde(default)]
+    pub tty: bool,
+    #[serde(default)]
+    pub stdin: bool,
+    /// Kill the process after this long; 0 waits indefinitely.
+    #[serde(default)]
+    pub timeout_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttachRequest {
+    pub container_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec_id: Option<String>,
+    #[serde(default)]
+    pub stdin: bool,
+    #[serde(default)]
+    pub stdout: bool,
+    #[serde(default)]
+    pub stderr: bool,
+}
+
+/// A response line: `{"id":1,"ok":true,"result":{...}}` or
+/// `{"id":1,"ok":false,"error":{"code":"invalid_argument","message":"..."}}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    pub id: u64,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Reply>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
+impl Response {
+    pub fn ok(id: u64, result: Reply) -> Self {
+        Response { id, ok: true, result: Some(result), error: None }
+    }
+
+    pub fn err(id: u64, code: ErrorCode, message: impl Into<String>) -> Self {
+        Response { id, ok: false, result: None, error: Some(ErrorBody { code, message: message.into() }) }
+    }
+}
+
+/// Operation results; which variant comes back is determined by the request's op.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Reply {
+    Status(StatusReply),
+    Attach(AttachReply),
+    Empty(Empty),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Empty {}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusReply {
+    pub protocol_version: u32,
+    /// The monitor binary's version.
+    pub version: String,
+    pub sandbox_id: String,
+    pub pid: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_pid: Option<i32>,
+    pub started_at_ms: u64,
+    pub state: MonitorState,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MonitorState {
+    Running,
+    ShuttingDown,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttachReply {
+    /// A socket to connect to for the attached streams.
+    pub socket_path: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    InvalidArgument,
+    NotFound,
+    AlreadyExists,
+    FailedPrecondition,
+    Unimplemented,
+    Internal,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// Pushed to subscribed connections: `{"event":"container_exit",...}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    ContainerExit(ExitEvent),
+    Oom(ContainerRef),
+    /// The monitor is about to exit; no more events follow.
+    Shutdown,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExitEvent {
+    pub container_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec_id: Option<String>,
+    pub pid: i32,
+    pub exit_code: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    pub exited_at_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod_ns() -> Namespaces {
+        Namespaces {
+            network: NamespaceMode::Pod,
+            ipc: NamespaceMode::Pod,
+            uts: NamespaceMode::Pod,
+            pid: PidNamespaceMode::Pod,
+        }
+    }
+
+    #[test]
+    fn config_parses_the_documented_shape() {
+        let cfg: MonitorConfig = serde_json::from_value(json!({
+            "sandboxId": "abc",
+            "hostname": "web-0",
+            "namespaces": {"network": "pod", "ipc": "pod", "uts": "pod", "pid": "container"},
+            "cgroup": {"version": 1, "paths": {"memory": "/sys/fs/cgroup/memory/kubepods/pod1"}},
+            "sysctls": {"net.ipv4.ip_unprivileged_port_start": "0"},
+            "oomScoreAdj": -998,
+            "logLevel": "debug"
+        }))
+        .unwrap();
+        assert_eq!(cfg.namespaces.pid, PidNamespaceMode::Container);
+        assert_eq!(cfg.cgroup.as_ref().unwrap().version, 1);
+        assert_eq!(cfg.oom_score_adj, Some(-998));
+        assert_eq!(cfg.log_level, LogLevel::Debug);
+        cfg.validate().unwrap();
+
+        let minimal: MonitorConfig = serde_json::from_value(json!({
+            "sandboxId": "abc",
+            "namespaces": {"network": "node", "ipc": "node", "uts": "node", "pid": "node"}
+        }))
+        .unwrap();
+        assert_eq!(minimal.log_level, LogLevel::Info);
+        assert!(minimal.cgroup.is_none() && minimal.sysctls.is_empty());
+        minimal.validate().unwrap();
+
+        let typo = serde_json::from_value::<MonitorConfig>(json!({
+            "sandboxId": "abc", "hostName": "x",
+            "namespaces": {"network": "node", "ipc": "node", "uts": "node", "pid": "node"}
+        }));
+        assert!(typo.is_err());
+    }
+
+    #[test]
+    fn config_validation_catches_contradictions() {
+        let base = MonitorConfig {
+            sandbox_id: "abc".into(),
+            hostname: None,
+            namespaces: pod_ns(),
+            cgroup: None,
+            sysctls: BTreeMap::new(),
+            oom_score_adj: None,
+            log_level: LogLevel::Info,
+        };
+        let mut c = base.clone();
+        c.namespaces.uts = NamespaceMode::Node;
+        c.hostname = Some("x".into());
+        assert!(c.validate().is_err());
+        let mut c = base.clone();
+        c.oom_score_adj = Some(1001);
+        assert!(c.validate().is_err());
+        let mut c = base.clone();
+        c.sysctls.insert("vm.swappiness".into(), "0".into());
+        assert!(c.validate().unwrap_err().contains("not namespaced"));
+        let mut c = base;
+        c.namespaces.network = NamespaceMode::Node;
+        c.sysctls.insert("net.ipv4.ip_forward".into(), "1".into());
+        assert!(c.validate().unwrap_err().contains("network"));
+    }
+
+    #[test]
+    fn sysctl_keys_map_to_proc_paths() {
+        assert_eq!(sysctl_path("net.ipv4.ip_forward").unwrap(), "/proc/sys/net/ipv4/ip_forward");
+        assert_eq!(sysctl_path("net/ipv4/conf/eth0.100/forwarding").unwrap(), "/proc/sys/net/ipv4/conf/eth0.100/forwarding");
+        assert_eq!(sysctl_path("net.ipv4.conf.eth0/100.forwarding").unwrap(), "/proc/sys/net/ipv4/conf/eth0.100/forwarding");
+        assert!(sysctl_path("net..ipv4").is_err());
+        assert!(sysctl_path("net/../../etc").is_err());
+        assert!(sysctl_path("").is_err());
+    }
+
+    #[test]
+    fn only_owned_namespaced_sysctls_pass() {
+        let ns = pod_ns();
+        for ok in ["kernel.shmmax", "kernel.msgmnb", "kernel.sem", "fs.mqueue.msg_max", "net.core.somaxconn", "kernel.domainname"] {
+            check_sysctl(ok, &ns).unwrap();
+        }
+        for bad in ["kernel.pid_max", "vm.overcommit_memory", "fs.file-max", "kernel.shm_next_id_x"] {
+            assert!(check_sysctl(bad, &ns).is_err(), "{}", bad);
+        }
+        let mut ns = pod_ns();
+        ns.ipc = NamespaceMode::Node;
+        assert!(check_sysctl("kernel.shmmax", &ns).is_err());
+    }
+
+    #[test]
+    fn requests_are_flat_objects_tagged_by_op() {
+        let r: RequestEnvelope = serde_json::from_str(r#"{"id":7,"op":"status"}"#).unwrap();
+        assert_eq!(r, RequestEnvelope { id: 7, request: Request::Status });
+        let r: RequestEnvelope = serde_json::from_str(r#"{"id":8,"op":"shutdown","graceMs":2500}"#).unwrap();
+        assert_eq!(r.request, Request::Shutdown(ShutdownRequest { grace_ms: 2500 }));
+        let r: RequestEnvelope = serde_json::from_str(r#"{"id":9,"op":"shutdown"}"#).unwrap();
+        assert_eq!(r.request, Request::Shutdown(ShutdownRequest { grace_ms: 0 }));
+        let r: RequestEnvelope = serde_json::from_str(r#"{"id":10,"op":"reopen_log","containerId":"c1"}"#).unwrap();
+        assert_eq!(r.request.name(), "reopen_log");
+        let round = serde_json::to_value(RequestEnvelope {
+            id: 11,
+            request: Request::Signal(SignalRequest { container_id: "c".into(), exec_id: None, signal: 15 }),
+        })
+        .unwrap();
+        assert_eq!(round, json!({"id": 11, "op": "signal", "containerId": "c", "signal": 15}));
+        assert!(serde_json::from_str::<RequestEnvelope>(r#"{"id":1,"op":"frobnicate"}"#).is_err());
+    }
+
+    #[test]
+    fn responses_and_events_serialize_as_documented() {
+        let status = Response::ok(
+            1,
+            Reply::Status(StatusReply {
+                protocol_version: PROTOCOL_VERSION,
+                version: "0.1.0".into(),
+                sandbox_id: "abc".into(),
+                pid: 10,
+                init_pid: Some(11),
+                started_at_ms: 1_700_000_000_000,
+                state: MonitorState::Running,
+            }),
+        );
+        assert_eq!(
+            serde_json::to_value(&status).unwrap(),
+            json!({"id":1,"ok":true,"result":{"protocolVersion":1,"version":"0.1.0","sandboxId":"abc","pid":10,
+                   "initPid":11,"startedAtMs":1_700_000_000_000u64,"state":"running"}})
+        );
+        assert_eq!(serde_json::to_string(&Response::ok(2, Reply::Empty(Empty {}))).unwrap(), r#"{"id":2,"ok":true,"result":{}}"#);
+        assert_eq!(
+            serde_json::to_value(Response::err(3, ErrorCode::Unimplemented, "no")).unwrap(),
+            json!({"id":3,"ok":false,"error":{"code":"unimplemented","message":"no"}})
+        );
+        assert_eq!(serde_json::to_string(&Event::Shutdown).unwrap(), r#"{"event":"shutdown"}"#);
+        let exit = Event::ContainerExit(ExitEvent {
+            container_id: "c".into(),
+            exec_id: None,
+            pid: 5,
+            exit_code: 137,
+            signal: Some(9),
+            exited_at_ms: 1,
+        });
+        assert_eq!(
+            serde_json::to_value(&exit).unwrap(),
+            json!({"event":"container_exit","containerId":"c","pid":5,"exitCode":137,"signal":9,"exitedAtMs":1})
+        );
+    }
+
+    #[test]
+    fn ready_line_shapes() {
+        let ok = Ready { ok: true, pid: Some(1), init_pid: Some(2), ..Default::default() };
+        assert_eq!(serde_json::to_string(&ok).unwrap(), r#"{"ok":true,"pid":1,"initPid":2}"#);
+        let failed = Ready { ok: false, error: Some("boom".into()), stage: Some("unshare".into()), ..Default::default() };
+        assert_eq!(serde_json::to_string(&failed).unwrap(), r#"{"ok":false,"error":"boom","stage":"unshare"}"#);
+    }
+}

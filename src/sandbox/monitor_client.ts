@@ -1,0 +1,276 @@
+/**
+ * Client for a pod monitor's control socket (`<bundle>/monitor.sock`): newline-delimited JSON,
+ * requests `{"id":n,"op":"…",…}` answered by `{"id":n,"ok":true,"result":…}` or
+ * `{"id":n,"ok":false,"error":{"code":"…","message":"…"}}` in any order, plus pushed events
+ * (`{"event":"…",…}`) once subscribed. Shapes mirror `crates/core/src/monitor_proto.rs`.
+ *
+ * One client is one connection. When the monitor goes away every pending and later call fails
+ * with Unavailable; connect again (a dead monitor refuses with Unavailable too).
+ */
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import { CrispError, type ErrorCode } from '../util/errors';
+
+/** The protocol version this client speaks; `status().protocolVersion` reports the monitor's. */
+export const MONITOR_PROTOCOL_VERSION = 1;
+
+const DEFAULT_CONNECT_TIMEOUT_MS = 5_000;
+const DEFAULT_REQUEST_TIMEOUT_MS = 10_000;
+/** Longest line accepted from the monitor before the connection is considered broken. */
+const MAX_LINE_CHARS = 4 << 20;
+/** sun_path holds 108 bytes including the terminator. */
+const MAX_SOCKET_PATH_BYTES = 107;
+
+export interface MonitorStatus {
+  protocolVersion: number;
+  /** The monitor binary's version. */
+  version: string;
+  sandboxId: string;
+  pid: number;
+  initPid?: number;
+  startedAtMs: number;
+  state: 'running' | 'shutting_down';
+}
+
+export type MonitorEvent =
+  | {
+      event: 'container_exit';
+      containerId: string;
+      execId?: string;
+      pid: number;
+      exitCode: number;
+      signal?: number;
+      exitedAtMs: number;
+    }
+  | { event: 'oom'; containerId: string }
+  | { event: 'shutdown' };
+
+export interface MonitorClientOptions {
+  connectTimeoutMs?: number;
+  /** Default per-request timeout. */
+  requestTimeoutMs?: number;
+}
+
+interface Pending {
+  op: string;
+  resolve: (result: unknown) => void;
+  reject: (err: Error) => void;
+  timer: NodeJS.Timeout;
+}
+
+interface ResponseLine {
+  id: number;
+  ok: boolean;
+  result?: unknown;
+  error?: { code?: string; message?: string };
+}
+
+const MONITOR_ERROR_CODES: Record<string, ErrorCode> = {
+  invalid_argument: 'InvalidArgument',
+  not_found: 'NotFound',
+  already_exists: 'AlreadyExists',
+  failed_precondition: 'FailedPrecondition',
+  unimplemented: 'Unimplemented',
+  internal: 'Internal',
+};
+
+export class MonitorClient {
+  private nextId = 1;
+  private readonly pending = new Map<number, Pending>();
+  private readonly listeners = new Set<(event: MonitorEvent) => void>();
+  private readonly closeListeners = new Set<(err?: Error) => void>();
+  private buffer = '';
+  private closedError: CrispError | undefined;
+  private subscribed: Promise<void> | undefined;
+
+  private constructor(
+    private readonly socket: net.Socket,
+    readonly socketPath: string,
+    private readonly requestTimeoutMs: number,
+  ) {
+    socket.setEncoding('utf8');
+    socket.on('data', (chunk: string) => this.onData(chunk));
+    socket.on('error', (err) => this.teardown(unavailable(socketPath, `connection failed: ${err.message}`)));
+    socket.on('close', () => this.teardown(unavailable(socketPath, 'the monitor closed the connection')));
+  }
+
+  /**
+   * Connects to a monitor's control socket. Rejects with Unavailable when no monitor serves it
+   * (missing socket, connection refused) and DeadlineExceeded when the connect hangs.
+   */
+  static connect(socketPath: string, options: MonitorClientOptions = {}): Promise<MonitorClient> {
+    const connectTimeoutMs = options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
+    const requestTimeoutMs = options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
+    return new Promise<MonitorClient>((resolve, reject) => {
+      let dirFd: number | undefined;
+      let target = socketPath;
+      if (Buffer.byteLength(socketPath) > MAX_SOCKET_PATH_BYTES) {
+        // Too long for sun_path: reach the socket through an open descriptor of its directory.
+        try {
+          dirFd = fs.openSync(path.dirname(socketPath), fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+        } catch (err) {
+          reject(unavailable(socketPath, `cannot open its directory: ${(err as Error).message}`));
+          return;
+        }
+        target = `/proc/self/fd/${dirFd}/${path.basename(socketPath)}`;
+      }
+      const socket = net.connect(target);
+      const done = (): void => {
+        clearTimeout(timer);
+        socket.removeAllListeners('connect');
+        socket.removeAllListeners('error');
+        if (dirFd !== undefined) fs.closeSync(dirFd);
+        dirFd = undefined;
+      };
+      const timer = setTimeout(() => {
+        done();
+        socket.destroy();
+        reject(new CrispError('DeadlineExceeded', `connecting to monitor socket ${socketPath} timed out after ${connectTimeoutMs} ms`));
+      }, connectTimeoutMs);
+      socket.once('connect', () => {
+        done();
+        resolve(new MonitorClient(socket, socketPath, requestTimeoutMs));
+      });
+      socket.once('error', (err: NodeJS.ErrnoException) => {
+        done();
+        socket.destroy();
+        const reason =
+          err.code === 'ENOENT'
+            ? 'the socket does not exist (monitor not running)'
+            : err.code === 'ECONNREFUSED'
+              ? 'connection refused (monitor not running)'
+              : err.message;
+        reject(unavailable(socketPath, reason, err));
+      });
+    });
+  }
+
+  /** Whether the connection is gone; every call then fails with Unavailable. */
+  get closed(): boolean {
+    return this.closedError !== undefined;
+  }
+
+  /** Sends one request and resolves with its `result`. Monitor-side errors keep their code. */
+  request<T = unknown>(op: string, params: Record<string, unknown> = {}, timeoutMs = this.requestTimeoutMs): Promise<T> {
+    if (this.closedError) return Promise.reject(this.closedError);
+    const id = this.nextId++;
+    const line = `${JSON.stringify({ ...params, id, op })}\n`;
+    return new Promise<T>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(new CrispError('DeadlineExceeded', `monitor ${this.socketPath} did not answer ${op} within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.pending.set(id, { op, resolve: resolve as (r: unknown) => void, reject, timer });
+      this.socket.write(line);
+    });
+  }
+
+  status(timeoutMs?: number): Promise<MonitorStatus> {
+    return this.request<MonitorStatus>('status', {}, timeoutMs);
+  }
+
+  /**
+   * Asks the monitor to stop everything it runs (SIGTERM, SIGKILL after `graceMs`), release the
+   * pod's init, and exit. Resolves once it has; the monitor then closes the connection. The
+   * timeout defaults to the grace period plus the request timeout.
+   */
+  async shutdown(graceMs: number, timeoutMs?: number): Promise<void> {
+    const grace = Math.max(0, Math.floor(graceMs));
+    await this.request('shutdown', { graceMs: grace }, timeoutMs ?? grace + this.requestTimeoutMs);
+  }
+
+  /**
+   * Calls `listener` for every event the monitor pushes; the first call subscribes the
+   * connection. Returns a function that removes the listener.
+   */
+  async onEvent(listener: (event: MonitorEvent) => void): Promise<() => void> {
+    this.listeners.add(listener);
+    try {
+      this.subscribed ??= this.request('subscribe').then(() => undefined);
+      await this.subscribed;
+    } catch (err) {
+      this.listeners.delete(listener);
+      this.subscribed = undefined;
+      throw err;
+    }
+    return () => this.listeners.delete(listener);
+  }
+
+  /** Called once when the connection ends, with the reason unless `close()` ended it. */
+  onClose(listener: (err?: Error) => void): void {
+    if (this.closedError) {
+      queueMicrotask(() => listener(this.closedError));
+      return;
+    }
+    this.closeListeners.add(listener);
+  }
+
+  close(): void {
+    this.teardown(unavailable(this.socketPath, 'the client closed the connection'), true);
+    this.socket.destroy();
+  }
+
+  private onData(chunk: string): void {
+    this.buffer += chunk;
+    let newline: number;
+    while ((newline = this.buffer.indexOf('\n')) >= 0) {
+      const line = this.buffer.slice(0, newline).trim();
+      this.buffer = this.buffer.slice(newline + 1);
+      if (line !== '') this.onLine(line);
+    }
+    if (this.buffer.length > MAX_LINE_CHARS) {
+      this.teardown(unavailable(this.socketPath, 'the monitor sent an oversized message'));
+      this.socket.destroy();
+    }
+  }
+
+  private onLine(line: string): void {
+    let message: Record<string, unknown>;
+    try {
+      message = JSON.parse(line) as Record<string, unknown>;
+    } catch {
+      this.teardown(unavailable(this.socketPath, `the monitor sent malformed JSON: ${line.slice(0, 200)}`));
+      this.socket.destroy();
+      return;
+    }
+    if (typeof message.event === 'string') {
+      for (const listener of this.listeners) {
+        try {
+          listener(message as unknown as MonitorEvent);
+        } catch {
+          // A listener's failure is its own; the connection goes on.
+        }
+      }
+      return;
+    }
+    const response = message as unknown as ResponseLine;
+    const pending = this.pending.get(response.id);
+    if (!pending) return; // Timed out already, or an answer to a malformed line (id 0).
+    this.pending.delete(response.id);
+    clearTimeout(pending.timer);
+    if (response.ok) {
+      pending.resolve(response.result);
+      return;
+    }
+    const code = MONITOR_ERROR_CODES[response.error?.code ?? ''] ?? 'Internal';
+    pending.reject(new CrispError(code, `monitor ${pending.op}: ${response.error?.message ?? 'unknown error'}`));
+  }
+
+  private teardown(err: CrispError, byClient = false): void {
+    if (this.closedError) return;
+    this.closedError = err;
+    for (const [id, pending] of this.pending) {
+      clearTimeout(pending.timer);
+      pending.reject(err);
+      this.pending.delete(id);
+    }
+    for (const listener of this.closeListeners) listener(byClient ? undefined : err);
+    this.closeListeners.clear();
+    this.listeners.clear();
+  }
+}
+
+function unavailable(socketPath: string, reason: string, cause?: unknown): CrispError {
+  return new CrispError('Unavailable', `monitor at ${socketPath} is unavailable: ${reason}`, { cause });
+}

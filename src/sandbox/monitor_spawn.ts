@@ -1,0 +1,239 @@
+/**
+ * Starting a pod's monitor (`crisp-monitor`, crates/monitor): the process that holds the pod's
+ * namespaces and will parent its containers. The monitor runs in its own session and outlives
+ * the daemon; a restarted daemon finds it again through `<bundle>/monitor.sock`.
+ *
+ * The configuration and readiness shapes mirror `crates/core/src/monitor_proto.rs`.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { CrispError, deadlineExceeded, errorMessage, internal, invalidArgument } from '../util/errors';
+import { writeJsonAtomic } from '../util/fsutil';
+
+export const MONITOR_CONFIG_FILE = 'monitor.json';
+export const MONITOR_SOCKET_FILE = 'monitor.sock';
+export const MONITOR_LOG_FILE = 'monitor.log';
+/** Directory under the bundle holding the pinned namespace files. */
+export const MONITOR_NS_DIR = 'ns';
+
+/** Env var overriding where the monitor binary is. */
+export const MONITOR_BIN_ENV = 'CRISP_MONITOR_BIN';
+
+export type NamespaceMode = 'pod' | 'node';
+export type PidNamespaceMode = 'pod' | 'node' | 'container';
+export type MonitorLogLevel = 'error' | 'warn' | 'info' | 'debug';
+
+/** `<bundle>/monitor.json`. */
+export interface MonitorConfig {
+  sandboxId: string;
+  /** Set in the pod's UTS namespace; only with `namespaces.uts === 'pod'`. */
+  hostname?: string;
+  namespaces: {
+    network: NamespaceMode;
+    ipc: NamespaceMode;
+    uts: NamespaceMode;
+    pid: PidNamespaceMode;
+  };
+  /**
+   * The cgroup the monitor joins before anything else (its pod init inherits it): the
+   * `version`/`paths` of the native `cgroupCreate` result. On cgroup v2 this must be a leaf
+   * (e.g. `<pod cgroup>/crisp-sandbox`), since container cgroups will be the pod cgroup's children.
+   */
+  cgroup?: { version: 1 | 2; paths: Record<string, string> };
+  /** Namespaced sysctls only (net, IPC: kernel.shm-, kernel.msg-, kernel.sem, fs.mqueue), of pod-owned namespaces. */
+  sysctls?: Record<string, string>;
+  /** Kept at the current value when lowering it is not permitted. */
+  oomScoreAdj?: number;
+  logLevel?: MonitorLogLevel;
+}
+
+/** Pinned namespace files of a pod, by kind. */
+export interface PinnedNamespaces {
+  net?: string;
+  ipc?: string;
+  uts?: string;
+  pid?: string;
+}
+
+export interface MonitorProcess {
+  pid: number;
+  /** The pod's init (PID 1 of its PID namespace) when `namespaces.pid === 'pod'`. */
+  initPid?: number;
+  namespaces: PinnedNamespaces;
+  /** The monitor's start time (/proc/<pid>/stat field 22), to tell it from a reused pid. */
+  startTime?: number;
+}
+
+/** The readiness line the monitor writes on descriptor 3. */
+interface ReadyLine {
+  ok: boolean;
+  pid?: number;
+  initPid?: number;
+  namespaces?: PinnedNamespaces;
+  error?: string;
+  stage?: string;
+}
+
+export interface SpawnMonitorOptions {
+  /** How long to wait for the readiness line (default 10 s). */
+  timeoutMs?: number;
+}
+
+const DEFAULT_READY_TIMEOUT_MS = 10_000;
+/** How long a failed or killed monitor may take to exit before we stop waiting. */
+const EXIT_WAIT_MS = 5_000;
+/** Setup stages whose failure is the request's fault rather than the node's. */
+const CALLER_STAGES = new Set(['config', 'sysctls', 'hostname']);
+
+/**
+ * The monitor binary: `$CRISP_MONITOR_BIN`, or `<package root>/target/release/crisp-monitor`
+ * (built by `cargo build --release -p crisp-monitor`). This file runs from
+ * `<package root>/dist/src/sandbox/`.
+ */
+export function monitorBinaryPath(env: NodeJS.ProcessEnv = process.env): string {
+  const override = env[MONITOR_BIN_ENV];
+  if (override) return path.resolve(override);
+  return path.resolve(__dirname, '..', '..', '..', 'target', 'release', 'crisp-monitor');
+}
+
+/** The start time of a process in clock ticks since boot, or undefined if it is gone. */
+export async function processStartTime(pid: number): Promise<number | undefined> {
+  let stat: string;
+  try {
+    stat = await fsp.readFile(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return undefined;
+  }
+  // The command name (field 2) may contain spaces and parentheses; fields resume after the last ')'.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const value = Number(fields[19]);
+  return Number.isFinite(value) ? value : undefined;
+}
+
+/**
+ * Writes `<bundleDir>/monitor.json` and starts the monitor on it, detached from the daemon (own
+ * session, stdio not tied to the daemon: stdin /dev/null, stdout/stderr appended to
+ * `<bundleDir>/monitor.log`). Resolves once the sandbox is set up and the control socket
+ * listens. On failure or timeout the monitor is killed and reaped, and the error says which setup
+ * stage failed: InvalidArgument for problems with the request (bad sysctl, hostname),
+ * DeadlineExceeded on timeout, Internal otherwise.
+ */
+export async function spawnMonitor(
+  bundleDir: string,
+  config: MonitorConfig,
+  monitorBinary: string = monitorBinaryPath(),
+  options: SpawnMonitorOptions = {},
+): Promise<MonitorProcess> {
+  const timeoutMs = options.timeoutMs ?? DEFAULT_READY_TIMEOUT_MS;
+  try {
+    await fsp.access(monitorBinary, fs.constants.X_OK);
+  } catch {
+    throw new CrispError(
+      'FailedPrecondition',
+      `monitor binary ${monitorBinary} is missing: build it with "cargo build --release -p crisp-monitor" or set ${MONITOR_BIN_ENV}`,
+    );
+  }
+  await writeJsonAtomic(path.join(bundleDir, MONITOR_CONFIG_FILE), config);
+
+  const logPath = path.join(bundleDir, MONITOR_LOG_FILE);
+  const log = await fsp.open(logPath, 'a', 0o600);
+  let child: ChildProcess;
+  try {
+    child = spawn(monitorBinary, [bundleDir], {
+      detached: true,
+      cwd: '/',
+      // The monitor and what it starts must not inherit the daemon's environment.
+      env: { PATH: process.env.PATH ?? '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' },
+      stdio: ['ignore', log.fd, log.fd, 'pipe'],
+    });
+  } finally {
+    await log.close();
+  }
+
+  let line: string;
+  try {
+    line = await readReadyLine(child, timeoutMs);
+  } catch (err) {
+    await killAndReap(child);
+    if (err instanceof CrispError) throw err;
+    throw internal(`monitor for sandbox ${config.sandboxId}: ${errorMessage(err)}`, err);
+  }
+
+  let ready: ReadyLine;
+  try {
+    ready = JSON.parse(line) as ReadyLine;
+  } catch {
+    await killAndReap(child);
+    throw internal(`monitor for sandbox ${config.sandboxId} sent a malformed readiness line: ${line.slice(0, 200)}`);
+  }
+  if (!ready.ok || typeof ready.pid !== 'number') {
+    await killAndReap(child);
+    const stage = ready.stage ?? 'unknown';
+    const message = `monitor for sandbox ${config.sandboxId} failed at ${stage}: ${ready.error ?? 'no reason given'}`;
+    throw CALLER_STAGES.has(stage) ? invalidArgument(message) : internal(message);
+  }
+
+  // From here on the monitor lives on its own: nothing of ours keeps it (or our event loop)
+  // attached. While the daemon runs, node still reaps it when it exits.
+  child.unref();
+  return {
+    pid: ready.pid,
+    initPid: ready.initPid,
+    namespaces: ready.namespaces ?? {},
+    startTime: await processStartTime(ready.pid),
+  };
+}
+
+/** Reads the first line from the child's descriptor 3, failing on EOF, exit or timeout. */
+function readReadyLine(child: ChildProcess, timeoutMs: number): Promise<string> {
+  const pipe = child.stdio[3] as NodeJS.ReadableStream & { destroy(): void };
+  return new Promise<string>((resolve, reject) => {
+    let buffer = '';
+    let settled = false;
+    const finish = (err: Error | undefined, value?: string): void => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      pipe.removeAllListeners('data');
+      pipe.destroy();
+      child.removeListener('error', onError);
+      if (err) reject(err);
+      else resolve(value as string);
+    };
+    const onError = (err: Error): void => finish(new Error(`cannot start monitor: ${err.message}`));
+    const timer = setTimeout(
+      () => finish(deadlineExceeded(`monitor did not report readiness within ${timeoutMs} ms`)),
+      timeoutMs,
+    );
+    child.once('error', onError);
+    pipe.setEncoding('utf8');
+    pipe.on('data', (chunk: string) => {
+      buffer += chunk;
+      const newline = buffer.indexOf('\n');
+      if (newline >= 0) finish(undefined, buffer.slice(0, newline));
+    });
+    pipe.on('end', () => {
+      if (buffer.trim() !== '') finish(undefined, buffer.trim());
+      else finish(new Error('monitor exited before reporting readiness (see its monitor.log)'));
+    });
+    pipe.on('error', (err: Error) => finish(new Error(`readiness pipe: ${err.message}`)));
+  });
+}
+
+/** SIGKILLs the monitor unless it already exited, and waits (bounded) until node reaped it. */
+async function killAndReap(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  if (child.pid !== undefined) {
+    try {
+      process.kill(child.pid, 'SIGKILL');
+    } catch {
+      // Already gone.
+    }
+  }
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([exited, new Promise<void>((resolve) => (timer = setTimeout(resolve, EXIT_WAIT_MS)))]);
+  clearTimeout(timer);
+}

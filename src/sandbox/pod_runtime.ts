@@ -1,0 +1,157 @@
+import { execFile } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { promisify } from 'node:util';
+import type { LinuxContainerResources } from '../generated/runtime/v1/api';
+import type { Logger } from '../log';
+import type { CgroupResources, NativeCore } from '../native';
+import { errorMessage, internal, isCrispError } from '../util/errors';
+import { MonitorClient } from './monitor_client';
+import { MONITOR_NS_DIR, MONITOR_SOCKET_FILE, spawnMonitor } from './monitor_spawn';
+import type { SandboxNamespaces } from './sandbox_spec';
+import type { Sandbox } from './sandbox_store';
+
+const run = promisify(execFile);
+
+/** Where pods go when kubelet gives no cgroup_parent (crictl, tests). */
+export const DEFAULT_CGROUP_PARENT = '/crisp';
+/** /dev/shm of a pod, as containerd and Docker size it. */
+const SHM_SIZE = '64m';
+/** kubelet's oom_score_adj for infrastructure containers; clamped by the monitor when not allowed. */
+const SANDBOX_OOM_SCORE_ADJ = -998;
+const STOP_GRACE_MS = 10_000;
+
+/** CRI resources to cgroup file units; zero means "not set" in CRI. */
+export function cgroupResources(r: LinuxContainerResources | undefined): CgroupResources {
+  if (!r) return {};
+  const out: CgroupResources = {};
+  if (r.cpuShares) out.cpuShares = Number(r.cpuShares);
+  if (r.cpuQuota) out.cpuQuota = Number(r.cpuQuota);
+  if (r.cpuPeriod) out.cpuPeriod = Number(r.cpuPeriod);
+  if (r.memoryLimitInBytes) out.memoryLimit = Number(r.memoryLimitInBytes);
+  if (r.memorySwapLimitInBytes) out.memorySwapLimit = Number(r.memorySwapLimitInBytes);
+  if (r.cpusetCpus) out.cpusetCpus = r.cpusetCpus;
+  if (r.cpusetMems) out.cpusetMems = r.cpusetMems;
+  if (r.hugepageLimits.length > 0) out.hugepageLimits = r.hugepageLimits.map((h) => ({ pageSize: h.pageSize, limit: Number(h.limit) }));
+  if (Object.keys(r.unified).length > 0) out.unified = r.unified;
+  return out;
+}
+
+/**
+ * What holds a pod's namespaces: its cgroup, its /dev/shm and its monitor process, which pins the
+ * namespaces under `<sandbox dir>/ns/` and will parent the pod's containers.
+ */
+export class PodRuntime {
+  constructor(
+    private readonly native: NativeCore,
+    private readonly log: Logger,
+    private readonly monitorBinary?: string,
+  ) {}
+
+  cgroupParentOf(sandbox: Sandbox): string {
+    return sandbox.config.linux?.cgroupParent || DEFAULT_CGROUP_PARENT;
+  }
+
+  /**
+   * The sandbox's own cgroup, `<cgroup_parent>/<id>` as containerd places the pause container;
+   * the parent may be a path or a systemd slice name.
+   */
+  cgroupPathFor(sandbox: Sandbox): string {
+    return this.native.cgroupResolvePath(this.cgroupParentOf(sandbox), sandbox.id);
+  }
+
+  shmPath(sandbox: Sandbox): string {
+    return path.join(sandbox.dir, 'shm');
+  }
+
+  async start(sandbox: Sandbox, spec: { namespaces: SandboxNamespaces; sysctls: Record<string, string> }): Promise<{ pid: number; startTime: number }> {
+    const linux = sandbox.config.linux;
+    const cgroup = await this.native.cgroupCreate(this.cgroupParentOf(sandbox), sandbox.id, cgroupResources(linux?.resources));
+    if (spec.namespaces.ipc === 'pod') {
+      const shm = this.shmPath(sandbox);
+      fs.mkdirSync(shm, { recursive: true, mode: 0o1777 });
+      await run('mount', ['-t', 'tmpfs', '-o', `rw,nosuid,nodev,noexec,mode=1777,size=${SHM_SIZE}`, 'shm', shm]);
+    }
+    const monitor = await spawnMonitor(
+      sandbox.dir,
+      {
+        sandboxId: sandbox.id,
+        hostname: spec.namespaces.uts === 'pod' ? sandbox.config.hostname || sandbox.config.metadata!.name : undefined,
+        namespaces: spec.namespaces,
+        cgroup: { version: cgroup.version, paths: cgroup.paths },
+        sysctls: spec.sysctls,
+        oomScoreAdj: SANDBOX_OOM_SCORE_ADJ,
+        logLevel: 'info',
+      },
+      this.monitorBinary,
+    );
+    return { pid: monitor.pid, startTime: monitor.startTime ?? 0 };
+  }
+
+  /**
+   * Whether the monitor still runs (the pod's namespaces are held and its containers parented):
+   * its pid exists, is not a zombie, and started when the recorded monitor did (not a reused pid).
+   */
+  alive(sandbox: Sandbox): boolean {
+    const { monitorPid, monitorStartTime } = sandbox.record.resources;
+    return monitorPid !== undefined && processRunning(monitorPid, monitorStartTime);
+  }
+
+  /** Stops everything the monitor parents and the monitor itself. Idempotent. */
+  async stop(sandbox: Sandbox): Promise<void> {
+    const pid = sandbox.record.resources.monitorPid;
+    if (!pid || !this.alive(sandbox)) return;
+    try {
+      const client = await MonitorClient.connect(path.join(sandbox.dir, MONITOR_SOCKET_FILE));
+      try {
+        await client.shutdown(STOP_GRACE_MS);
+      } finally {
+        client.close();
+      }
+    } catch (err) {
+      if (!isCrispError(err, 'Unavailable')) this.log.warn({ sandbox: sandbox.id, err: errorMessage(err) }, 'monitor shutdown failed; killing it');
+    }
+    await this.waitGone(pid, sandbox.record.resources.monitorStartTime);
+  }
+
+  private async waitGone(pid: number, startTime: number | undefined): Promise<void> {
+    for (let i = 0; i < 300; i++) {
+      if (!processRunning(pid, startTime)) return;
+      if (i === 100) process.kill(pid, 'SIGKILL');
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    throw internal(`monitor ${pid} did not exit`);
+  }
+
+  /** Releases what start() acquired: processes, pinned namespaces, /dev/shm, the cgroup. Idempotent. */
+  async release(sandbox: Sandbox): Promise<void> {
+    await this.stop(sandbox);
+    await this.native.unpinNamespaces(path.join(sandbox.dir, MONITOR_NS_DIR));
+    const shm = this.shmPath(sandbox);
+    if (isMountPoint(shm)) await run('umount', ['-l', shm]);
+    await this.native.cgroupRemove(this.cgroupPathFor(sandbox));
+  }
+}
+
+/** Running means: exists, not a zombie, and (when known) the same start time, so not a reused pid. */
+function processRunning(pid: number, startTime: number | undefined): boolean {
+  let stat: string;
+  try {
+    stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return false;
+  }
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  if (fields[0] === 'Z' || fields[0] === 'X') return false;
+  return !startTime || Number(fields[19]) === startTime;
+}
+
+function isMountPoint(dir: string): boolean {
+  try {
+    const st = fs.statSync(dir);
+    const parent = fs.statSync(path.dirname(dir));
+    return st.dev !== parent.dev;
+  } catch {
+    return false;
+  }
+}

@@ -1,0 +1,71 @@
+import { NamespaceMode, type PodSandboxConfig } from '../generated/runtime/v1/api';
+import { invalidArgument } from '../util/errors';
+import { validateHostname } from './pod_files';
+
+export type PodNamespace = 'pod' | 'node';
+
+export interface SandboxNamespaces {
+  network: PodNamespace;
+  ipc: PodNamespace;
+  uts: PodNamespace;
+  pid: 'pod' | 'node' | 'container';
+}
+
+/** The namespaces a pod gets. UTS follows the network, as kubelet has no separate option for it. */
+export function sandboxNamespaces(config: PodSandboxConfig): SandboxNamespaces {
+  const opts = config.linux?.securityContext?.namespaceOptions;
+  const node = (mode: NamespaceMode | undefined): PodNamespace => (mode === NamespaceMode.NODE ? 'node' : 'pod');
+  const network = node(opts?.network);
+  let pid: SandboxNamespaces['pid'] = 'container';
+  if (opts?.pid === NamespaceMode.NODE) pid = 'node';
+  else if (opts?.pid === NamespaceMode.POD) pid = 'pod';
+  return { network, ipc: node(opts?.ipc), uts: network, pid };
+}
+
+const IPC_SYSCTLS = new Set([
+  'kernel.shmall',
+  'kernel.shmmax',
+  'kernel.shmmni',
+  'kernel.shm_rmid_forced',
+  'kernel.msgmax',
+  'kernel.msgmnb',
+  'kernel.msgmni',
+  'kernel.sem',
+]);
+
+/**
+ * Checks and normalises the pod's sysctls (kubelet also accepts `/` as the separator). Only
+ * namespaced ones can be set per pod, and not in a namespace the pod shares with the node.
+ */
+export function validateSysctls(sysctls: Record<string, string>, ns: SandboxNamespaces): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [rawKey, value] of Object.entries(sysctls)) {
+    const key = rawKey.includes('/') ? rawKey.replaceAll('/', '.') : rawKey;
+    if (!/^[a-z0-9_]+(\.[a-zA-Z0-9_-]+)+$/.test(key)) throw invalidArgument(`sysctl "${rawKey}" is not a valid sysctl name`);
+    if (/[\n\0]/.test(value)) throw invalidArgument(`sysctl "${rawKey}" has an invalid value`);
+    if (key.startsWith('net.')) {
+      if (ns.network === 'node') throw invalidArgument(`sysctl "${rawKey}" is not allowed: the pod uses the host network namespace`);
+    } else if (IPC_SYSCTLS.has(key) || key.startsWith('fs.mqueue.')) {
+      if (ns.ipc === 'node') throw invalidArgument(`sysctl "${rawKey}" is not allowed: the pod uses the host IPC namespace`);
+    } else {
+      throw invalidArgument(`sysctl "${rawKey}" is not namespaced and cannot be set for a pod`);
+    }
+    out[key] = value;
+  }
+  return out;
+}
+
+/** Rejects what kubelet never sends but a buggy client might, before anything is created. */
+export function validateSandboxConfig(config: PodSandboxConfig | undefined): asserts config is PodSandboxConfig & { metadata: NonNullable<PodSandboxConfig['metadata']> } {
+  if (!config) throw invalidArgument('sandbox config is required');
+  const m = config.metadata;
+  if (!m) throw invalidArgument('sandbox config metadata is required');
+  if (!m.name) throw invalidArgument('sandbox metadata.name is empty');
+  if (!m.namespace) throw invalidArgument('sandbox metadata.namespace is empty');
+  if (!m.uid) throw invalidArgument('sandbox metadata.uid is empty');
+  const ns = sandboxNamespaces(config);
+  if (ns.uts === 'pod' && config.hostname) validateHostname(config.hostname);
+  if (config.linux?.securityContext?.namespaceOptions?.usernsOptions?.mode === NamespaceMode.POD) {
+    throw invalidArgument('user namespaces are not supported by this runtime handler');
+  }
+}

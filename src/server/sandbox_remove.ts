@@ -1,0 +1,25 @@
+import type { RemovePodSandboxRequest, RemovePodSandboxResponse } from '../generated/runtime/v1/api';
+import type { Sandbox } from '../sandbox/sandbox_store';
+import { invalidArgument, isCrispError } from '../util/errors';
+import type { CallContext } from './instrument';
+import { stopSandbox } from './sandbox_stop';
+import type { CriService } from './service';
+
+/** Removes a sandbox and everything it holds, stopping it first if needed. Unknown ids succeed. */
+export async function removePodSandbox(svc: CriService, req: RemovePodSandboxRequest, ctx: CallContext): Promise<RemovePodSandboxResponse> {
+  if (!req.podSandboxId) throw invalidArgument('pod sandbox id is empty');
+  let sandbox: Sandbox;
+  try {
+    sandbox = svc.sandboxes.resolve(req.podSandboxId);
+  } catch (err) {
+    if (isCrispError(err, 'NotFound')) return {};
+    throw err;
+  }
+  await stopSandbox(svc, sandbox, ctx);
+  await svc.sandboxLocks.run(sandbox.id, async () => {
+    await svc.pods.release(sandbox);
+    await svc.sandboxes.delete(sandbox);
+  });
+  ctx.log.info({ sandbox: sandbox.id.slice(0, 12) }, 'pod sandbox removed');
+  return {};
+}

@@ -1,0 +1,135 @@
+import * as crypto from 'node:crypto';
+import * as fsp from 'node:fs/promises';
+import { PodSandboxConfig, type RunPodSandboxRequest, type RunPodSandboxResponse } from '../generated/runtime/v1/api';
+import { podIPs } from '../network/cni_result';
+import { writePodFiles } from '../sandbox/pod_files';
+import { sandboxNamespaces, validateSandboxConfig, validateSysctls } from '../sandbox/sandbox_spec';
+import { type Sandbox, sandboxNameKey } from '../sandbox/sandbox_store';
+import { CleanupStack } from '../util/cleanup';
+import { errorMessage, invalidArgument } from '../util/errors';
+import { failpoint } from '../util/failpoint';
+import type { CallContext } from './instrument';
+import type { CriService } from './service';
+
+/**
+ * Creates and starts a pod sandbox: the per-pod monitor holding its namespaces, the pod cgroup,
+ * per-pod files and the CNI network. Every step registers its undo, so a failure leaves nothing.
+ *
+ * kubelet retries RunPodSandbox with the same metadata when a call times out; such a retry joins
+ * the create still in flight, or gets the sandbox it produced, instead of failing with "name is
+ * reserved" (containerd#12438, cri-o#6185).
+ */
+export async function runPodSandbox(svc: CriService, req: RunPodSandboxRequest, ctx: CallContext): Promise<RunPodSandboxResponse> {
+  const config = req.config;
+  validateSandboxConfig(config);
+  const handler = req.runtimeHandler || svc.config.runtime.defaultHandler;
+  if (!svc.runtimeHandlers().includes(handler)) {
+    throw invalidArgument(`runtime handler "${req.runtimeHandler}" is not configured (known: ${svc.runtimeHandlers().join(', ')})`);
+  }
+  const key = sandboxNameKey(config);
+  const inflight = svc.sandboxCreates.get(key);
+  if (inflight) {
+    ctx.log.info({ key }, 'joining the create already in flight for this pod');
+    return { podSandboxId: await inflight };
+  }
+  const existing = svc.sandboxes.idByName(key);
+  if (existing) return { podSandboxId: existing };
+
+  const create = createSandbox(svc, config, handler, ctx);
+  svc.sandboxCreates.set(key, create);
+  try {
+    return { podSandboxId: await create };
+  } finally {
+    svc.sandboxCreates.delete(key);
+  }
+}
+
+async function createSandbox(svc: CriService, config: PodSandboxConfig, handler: string, ctx: CallContext): Promise<string> {
+  const ns = sandboxNamespaces(config);
+  const sysctls = validateSysctls(config.linux?.sysctls ?? {}, ns);
+  const id = crypto.randomBytes(32).toString('hex');
+  const log = ctx.log.child({ sandbox: id.slice(0, 12) });
+  const cleanup = new CleanupStack();
+
+  // Persisted before the first side effect: a crash from here on is undone by recovery.
+  const sandbox: Sandbox = await svc.sandboxes.create({
+    version: 1,
+    id,
+    config: PodSandboxConfig.toJSON(config),
+    state: 'creating',
+    createdAt: (BigInt(Date.now()) * 1_000_000n).toString(),
+    runtimeHandler: handler,
+    hostNetwork: ns.network === 'node',
+    ips: [],
+    resources: {},
+    stage: 'created record',
+  });
+  cleanup.push('sandbox record', () => svc.sandboxes.delete(sandbox));
+  try {
+    const stage = (name: string) => svc.sandboxes.update(sandbox, (r) => void (r.stage = name));
+
+    await writePodFiles(sandbox.dir, { hostname: config.hostname || config.metadata!.name, hostNetwork: ns.network === 'node', dns: config.dnsConfig });
+    if (config.logDirectory) await fsp.mkdir(config.logDirectory, { recursive: true, mode: 0o755 });
+
+    // What is acquired is recorded first, so that recovery after a crash knows to release it.
+    await svc.sandboxes.update(sandbox, (r) => {
+      r.resources = { cgroup: svc.pods.cgroupPathFor(sandbox), pinned: true, shmMounted: ns.ipc === 'pod' };
+      r.stage = 'starting monitor';
+    });
+    cleanup.push('pod runtime', () => svc.pods.release(sandbox));
+    const started = await svc.pods.start(sandbox, { namespaces: ns, sysctls });
+    await svc.sandboxes.update(sandbox, (r) => {
+      r.resources.monitorPid = started.pid;
+      r.resources.monitorStartTime = started.startTime;
+    });
+    failpoint('sandbox-after-monitor');
+
+    if (ns.network === 'pod') {
+      await stage('setting up network');
+      await svc.sandboxes.update(sandbox, (r) => void (r.resources.network = true));
+      cleanup.push('network', () => svc.cni.del(cniParams(sandbox)));
+      const result = await svc.cni.add({ ...cniParams(sandbox), signal: ctx.signal });
+      const ips = podIPs(result);
+      await svc.sandboxes.update(sandbox, (r) => void (r.ips = ips));
+    }
+    failpoint('sandbox-after-network');
+
+    await svc.sandboxes.update(sandbox, (r) => {
+      r.state = 'ready';
+      r.stage = 'ready';
+    });
+    cleanup.release();
+    log.info({ pod: `${config.metadata!.namespace}/${config.metadata!.name}`, ips: sandbox.record.ips }, 'pod sandbox ready');
+    return id;
+  } catch (err) {
+    log.warn({ err: errorMessage(err), stage: sandbox.record.stage }, 'pod sandbox creation failed; undoing');
+    const failed = await cleanup.unwind(log);
+    if (failed.length > 0) log.error({ failed }, 'some cleanup steps failed; recovery will retry them');
+    throw err;
+  }
+}
+
+/** The CNI arguments of a sandbox; kubelet identifies pods by these in plugin logs. */
+export function cniParams(sandbox: Sandbox) {
+  const m = sandbox.config.metadata!;
+  return {
+    containerId: sandbox.id,
+    netnsPath: sandbox.netnsPath,
+    ifName: 'eth0',
+    podName: m.name,
+    podNamespace: m.namespace,
+    podUid: m.uid,
+    runtimeConfig: {
+      portMappings: sandbox.config.portMappings.map((p) => ({
+        hostPort: p.hostPort,
+        containerPort: p.containerPort,
+        protocol: ['tcp', 'udp', 'sctp'][p.protocol] ?? 'tcp',
+        hostIP: p.hostIp,
+      })),
+      dns: sandbox.config.dnsConfig
+        ? { servers: sandbox.config.dnsConfig.servers, searches: sandbox.config.dnsConfig.searches, options: sandbox.config.dnsConfig.options }
+        : undefined,
+      cgroupPath: sandbox.record.resources.cgroup,
+    },
+  };
+}
