@@ -37,8 +37,10 @@ stamp_matches() { [ $force = 0 ] && [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]; }
 lock_hash=$(sha256sum package-lock.json | cut -d' ' -f1)
 if ! stamp_matches node_modules/.crisp-lock "$lock_hash"; then
   note "installing npm dependencies"
-  npm ci --no-audit --no-fund --loglevel=error
-  echo "$lock_hash" > node_modules/.crisp-lock
+  # `npm install` rather than `npm ci`: npm 11 rejects this lockfile's platform-specific optional
+  # dependencies in `npm ci` although they are in sync; install still honours the lockfile.
+  npm install --no-audit --no-fund --loglevel=error
+  sha256sum package-lock.json | cut -d' ' -f1 > node_modules/.crisp-lock
 fi
 
 # Native addon and monitor binary.
