@@ -1,7 +1,7 @@
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { PodSandboxConfig } from '../generated/runtime/v1/api';
-import { failedPrecondition, internal, notFound } from '../util/errors';
+import { CrispError, failedPrecondition, internal, notFound } from '../util/errors';
 import { readJsonIfExists, writeJsonAtomic } from '../util/fsutil';
 
 /**
@@ -156,6 +156,16 @@ export class SandboxStore {
 
   list(): Sandbox[] {
     return [...this.byId.values()];
+  }
+
+  /** Like resolve(), but undefined for an unknown id: Stop and Remove of a gone pod succeed. */
+  find(idOrPrefix: string): Sandbox | undefined {
+    try {
+      return this.resolve(idOrPrefix);
+    } catch (err) {
+      if (err instanceof CrispError && err.code === 'NotFound') return undefined;
+      throw err;
+    }
   }
 
   /** Resolves a full id or a unique prefix, as crictl passes truncated ids. */

@@ -110,7 +110,14 @@ export function instrument(
     const name = methodName(method.path);
     const run = table[name];
     const level = HIGH_FREQUENCY.has(name) ? 'debug' : 'info';
-    const begin = (signal: AbortSignal): { ctx: CallContext; refused?: Partial<grpc.StatusObject> } => {
+    /** Opens a call: its abort signal (fired when the client cancels), context and refusal if any. */
+    const begin = (
+      call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>,
+    ): { ctx: CallContext; abort: AbortController; started: bigint; refused?: Partial<grpc.StatusObject> } => {
+      const abort = new AbortController();
+      call.on('cancelled', () => abort.abort(new CrispError('Canceled', 'the client cancelled the call')));
+      const started = process.hrtime.bigint();
+      const signal = abort.signal;
       const id = nextCallId();
       const ctx: CallContext = {
         id,
@@ -119,13 +126,17 @@ export function instrument(
         log: options.log.child({ rpc: name, call: id }),
         signal,
       };
+      let refused: Partial<grpc.StatusObject> | undefined;
       if (!options.isReady()) {
-        return { ctx, refused: { code: grpc.status.UNAVAILABLE, details: 'crisp is starting: recovery has not finished yet' } };
+        refused = { code: grpc.status.UNAVAILABLE, details: 'crisp is starting: recovery has not finished yet' };
+      } else if (!run) {
+        refused = { code: grpc.status.UNIMPLEMENTED, details: `${name} is not implemented by crisp` };
       }
-      if (!run) {
-        return { ctx, refused: { code: grpc.status.UNIMPLEMENTED, details: `${name} is not implemented by crisp` } };
+      if (refused) {
+        options.onFinished?.(name, refused.code!, 0);
+        ctx.log.debug({ code: grpc.status[refused.code!] }, refused.details!);
       }
-      return { ctx };
+      return { ctx, abort, started, refused };
     };
     const finish = (ctx: CallContext, started: bigint, err?: unknown): Partial<grpc.StatusObject> | undefined => {
       const seconds = Number(process.hrtime.bigint() - started) / 1e9;
@@ -146,13 +157,8 @@ export function instrument(
 
     if (!method.requestStream && !method.responseStream) {
       impl[key] = ((call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) => {
-        const abort = new AbortController();
-        call.on('cancelled', () => abort.abort(new CrispError('Canceled', 'the client cancelled the call')));
-        const { ctx, refused } = begin(abort.signal);
-        const started = process.hrtime.bigint();
+        const { ctx, started, refused } = begin(call);
         if (refused) {
-          options.onFinished?.(name, refused.code!, 0);
-          ctx.log.debug({ code: grpc.status[refused.code!] }, refused.details!);
           callback(refused, null);
           return;
         }
@@ -167,12 +173,8 @@ export function instrument(
       }) as grpc.handleUnaryCall<unknown, unknown>;
     } else if (!method.requestStream && method.responseStream) {
       impl[key] = ((call: grpc.ServerWritableStream<unknown, unknown>) => {
-        const abort = new AbortController();
-        call.on('cancelled', () => abort.abort(new CrispError('Canceled', 'the client cancelled the call')));
-        const { ctx, refused } = begin(abort.signal);
-        const started = process.hrtime.bigint();
+        const { ctx, abort, started, refused } = begin(call);
         if (refused) {
-          options.onFinished?.(name, refused.code!, 0);
           call.emit('error', Object.assign(new Error(refused.details), refused));
           return;
         }

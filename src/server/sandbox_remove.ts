@@ -1,6 +1,5 @@
 import type { RemovePodSandboxRequest, RemovePodSandboxResponse } from '../generated/runtime/v1/api';
-import type { Sandbox } from '../sandbox/sandbox_store';
-import { invalidArgument, isCrispError } from '../util/errors';
+import { invalidArgument } from '../util/errors';
 import type { CallContext } from './instrument';
 import { stopSandbox } from './sandbox_stop';
 import type { CriService } from './service';
@@ -8,13 +7,8 @@ import type { CriService } from './service';
 /** Removes a sandbox and everything it holds, stopping it first if needed. Unknown ids succeed. */
 export async function removePodSandbox(svc: CriService, req: RemovePodSandboxRequest, ctx: CallContext): Promise<RemovePodSandboxResponse> {
   if (!req.podSandboxId) throw invalidArgument('pod sandbox id is empty');
-  let sandbox: Sandbox;
-  try {
-    sandbox = svc.sandboxes.resolve(req.podSandboxId);
-  } catch (err) {
-    if (isCrispError(err, 'NotFound')) return {};
-    throw err;
-  }
+  const sandbox = svc.sandboxes.find(req.podSandboxId);
+  if (!sandbox) return {};
   await stopSandbox(svc, sandbox, ctx);
   await svc.sandboxLocks.run(sandbox.id, async () => {
     await svc.pods.release(sandbox);

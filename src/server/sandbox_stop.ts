@@ -1,6 +1,6 @@
 import type { StopPodSandboxRequest, StopPodSandboxResponse } from '../generated/runtime/v1/api';
 import type { Sandbox } from '../sandbox/sandbox_store';
-import { invalidArgument, isCrispError } from '../util/errors';
+import { invalidArgument } from '../util/errors';
 import type { CallContext } from './instrument';
 import { cniParams } from './sandbox_run';
 import type { CriService } from './service';
@@ -12,13 +12,8 @@ import type { CriService } from './service';
  */
 export async function stopPodSandbox(svc: CriService, req: StopPodSandboxRequest, ctx: CallContext): Promise<StopPodSandboxResponse> {
   if (!req.podSandboxId) throw invalidArgument('pod sandbox id is empty');
-  let sandbox: Sandbox;
-  try {
-    sandbox = svc.sandboxes.resolve(req.podSandboxId);
-  } catch (err) {
-    if (isCrispError(err, 'NotFound')) return {};
-    throw err;
-  }
+  const sandbox = svc.sandboxes.find(req.podSandboxId);
+  if (!sandbox) return {};
   await stopSandbox(svc, sandbox, ctx);
   return {};
 }
