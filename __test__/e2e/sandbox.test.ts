@@ -6,7 +6,10 @@ import * as grpc from '@grpc/grpc-js';
 import anyTest, { type TestFn } from 'ava';
 import type { CriClient } from '../../src/client/cri_client';
 import { NamespaceMode, PodSandboxState } from '../../src/generated/runtime/v1/api';
+import { spawn } from 'node:child_process';
+import * as net from 'node:net';
 import { TestDaemon, tempDir } from '../fixtures/daemon';
+import { chainExists, cleanupPortmap, natRules } from '../fixtures/iptables';
 
 /**
  * Pod sandboxes through the daemon's socket with the real CNI plugins, on a bridge and /24 that
@@ -18,12 +21,13 @@ interface Context {
   bridge: string;
   subnet: string;
   forwarding: string;
+  hostportChainsExisted: boolean;
 }
 const test = anyTest.serial as TestFn<Context>;
 
 const tag = crypto.randomBytes(3).toString('hex');
 
-test.before((t) => {
+test.before(async (t) => {
   const dir = tempDir('crisp-test-cni-');
   const confDir = path.join(dir, 'net.d');
   fs.mkdirSync(confDir);
@@ -47,10 +51,11 @@ test.before((t) => {
       ],
     }),
   );
-  t.context = { dir, confDir, bridge, subnet, forwarding };
+  t.context = { dir, confDir, bridge, subnet, forwarding, hostportChainsExisted: await chainExists('CNI-HOSTPORT-DNAT') };
 });
 
-test.after.always((t) => {
+test.after.always(async (t) => {
+  await cleanupPortmap(`crisp-e2e-${tag}`, t.context.hostportChainsExisted);
   try {
     execFileSync('ip', ['link', 'delete', t.context.bridge], { stdio: 'ignore' });
   } catch {
@@ -234,4 +239,101 @@ test('kill -9 of the daemon half-way through RunPodSandbox: after restart the po
   assertNothingLeft(t, d, ids[0]);
   const ipam = fs.readdirSync(path.join(t.context.dir, 'ipam', `crisp-e2e-${tag}`)).filter((f) => f.startsWith('10.'));
   t.deepEqual(ipam, [], 'the IP allocated before the crash was released');
+});
+
+async function connectWithRetry(port: number, payload: string): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    try {
+      await new Promise<void>((resolve, reject) => {
+        const sock = net.connect({ host: '127.0.0.1', port }, () => sock.end(payload, () => resolve()));
+        sock.on('error', reject);
+        sock.setTimeout(3000, () => sock.destroy(new Error('connect timeout')));
+      });
+      return;
+    } catch (err) {
+      if (Date.now() > deadline) throw err;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+}
+
+test('two pods reach each other, and a hostPort on 127.0.0.1 reaches a server in a pod', async (t) => {
+  const { d, c } = await daemon(t);
+  const hostPort = 20000 + crypto.randomInt(20000);
+  const a = (await c.call('runPodSandbox', { config: podConfig('pa', { portMappings: [{ protocol: 0, containerPort: 8080, hostPort, hostIp: '127.0.0.1' }] }) })).podSandboxId;
+  const b = (await c.call('runPodSandbox', { config: podConfig('pb') })).podSandboxId;
+  const ipOf = async (id: string) => (await c.call('podSandboxStatus', { podSandboxId: id })).status!.network!.ip;
+  const [ipA, ipB] = [await ipOf(a), await ipOf(b)];
+  t.not(ipA, ipB);
+  const netnsOf = (id: string) => path.join(d.state, 'sandboxes', id, 'ns', 'net');
+  nsenter('net', netnsOf(a), ['busybox', 'ping', '-c', '1', '-W', '2', ipB]);
+  nsenter('net', netnsOf(b), ['busybox', 'ping', '-c', '1', '-W', '2', ipA]);
+  t.true((await natRules()).includes(`--dport ${hostPort}`), 'portmap installed the host port');
+
+  const server = spawn('nsenter', [`--net=${netnsOf(a)}`, 'busybox', 'nc', '-l', '-p', '8080'], { stdio: ['pipe', 'pipe', 'ignore'] });
+  t.teardown(() => {
+    if (server.exitCode === null) server.kill('SIGKILL');
+  });
+  let received = '';
+  server.stdout.on('data', (chunk: Buffer) => (received += chunk.toString()));
+  const token = `hello-${tag}`;
+  await connectWithRetry(hostPort, `${token}\n`);
+  for (const until = Date.now() + 10_000; !received.includes(token) && Date.now() < until; ) await new Promise((r) => setTimeout(r, 50));
+  t.true(received.includes(token), `the pod's server received ${JSON.stringify(received)}`);
+
+  for (const id of [a, b]) await c.call('removePodSandbox', { podSandboxId: id });
+  t.false((await natRules()).includes(a), 'no portmap rule for the removed pod is left');
+  for (const id of [a, b]) assertNothingLeft(t, d, id);
+});
+
+test('PID namespace shared by the pod: PID 1 there is crisp\'s init, not a container', async (t) => {
+  const { d, c } = await daemon(t);
+  const config = podConfig('sharedpid', {
+    linux: { cgroupParent: `/crisp-test-${tag}`, securityContext: { namespaceOptions: { pid: NamespaceMode.POD } } },
+  });
+  const { podSandboxId: id } = await c.call('runPodSandbox', { config });
+  const pidns = path.join(d.state, 'sandboxes', id, 'ns', 'pid');
+  t.true(fs.existsSync(pidns), 'the pod PID namespace is pinned');
+  const out = execFileSync('nsenter', [`--pid=${pidns}`, '--', 'unshare', '--mount', '--mount-proc', '--', 'busybox', 'sh', '-c', 'cat /proc/1/comm; echo $$'], {
+    encoding: 'utf8',
+  }).split('\n');
+  t.is(out[0], 'crisp-pod-init', 'PID 1 of the pod is the monitor\'s init');
+  t.not(out[1], '1', 'a process entering the pod is not PID 1');
+  await c.call('removePodSandbox', { podSandboxId: id });
+  assertNothingLeft(t, d, id);
+});
+
+test('host IPC and host PID pods use the node namespaces', async (t) => {
+  const { d, c } = await daemon(t);
+  const config = podConfig('hostipc', {
+    linux: {
+      cgroupParent: `/crisp-test-${tag}`,
+      securityContext: { namespaceOptions: { ipc: NamespaceMode.NODE, pid: NamespaceMode.NODE } },
+    },
+  });
+  const { podSandboxId: id } = await c.call('runPodSandbox', { config });
+  const st = (await c.call('podSandboxStatus', { podSandboxId: id, verbose: true }));
+  const pid = JSON.parse(st.info.info).pid as number;
+  const nsOf = (p: number | string, kind: string) => fs.readlinkSync(`/proc/${p}/ns/${kind}`);
+  t.is(nsOf(pid, 'ipc'), nsOf('self', 'ipc'), 'host IPC namespace');
+  t.is(nsOf(pid, 'pid'), nsOf('self', 'pid'), 'host PID namespace');
+  t.not(nsOf(pid, 'net'), nsOf('self', 'net'), 'still its own network namespace');
+  t.false(fs.existsSync(path.join(d.state, 'sandboxes', id, 'ns', 'ipc')));
+  t.false(fs.existsSync(path.join(d.state, 'sandboxes', id, 'ns', 'pid')));
+  t.false(mountsUnder(d.dir).some((l) => l.includes('/shm ')), 'no private /dev/shm for host IPC');
+  await c.call('removePodSandbox', { podSandboxId: id });
+  assertNothingLeft(t, d, id);
+});
+
+test('kill -9 right after the monitor started: after restart the pod is fully gone', async (t) => {
+  const { d } = await daemon(t, { CRISP_FAILPOINTS: 'sandbox-after-monitor' });
+  await t.throwsAsync(d.client().call('runPodSandbox', { config: podConfig('crash2') }));
+  await new Promise((resolve) => (d.child!.exitCode !== null || d.child!.signalCode !== null ? resolve(undefined) : d.child!.once('exit', resolve)));
+  const ids = fs.readdirSync(path.join(d.state, 'sandboxes'));
+  t.is(ids.length, 1);
+  d.options.env = {};
+  await d.start();
+  t.deepEqual((await d.client().call('listPodSandbox', {})).items, []);
+  assertNothingLeft(t, d, ids[0]);
 });

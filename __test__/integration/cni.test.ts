@@ -20,6 +20,7 @@ import { podIPs } from '../../src/network/cni_result';
 import { isNamespacePath } from '../../src/network/netns_util';
 import { CrispError } from '../../src/util/errors';
 import { createNetns, deleteNetns, run, runInNetns, runOk } from '../fixtures/netns';
+import { chainExists, cleanupPortmap, natRules } from '../fixtures/iptables';
 
 const isRoot = process.getuid?.() === 0;
 const serial = isRoot ? test.serial : test.serial.skip;
@@ -97,14 +98,6 @@ async function pickSubnet(): Promise<string> {
   throw new Error('no free /24 in 10.213.0.0/16');
 }
 
-async function natRules(): Promise<string> {
-  return runOk('iptables-save', ['-t', 'nat']);
-}
-
-async function chainExists(chain: string): Promise<boolean> {
-  return (await run('iptables', ['-t', 'nat', '-S', chain])).code === 0;
-}
-
 /** Whether a process is still running (a zombie waiting for a reaper counts as dead). */
 function isAlive(pid: number): boolean {
   try {
@@ -169,40 +162,10 @@ test.after.always(async () => {
   for (const name of netnsCreated) await deleteNetns(name).catch(() => undefined);
   await run('ip', ['link', 'delete', bridge]);
 
-  // Per-sandbox portmap chains carry the network name in their rule comments.
-  const rules = await natRules().catch(() => '');
-  const leftover = new Set<string>();
-  for (const line of rules.split('\n')) {
-    if (line.startsWith('-A ') && line.includes(network)) leftover.add(line.split(' ')[1] as string);
-  }
-  for (const chain of leftover) await removeChain(chain);
-  // The shared portmap chains are removed only if this run created them and nothing else uses them.
-  if (!ctx.hostportChainsExisted) {
-    const dnat = await run('iptables', ['-t', 'nat', '-S', 'CNI-HOSTPORT-DNAT']);
-    if (dnat.code === 0 && dnat.stdout.trim().split('\n').length === 1) {
-      for (const chain of ['CNI-HOSTPORT-DNAT', 'CNI-HOSTPORT-MASQ', 'CNI-HOSTPORT-SETMARK']) await removeChain(chain);
-    }
-  }
+  await cleanupPortmap(network, ctx.hostportChainsExisted);
   for (const [key, value] of ctx.forwarding) await fsp.writeFile(key, value).catch(() => undefined);
   await fsp.rm(ctx.tmp, { recursive: true, force: true });
 });
-
-/** Deletes every nat-table jump to `chain`, then the chain itself. */
-async function removeChain(chain: string): Promise<void> {
-  for (const parent of ['PREROUTING', 'OUTPUT', 'POSTROUTING', 'CNI-HOSTPORT-DNAT']) {
-    const listing = await run('iptables', ['-t', 'nat', '-L', parent, '-n', '--line-numbers']);
-    if (listing.code !== 0) continue;
-    const numbers = listing.stdout
-      .split('\n')
-      .map((line) => line.trim().split(/\s+/))
-      .filter((cols) => cols[1] === chain)
-      .map((cols) => Number(cols[0]))
-      .sort((a, b) => b - a);
-    for (const n of numbers) await run('iptables', ['-t', 'nat', '-D', parent, String(n)]);
-  }
-  await run('iptables', ['-t', 'nat', '-F', chain]);
-  await run('iptables', ['-t', 'nat', '-X', chain]);
-}
 
 const pods: Record<string, { netns: { name: string; path: string }; params: CniAttachParams; ip: string }> = {};
 
