@@ -37,6 +37,10 @@ test('Version and Status answer over runtime.v1 and runtime.v1alpha2', async (t)
 
   const rc = await v1.call('runtimeConfig', {});
   t.is(rc.linux?.cgroupDriver, CgroupDriver.CGROUPFS);
+
+  await v1.call('updateRuntimeConfig', { runtimeConfig: { networkConfig: { podCidr: '10.244.1.0/24' } } });
+  const after = await v1.call('status', { verbose: true });
+  t.is(JSON.parse(after.info.runtime).podCidr, '10.244.1.0/24', 'the pod CIDR from kubelet is recorded');
 });
 
 test('the socket is root-only and the state directory is created', async (t) => {

@@ -119,8 +119,14 @@ test('a pod gets its own network, IP, hostname, DNS and sysctls; stop and remove
   const status = await c.call('status', {});
   t.true(status.status!.conditions.find((x) => x.type === 'NetworkReady')!.status, 'the conflist makes the network ready');
 
-  const { podSandboxId: id } = await c.call('runPodSandbox', { config: podConfig('web') });
+  const logDirectory = path.join(d.dir, 'pod-logs', 'web');
+  const { podSandboxId: id } = await c.call('runPodSandbox', { config: podConfig('web', { logDirectory }) });
   t.regex(id, /^[0-9a-f]{64}$/);
+  t.true(fs.statSync(logDirectory).isDirectory(), 'log_directory is created');
+  t.regex(fs.readFileSync(path.join(d.state, 'sandboxes', id, 'hosts'), 'utf8'), /^127\.0\.0\.1\tlocalhost$/m);
+  const shm = mountsUnder(path.join(d.state, 'sandboxes', id, 'shm'));
+  t.is(shm.length, 1, 'a private /dev/shm is mounted for the pod');
+  t.regex(shm[0], / - tmpfs shm .*size=65536k/);
   const st = (await c.call('podSandboxStatus', { podSandboxId: id, verbose: true })).status!;
   t.is(st.state, PodSandboxState.SANDBOX_READY);
   t.is(st.metadata?.name, 'web');
