@@ -75,7 +75,7 @@ export class Daemon {
     log.info({ core: native.coreVersion() }, 'native core loaded');
 
     const registry = new RegistryClient({
-      hosts: new RegistryHosts({ configDir: config.registry.configPath }),
+      hosts: new RegistryHosts({ configDir: config.registry.configPath, credentials: config.registry.auths }),
       stallTimeoutMs: config.registry.stallTimeoutMs,
       maxConcurrentDownloads: config.registry.maxConcurrentDownloads,
       userAgent: `crisp/${service.version}`,

@@ -241,6 +241,10 @@ test('credentials: htpasswd registry refuses wrong ones with a clear error and a
   const auth = Buffer.from(`${registry.username}:${registry.password}`).toString('base64');
   await c.call('removeImage', { image: { image: ref } });
   t.is((await c.call('pullImage', { image: { image: ref }, auth: { auth } })).imageRef, pushed.busybox!.manifest.config.digest);
+
+  // Credentials from the daemon's configuration, for pulls that carry none.
+  const configured = await daemon(t, `auths = { ${JSON.stringify(registry.host)} = { username = ${JSON.stringify(registry.username)}, password = ${JSON.stringify(registry.password)} } }\n`);
+  t.is((await configured.c.call('pullImage', { image: { image: ref } })).imageRef, pushed.busybox!.manifest.config.digest);
 });
 
 test('credentials: bearer token flow, anonymous', async (t) => {

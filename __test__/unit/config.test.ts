@@ -62,3 +62,12 @@ test('the rendered default config parses back to the same config', (t) => {
   const custom = applyDocument(defaultConfig(), { streaming: { token_ttl: '90s' }, runtime: { handlers: ['kata'] } }, 'x');
   t.deepEqual(applyDocument(defaultConfig(), parseToml(renderConfig(custom)) as Record<string, unknown>, 'r'), custom);
 });
+
+test('registry credentials per host', (t) => {
+  const c = applyDocument(defaultConfig(), { registry: { auths: { 'reg.example:5000': { username: 'u', password: 'p' }, 'b.example': { auth: 'dTpw' } } } }, 'f.toml');
+  t.deepEqual(c.registry.auths, { 'reg.example:5000': { username: 'u', password: 'p' }, 'b.example': { auth: 'dTpw' } });
+  t.deepEqual(applyDocument(defaultConfig(), parseToml(renderConfig(c)) as Record<string, unknown>, 'r'), c);
+  t.throws(() => applyDocument(defaultConfig(), { registry: { auths: { h: { user: 'x' } } } }, 'f.toml'), {
+    message: 'f.toml: key "registry.auths": "h": unknown key "user"',
+  });
+});

@@ -26,6 +26,8 @@ export interface Config {
     /** A transfer that receives no bytes for this long is aborted. */
     stallTimeoutMs: number;
     maxConcurrentDownloads: number;
+    /** Credentials per registry host, as in Docker's config.json `auths`. */
+    auths: Record<string, RegistryAuth>;
   };
   cgroup: {
     driver: 'cgroupfs' | 'systemd';
@@ -42,6 +44,14 @@ export interface Config {
   };
 }
 
+export interface RegistryAuth {
+  username?: string;
+  password?: string;
+  /** base64 of "username:password". */
+  auth?: string;
+  identitytoken?: string;
+}
+
 export type LogLevel = 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal';
 export const LOG_LEVELS: readonly LogLevel[] = ['trace', 'debug', 'info', 'warn', 'error', 'fatal'];
 
@@ -53,7 +63,7 @@ export function defaultConfig(): Config {
     logLevel: 'info',
     streaming: { address: '127.0.0.1', port: 0, tokenTtlMs: 60_000 },
     cni: { confDir: '/etc/cni/net.d', binDirs: ['/opt/cni/bin', '/usr/lib/cni'], pluginTimeoutMs: 60_000 },
-    registry: { configPath: '/etc/crisp/certs.d', stallTimeoutMs: 60_000, maxConcurrentDownloads: 3 },
+    registry: { configPath: '/etc/crisp/certs.d', stallTimeoutMs: 60_000, maxConcurrentDownloads: 3, auths: {} },
     cgroup: { driver: 'cgroupfs' },
     runtime: { defaultHandler: 'crisp', handlers: [] },
     metrics: { address: '' },
@@ -68,7 +78,7 @@ export class ConfigError extends Error {
   }
 }
 
-type Kind = 'string' | 'port' | 'duration' | 'string[]' | 'positive' | 'loglevel' | 'driver' | 'address';
+type Kind = 'string' | 'port' | 'duration' | 'string[]' | 'positive' | 'loglevel' | 'driver' | 'address' | 'auths';
 
 /** Where each file key lands in Config, and what it must be. */
 interface KeySpec {
@@ -96,6 +106,11 @@ const SCHEMA: Record<string, Record<string, KeySpec> | KeySpec> = {
     config_path: { path: ['registry', 'configPath'], kind: 'string', doc: 'Directory of <host>/hosts.toml files (containerd format).' },
     stall_timeout: { path: ['registry', 'stallTimeoutMs'], kind: 'duration', doc: 'Abort a download that receives no bytes for this long.' },
     max_concurrent_downloads: { path: ['registry', 'maxConcurrentDownloads'], kind: 'positive', doc: 'Layers downloaded in parallel per pull.' },
+    auths: {
+      path: ['registry', 'auths'],
+      kind: 'auths',
+      doc: 'Credentials per registry host: [registry.auths."host"] with username/password, auth or identitytoken.',
+    },
   },
   cgroup: {
     driver: { path: ['cgroup', 'driver'], kind: 'driver', doc: 'cgroupfs, or systemd (needs systemd as PID 1).' },
@@ -167,6 +182,21 @@ function convert(value: unknown, spec: KeySpec, where: string): unknown {
         bad(`expected an array of strings, got ${describe(value)}`);
       }
       return value;
+    case 'auths': {
+      if (typeof value !== 'object' || value === null || Array.isArray(value)) bad(`expected a table of registry hosts, got ${describe(value)}`);
+      const out: Record<string, RegistryAuth> = {};
+      for (const [host, entry] of Object.entries(value as Record<string, unknown>)) {
+        if (typeof entry !== 'object' || entry === null || Array.isArray(entry)) bad(`"${host}": expected a table, got ${describe(entry)}`);
+        const auth: RegistryAuth = {};
+        for (const [k, v] of Object.entries(entry as Record<string, unknown>)) {
+          if (!['username', 'password', 'auth', 'identitytoken'].includes(k)) bad(`"${host}": unknown key "${k}"`);
+          if (typeof v !== 'string') bad(`"${host}.${k}": expected a string, got ${describe(v)}`);
+          auth[k as keyof RegistryAuth] = v as string;
+        }
+        out[host] = auth;
+      }
+      return out;
+    }
   }
 }
 
@@ -230,6 +260,12 @@ export function loadConfigFile(file: string, base: Config = defaultConfig()): Co
 
 function tomlValue(value: unknown, kind: Kind): string {
   if (kind === 'duration') return JSON.stringify(formatDuration(value as number));
+  if (kind === 'auths') {
+    const hosts = Object.entries(value as Record<string, RegistryAuth>).map(
+      ([host, auth]) => `${JSON.stringify(host)} = { ${Object.entries(auth).map(([k, v]) => `${k} = ${JSON.stringify(v)}`).join(', ')} }`,
+    );
+    return `{ ${hosts.join(', ')} }`;
+  }
   return JSON.stringify(value);
 }
 
