@@ -1,0 +1,66 @@
+import type { CriService } from '../server/service';
+import { errorMessage } from '../util/errors';
+import { type Container, exitReason, readExitRecord } from './container_store';
+
+/**
+ * Turns exits recorded by the pods' monitors into container state, and lets StopContainer wait
+ * for an exit. The monitor writes `exit.json` before it announces the exit, so the record is read
+ * from disk whether the event arrives live or the exit happened while the daemon was down.
+ */
+export class ContainerExits {
+  private readonly waiters = new Map<string, Set<() => void>>();
+
+  constructor(private readonly svc: CriService) {}
+
+  /** Records the exit if the monitor has written one; returns whether the container has exited. */
+  async reconcile(container: Container): Promise<boolean> {
+    if (container.state === 'exited') return true;
+    const exit = await readExitRecord(container);
+    if (!exit) return false;
+    await this.svc.containerLocks.run(container.id, async () => {
+      if (container.state === 'exited' || !this.svc.containers.get(container.id)) return;
+      await this.svc.containers.update(container, (r) => {
+        r.state = 'exited';
+        r.pid = 0;
+        r.exitCode = exit.exitCode;
+        r.reason = exitReason(exit);
+        r.message = exit.oomKilled ? 'the container exceeded its memory limit' : '';
+        r.finishedAt = (BigInt(exit.finishedAtMs) * 1_000_000n).toString();
+        if (r.startedAt === '0' && exit.startedAtMs) r.startedAt = (BigInt(exit.startedAtMs) * 1_000_000n).toString();
+      });
+    });
+    this.svc.log.info({ container: container.id.slice(0, 12), exitCode: exit.exitCode, reason: container.record.reason }, 'container exited');
+    for (const wake of this.waiters.get(container.id) ?? []) wake();
+    this.waiters.delete(container.id);
+    return true;
+  }
+
+  /** Called for each `container_exit` event of a pod's monitor. */
+  onExit(containerId: string): void {
+    const container = this.svc.containers.get(containerId);
+    if (!container) return;
+    this.reconcile(container).catch((err: unknown) =>
+      this.svc.log.error({ container: containerId, err: errorMessage(err) }, 'recording a container exit failed'),
+    );
+  }
+
+  /** Resolves true once the container has exited, false if `timeoutMs` passes first. */
+  async waitForExit(container: Container, timeoutMs: number): Promise<boolean> {
+    if (await this.reconcile(container)) return true;
+    return new Promise((resolve) => {
+      const set = this.waiters.get(container.id) ?? new Set<() => void>();
+      this.waiters.set(container.id, set);
+      const wake = (): void => {
+        clearTimeout(timer);
+        set.delete(wake);
+        resolve(true);
+      };
+      const timer = setTimeout(() => {
+        set.delete(wake);
+        // The event may have been missed (monitor reconnect): look at the record once more.
+        this.reconcile(container).then(resolve, () => resolve(false));
+      }, timeoutMs);
+      set.add(wake);
+    });
+  }
+}

@@ -1,0 +1,642 @@
+/**
+ * Translates a CRI CreateContainer request into the OCI runtime spec (config.json) the launcher
+ * runs, with the semantics kubelet expects from containerd's CRI plugin.
+ */
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as fsp from 'node:fs/promises';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import {
+  MountPropagation,
+  NamespaceMode,
+  SecurityProfile_ProfileType,
+  type ContainerConfig,
+  type LinuxContainerResources,
+  type Mount,
+  type PodSandboxConfig,
+  type SecurityProfile,
+} from '../generated/runtime/v1/api';
+import type { ImageConfig } from '../image/image_manager';
+import { errorMessage, invalidArgument, unimplemented } from '../util/errors';
+import { capabilitiesUpTo, KNOWN_CAPABILITIES, resolveCapabilities } from './capabilities';
+import { resolveProcessArgs } from './command';
+import { resolveUser } from './image_user';
+import { resolveProcPaths } from './masked_paths';
+import { defaultSeccompProfile, loadSeccompProfile, selectSeccompProfile, type LinuxSeccomp } from './seccomp_profile';
+import {
+  applyOpts,
+  OCI_VERSION,
+  withAnnotations,
+  withCapabilities,
+  withCwd,
+  withDevices,
+  withEnv,
+  withMaskedPaths,
+  withNamespace,
+  withNoNewPrivileges,
+  withProcessArgs,
+  withReadonlyPaths,
+  withRlimit,
+  withRootfsPropagation,
+  withRootReadonly,
+  withSeccomp,
+  withTerminal,
+  withUser,
+  withWritableMountType,
+  type OciDevice,
+  type OciDeviceCgroup,
+  type OciMount,
+  type OciResources,
+  type OciSpec,
+} from './spec_opts';
+
+export type { OciSpec } from './spec_opts';
+
+export const DEFAULT_PATH_ENV = 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+
+/** containerd's default, high enough for servers; the launcher clamps it to what the host allows. */
+export const DEFAULT_NOFILE_LIMIT = 1_048_576;
+
+export const ANNOTATION_CONTAINER_TYPE = 'io.kubernetes.cri.container-type';
+export const ANNOTATION_SANDBOX_ID = 'io.kubernetes.cri.sandbox-id';
+export const ANNOTATION_SANDBOX_NAME = 'io.kubernetes.cri.sandbox-name';
+export const ANNOTATION_SANDBOX_NAMESPACE = 'io.kubernetes.cri.sandbox-namespace';
+export const ANNOTATION_SANDBOX_UID = 'io.kubernetes.cri.sandbox-uid';
+export const ANNOTATION_CONTAINER_NAME = 'io.kubernetes.cri.container-name';
+export const ANNOTATION_IMAGE_NAME = 'io.kubernetes.cri.image-name';
+
+/** A device node on the host. */
+export interface HostDevice {
+  type: 'c' | 'b' | 'p';
+  major: number;
+  minor: number;
+  /** Permission bits of the node. */
+  fileMode: number;
+  uid: number;
+  gid: number;
+}
+
+export type HostMountPropagation = 'shared' | 'slave' | 'private';
+
+/** Everything the builder asks of the host, injectable so the builder is testable without root. */
+export interface SpecHost {
+  /** Resolves symlinks of an existing path. */
+  realpath(p: string): Promise<string>;
+  exists(p: string): Promise<boolean>;
+  mkdirAll(p: string): Promise<void>;
+  /** The device node at `p` (symlinks not followed), or undefined if `p` is not a device. */
+  statDevice(p: string): Promise<HostDevice | undefined>;
+  isDirectory(p: string): Promise<boolean>;
+  readDir(p: string): Promise<string[]>;
+  /** Propagation of the host mount `p` lives on. */
+  mountPropagation(p: string): Promise<HostMountPropagation>;
+  apparmorEnabled(): Promise<boolean>;
+  apparmorProfileLoaded(name: string): Promise<boolean>;
+  hostname(): string;
+  /** /proc/sys/kernel/cap_last_cap. */
+  capLastCap(): Promise<number>;
+  swapControllerAvailable(cgroupVersion: 1 | 2): Promise<boolean>;
+  readFile(p: string): Promise<Buffer>;
+}
+
+export interface SandboxInfo {
+  id: string;
+  /** `<state>/sandboxes/<id>`: holds hostname, resolv.conf, hosts and shm/. */
+  dir: string;
+  namespaces: { network: 'pod' | 'node'; ipc: 'pod' | 'node'; uts: 'pod' | 'node'; pid: 'pod' | 'node' | 'container' };
+  nsPaths: { net?: string; ipc?: string; uts?: string; pid?: string };
+}
+
+export interface SpecInput {
+  containerId: string;
+  config: ContainerConfig;
+  sandboxConfig: PodSandboxConfig;
+  sandbox: SandboxInfo;
+  image: { config: ImageConfig; lowerDirs: string[] };
+  rootfs: { upperDir: string; workDir: string };
+  cgroup: { version: 1 | 2; paths: Record<string, string> };
+  /** Reads /etc/passwd and /etc/group through the image layers. */
+  readFileInImage: (absPath: string) => Promise<Buffer | undefined>;
+  /** Root for relative localhost/ seccomp profiles (kubelet sends absolute paths). */
+  seccompProfileRoot?: string;
+  /** PID namespace of the target container, for NamespaceMode.TARGET (ephemeral debug containers). */
+  targetPidNamespace?: string;
+  /** Host access; defaults to the real host. */
+  host?: Partial<SpecHost>;
+}
+
+export async function buildSpec(input: SpecInput): Promise<OciSpec> {
+  const host: SpecHost = { ...nodeSpecHost, ...input.host };
+  const { config, sandboxConfig } = input;
+  const security = config.linux?.securityContext;
+  const imageConfig = input.image.config.config ?? {};
+  const privileged = security?.privileged ?? false;
+
+  if (!config.metadata?.name) throw invalidArgument('container config metadata.name is empty');
+  if (privileged && !sandboxConfig.linux?.securityContext?.privileged) {
+    throw invalidArgument('no privileged container allowed in a sandbox that is not privileged');
+  }
+  if (security?.namespaceOptions?.usernsOptions?.mode === NamespaceMode.POD) {
+    throw invalidArgument('user namespaces are not supported by this runtime handler');
+  }
+
+  const spec = baseSpec(input);
+
+  // Process.
+  const hostname = sandboxConfig.hostname || host.hostname();
+  const imageEnv = imageConfig.Env ?? [];
+  const configEnv = config.envs.map((kv) => `${kv.key}=${kv.value}`);
+  applyOpts(
+    spec,
+    withProcessArgs(resolveProcessArgs(config, imageConfig)),
+    withEnv([DEFAULT_PATH_ENV]),
+    withEnv([`HOSTNAME=${hostname}`]),
+    // Image first so the container config overrides it.
+    withEnv([...imageEnv, ...configEnv]),
+    withCwd(resolveWorkingDir(config.workingDir, imageConfig.WorkingDir)),
+    withTerminal(config.tty),
+    withNoNewPrivileges(security?.noNewPrivs ?? false),
+    withRootReadonly(security?.readonlyRootfs ?? false),
+    withRlimit('RLIMIT_NOFILE', DEFAULT_NOFILE_LIMIT, DEFAULT_NOFILE_LIMIT),
+  );
+  const resources = config.linux?.resources;
+  if (resources) spec.process.oomScoreAdj = Number(resources.oomScoreAdj);
+
+  spec.process.user = await resolveUser(
+    {
+      runAsUser: security?.runAsUser?.value,
+      runAsUsername: security?.runAsUsername,
+      runAsGroup: security?.runAsGroup?.value,
+      imageUser: imageConfig.User,
+      supplementalGroups: security?.supplementalGroups ?? [],
+      supplementalGroupsPolicy: security?.supplementalGroupsPolicy ?? 0,
+    },
+    input.readFileInImage,
+  );
+  applyOpts(spec, withUser(spec.process.user));
+
+  // Namespaces.
+  applyNamespaces(spec, input, privileged);
+  if (input.sandbox.namespaces.uts === 'pod') spec.hostname = hostname;
+
+  // Mounts.
+  await applyMounts(spec, input, host);
+  if (privileged) applyOpts(spec, withWritableMountType('sysfs'), withWritableMountType('cgroup'));
+
+  // Devices.
+  await applyDevices(spec, config, privileged, host);
+
+  // Capabilities, /proc masking, seccomp and AppArmor.
+  const allCaps = capabilitiesUpTo(await host.capLastCap());
+  applyOpts(spec, withCapabilities(resolveCapabilities({ capabilities: security?.capabilities, privileged, allCapabilities: allCaps })));
+  const procPaths = resolveProcPaths(security, privileged);
+  applyOpts(spec, withMaskedPaths(procPaths.maskedPaths), withReadonlyPaths(procPaths.readonlyPaths));
+  applyOpts(spec, withSeccomp(await resolveSeccomp(spec, input, privileged, host)));
+  await applyAppArmor(spec, security?.apparmor, security?.apparmorProfile ?? '', privileged, host);
+
+  // Resources (the daemon creates the cgroup from these; they are recorded for inspection).
+  if (resources) await applyResources(spec.linux.resources, resources, input.cgroup.version, host);
+
+  applyOpts(
+    spec,
+    withAnnotations({ ...config.annotations }),
+    withAnnotations({
+      [ANNOTATION_CONTAINER_TYPE]: 'container',
+      [ANNOTATION_SANDBOX_ID]: input.sandbox.id,
+      [ANNOTATION_SANDBOX_NAME]: sandboxConfig.metadata?.name ?? '',
+      [ANNOTATION_SANDBOX_NAMESPACE]: sandboxConfig.metadata?.namespace ?? '',
+      [ANNOTATION_SANDBOX_UID]: sandboxConfig.metadata?.uid ?? '',
+      [ANNOTATION_CONTAINER_NAME]: config.metadata.name,
+      [ANNOTATION_IMAGE_NAME]: config.image?.userSpecifiedImage || config.image?.image || '',
+    }),
+  );
+  return spec;
+}
+
+function baseSpec(input: SpecInput): OciSpec {
+  if (input.image.lowerDirs.length === 0) throw invalidArgument('the image has no layers to use as the container rootfs');
+  return {
+    ociVersion: OCI_VERSION,
+    process: {
+      terminal: false,
+      user: { uid: 0, gid: 0, additionalGids: [] },
+      args: [],
+      env: [],
+      cwd: '/',
+      capabilities: { bounding: [], effective: [], inheritable: [], permitted: [], ambient: [] },
+      rlimits: [],
+      noNewPrivileges: false,
+    },
+    root: { path: 'rootfs', readonly: false },
+    mounts: [],
+    linux: {
+      namespaces: [],
+      devices: [],
+      // Deny every device; the ones the container gets are allowed after this rule.
+      resources: { devices: [{ allow: false, access: 'rwm' }] },
+      maskedPaths: [],
+      readonlyPaths: [],
+    },
+    annotations: {},
+    crispRootfs: { lowerDirs: [...input.image.lowerDirs], upperDir: input.rootfs.upperDir, workDir: input.rootfs.workDir },
+    crispCgroup: { version: input.cgroup.version, paths: { ...input.cgroup.paths } },
+  };
+}
+
+function resolveWorkingDir(configDir: string, imageDir: string | undefined): string {
+  if (configDir) {
+    if (!path.posix.isAbsolute(configDir)) throw invalidArgument(`working_dir "${configDir}" is not an absolute path`);
+    return cleanPath(configDir);
+  }
+  // Image builders store WORKDIR resolved; a relative one is taken relative to /.
+  if (imageDir) return cleanPath(path.posix.join('/', imageDir));
+  return '/';
+}
+
+function applyNamespaces(spec: OciSpec, input: SpecInput, privileged: boolean): void {
+  const { namespaces, nsPaths } = input.sandbox;
+  // Entries with a path join the pod's namespace; types left out are inherited from the pod's
+  // monitor, which is the pod's namespace (or the host's, for node mode).
+  applyOpts(spec, withNamespace({ type: 'mount' }));
+  if (namespaces.network === 'pod' && nsPaths.net) applyOpts(spec, withNamespace({ type: 'network', path: nsPaths.net }));
+  if (namespaces.ipc === 'pod' && nsPaths.ipc) applyOpts(spec, withNamespace({ type: 'ipc', path: nsPaths.ipc }));
+  if (namespaces.uts === 'pod' && nsPaths.uts) applyOpts(spec, withNamespace({ type: 'uts', path: nsPaths.uts }));
+
+  const containerPidMode = input.config.linux?.securityContext?.namespaceOptions?.pid;
+  if (containerPidMode === NamespaceMode.TARGET) {
+    if (!input.targetPidNamespace) throw invalidArgument('PID namespace mode TARGET needs the target container to be running');
+    applyOpts(spec, withNamespace({ type: 'pid', path: input.targetPidNamespace }));
+  } else if (namespaces.pid === 'container') {
+    applyOpts(spec, withNamespace({ type: 'pid' }));
+  } else if (namespaces.pid === 'pod' && nsPaths.pid) {
+    applyOpts(spec, withNamespace({ type: 'pid', path: nsPaths.pid }));
+  }
+  // A private cgroup namespace hides the host hierarchy; like containerd, only on cgroup v2
+  // (v1 tools expect the host layout) and not for privileged containers (which manage cgroups).
+  if (input.cgroup.version === 2 && !privileged) applyOpts(spec, withNamespace({ type: 'cgroup' }));
+}
+
+/** Mounts every container gets, in mount order; CRI mounts for the same destination replace them. */
+function defaultMounts(): OciMount[] {
+  return [
+    { destination: '/proc', type: 'proc', source: 'proc', options: ['nosuid', 'noexec', 'nodev'] },
+    { destination: '/dev', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'strictatime', 'mode=755', 'size=65536k'] },
+    { destination: '/dev/pts', type: 'devpts', source: 'devpts', options: ['nosuid', 'noexec', 'newinstance', 'ptmxmode=0666', 'mode=0620', 'gid=5'] },
+    { destination: '/dev/shm', type: 'tmpfs', source: 'shm', options: ['nosuid', 'noexec', 'nodev', 'mode=1777', 'size=65536k'] },
+    { destination: '/dev/mqueue', type: 'mqueue', source: 'mqueue', options: ['nosuid', 'noexec', 'nodev'] },
+    { destination: '/sys', type: 'sysfs', source: 'sysfs', options: ['nosuid', 'noexec', 'nodev', 'ro'] },
+    { destination: '/sys/fs/cgroup', type: 'cgroup', source: 'cgroup', options: ['nosuid', 'noexec', 'nodev', 'relatime', 'ro'] },
+  ];
+}
+
+const cleanPath = (p: string): string => {
+  const n = path.posix.normalize(p);
+  return n.length > 1 && n.endsWith('/') ? n.slice(0, -1) : n;
+};
+
+const depth = (p: string): number => (cleanPath(p).match(/\//g) ?? []).length;
+
+/** A bind mount request: a CRI mount, or one the runtime adds (pod files, /dev/shm, image volumes). */
+interface BindRequest {
+  containerPath: string;
+  hostPath: string;
+  readonly: boolean;
+  propagation: MountPropagation;
+}
+
+function validateCriMount(m: Mount): void {
+  if (m.image) throw unimplemented(`image volume mounts are not supported (container_path "${m.containerPath}")`);
+  if (!m.containerPath || !path.posix.isAbsolute(m.containerPath)) throw invalidArgument(`mount container_path "${m.containerPath}" is not an absolute path`);
+  if (!m.hostPath) throw invalidArgument(`mount for "${m.containerPath}" has an empty host_path`);
+  if (m.uidMappings.length > 0 || m.gidMappings.length > 0) throw invalidArgument(`mount for "${m.containerPath}" has ID mappings, which need user namespaces`);
+  if (m.recursiveReadOnly) {
+    if (!m.readonly) throw invalidArgument(`recursive read-only mount conflicts with a read-write mount (host_path "${m.hostPath}")`);
+    throw invalidArgument(`recursive read-only mounts are not supported by this runtime (host_path "${m.hostPath}")`);
+  }
+}
+
+/** Mounts the runtime adds unless a CRI mount already provides the destination. */
+async function runtimeMounts(input: SpecInput, host: SpecHost): Promise<BindRequest[]> {
+  const readonlyRootfs = input.config.linux?.securityContext?.readonlyRootfs ?? false;
+  const dir = input.sandbox.dir;
+  const out: BindRequest[] = [];
+  const podFiles: [string, string][] = [
+    ['/etc/hostname', path.join(dir, 'hostname')],
+    ['/etc/hosts', path.join(dir, 'hosts')],
+    ['/etc/resolv.conf', path.join(dir, 'resolv.conf')],
+  ];
+  for (const [containerPath, hostPath] of podFiles) {
+    if (await host.exists(hostPath)) {
+      out.push({ containerPath, hostPath, readonly: readonlyRootfs, propagation: MountPropagation.PROPAGATION_PRIVATE });
+    }
+  }
+  const shm = input.sandbox.namespaces.ipc === 'node' ? '/dev/shm' : path.join(dir, 'shm');
+  if (await host.exists(shm)) out.push({ containerPath: '/dev/shm', hostPath: shm, readonly: false, propagation: MountPropagation.PROPAGATION_PRIVATE });
+
+  // Image VOLUMEs become empty directories next to the container's writable layer.
+  const volumesDir = path.join(path.dirname(input.rootfs.upperDir), 'volumes');
+  for (const dst of Object.keys(input.image.config.config?.Volumes ?? {}).sort()) {
+    const containerPath = cleanPath(path.posix.join('/', dst));
+    const id = crypto.createHash('sha256').update(containerPath).digest('hex').slice(0, 32);
+    out.push({ containerPath, hostPath: path.join(volumesDir, id), readonly: false, propagation: MountPropagation.PROPAGATION_PRIVATE });
+  }
+  return out;
+}
+
+async function applyMounts(spec: OciSpec, input: SpecInput, host: SpecHost): Promise<void> {
+  const criMounts = input.config.mounts;
+  criMounts.forEach(validateCriMount);
+  const requests: BindRequest[] = criMounts.map((m) => ({
+    containerPath: m.containerPath,
+    hostPath: m.hostPath,
+    readonly: m.readonly,
+    propagation: m.propagation,
+  }));
+  const criDestinations = new Set(requests.map((r) => cleanPath(r.containerPath)));
+  for (const extra of await runtimeMounts(input, host)) {
+    if (!criDestinations.has(cleanPath(extra.containerPath))) requests.push(extra);
+  }
+  // Shallow destinations first so a deeper mount is not hidden by one mounted over its parent.
+  const ordered = requests.map((r, i) => ({ r, i })).sort((a, b) => depth(a.r.containerPath) - depth(b.r.containerPath) || a.i - b.i).map((x) => x.r);
+
+  const supplied = new Set(ordered.map((r) => cleanPath(r.containerPath)));
+  const suppliesDev = supplied.has('/dev');
+  spec.mounts = defaultMounts().filter((m) => !supplied.has(m.destination) && !(suppliesDev && m.destination.startsWith('/dev/')));
+
+  for (const r of ordered) {
+    // Like containerd: a missing host path is created as a directory (kubelet relies on this
+    // for some volume types), and symlinks are resolved so the mount targets the real path.
+    if (!(await host.exists(r.hostPath))) {
+      try {
+        await host.mkdirAll(r.hostPath);
+      } catch (err) {
+        throw invalidArgument(`failed to create host path "${r.hostPath}" for mount "${r.containerPath}": ${errorMessage(err)}`);
+      }
+    }
+    let source: string;
+    try {
+      source = await host.realpath(r.hostPath);
+    } catch (err) {
+      throw invalidArgument(`failed to resolve host path "${r.hostPath}": ${errorMessage(err)}`);
+    }
+    const options = ['rbind'];
+    switch (r.propagation) {
+      case MountPropagation.PROPAGATION_BIDIRECTIONAL:
+        if ((await host.mountPropagation(source)) !== 'shared') {
+          throw invalidArgument(`path "${source}" is mounted with bidirectional propagation but its host mount is not shared`);
+        }
+        options.push('rshared');
+        applyOpts(spec, withRootfsPropagation('rshared'));
+        break;
+      case MountPropagation.PROPAGATION_HOST_TO_CONTAINER:
+        if ((await host.mountPropagation(source)) === 'private') {
+          throw invalidArgument(`path "${source}" is mounted with host-to-container propagation but its host mount is neither shared nor slave`);
+        }
+        options.push('rslave');
+        applyOpts(spec, withRootfsPropagation('rslave'));
+        break;
+      default:
+        options.push('rprivate');
+    }
+    options.push(r.readonly ? 'ro' : 'rw');
+    spec.mounts.push({ destination: r.containerPath, type: 'bind', source, options });
+  }
+}
+
+/** Devices directories that hold no device nodes a container should get. */
+const SKIPPED_DEVICE_DIRS = new Set(['pts', 'shm', 'fd', 'mqueue', '.lxc', '.lxd-mounts', '.udev']);
+
+/** Every device node under `hostDir`, mapped to the same relative path under `containerDir`. */
+async function devicesUnder(hostDir: string, containerDir: string, host: SpecHost): Promise<{ containerPath: string; device: HostDevice }[]> {
+  const out: { containerPath: string; device: HostDevice }[] = [];
+  let entries: string[];
+  try {
+    entries = await host.readDir(hostDir);
+  } catch {
+    return out;
+  }
+  for (const name of entries.sort()) {
+    const hostPath = path.join(hostDir, name);
+    const containerPath = path.posix.join(containerDir, name);
+    if (await host.isDirectory(hostPath)) {
+      if (!SKIPPED_DEVICE_DIRS.has(name)) out.push(...(await devicesUnder(hostPath, containerPath, host)));
+      continue;
+    }
+    // The console belongs to the runtime, which sets it up for tty containers.
+    if (name === 'console') continue;
+    const device = await host.statDevice(hostPath);
+    if (device) out.push({ containerPath, device });
+  }
+  return out;
+}
+
+function ociDevice(containerPath: string, d: HostDevice): OciDevice {
+  return { path: containerPath, type: d.type, major: d.major, minor: d.minor, fileMode: d.fileMode, uid: d.uid, gid: d.gid };
+}
+
+function deviceRule(d: HostDevice, access: string): OciDeviceCgroup {
+  return { allow: true, type: d.type === 'b' ? 'b' : 'c', major: d.major, minor: d.minor, access };
+}
+
+async function applyDevices(spec: OciSpec, config: ContainerConfig, privileged: boolean, host: SpecHost): Promise<void> {
+  if (privileged) {
+    // Privileged containers see every host device and may use any device.
+    const all = await devicesUnder('/dev', '/dev', host);
+    applyOpts(spec, withDevices(all.map((d) => ociDevice(d.containerPath, d.device)), []));
+    spec.linux.resources.devices = [{ allow: true, access: 'rwm' }];
+  }
+  for (const dev of config.devices) {
+    if (!dev.hostPath) throw invalidArgument(`device for "${dev.containerPath}" has an empty host_path`);
+    const containerPath = dev.containerPath || dev.hostPath;
+    if (!path.posix.isAbsolute(containerPath)) throw invalidArgument(`device container_path "${containerPath}" is not an absolute path`);
+    const access = dev.permissions || 'rwm';
+    if (!/^[rwm]{1,3}$/.test(access) || new Set(access).size !== access.length) {
+      throw invalidArgument(`device "${dev.hostPath}" has invalid permissions "${dev.permissions}" (any of r, w, m)`);
+    }
+    let resolved: string;
+    try {
+      resolved = await host.realpath(dev.hostPath);
+    } catch (err) {
+      throw invalidArgument(`device "${dev.hostPath}" not found: ${errorMessage(err)}`);
+    }
+    let found: { containerPath: string; device: HostDevice }[];
+    if (await host.isDirectory(resolved)) {
+      found = await devicesUnder(resolved, containerPath, host);
+    } else {
+      const device = await host.statDevice(resolved);
+      if (!device) throw invalidArgument(`"${dev.hostPath}" is not a device node`);
+      found = [{ containerPath, device }];
+    }
+    applyOpts(
+      spec,
+      withDevices(
+        found.map((d) => ociDevice(d.containerPath, d.device)),
+        privileged ? [] : found.filter((d) => d.device.type !== 'p').map((d) => deviceRule(d.device, access)),
+      ),
+    );
+  }
+}
+
+async function resolveSeccomp(spec: OciSpec, input: SpecInput, privileged: boolean, host: SpecHost): Promise<LinuxSeccomp | undefined> {
+  const security = input.config.linux?.securityContext;
+  const choice = selectSeccompProfile(security?.seccomp, security?.seccompProfilePath ?? '', input.seccompProfileRoot);
+  // Privileged containers run unconfined whatever was asked.
+  if (privileged) return undefined;
+  switch (choice.kind) {
+    case 'unconfined':
+      return undefined;
+    case 'runtime-default':
+      return defaultSeccompProfile(spec.process.capabilities.bounding);
+    case 'localhost':
+      return loadSeccompProfile(choice.path, (p) => host.readFile(p));
+  }
+}
+
+async function applyAppArmor(spec: OciSpec, field: SecurityProfile | undefined, deprecated: string, privileged: boolean, host: SpecHost): Promise<void> {
+  let type: SecurityProfile_ProfileType | undefined;
+  let name = '';
+  if (field) {
+    type = field.profileType;
+    name = field.localhostRef;
+  } else if (deprecated === 'runtime/default') {
+    type = SecurityProfile_ProfileType.RuntimeDefault;
+  } else if (deprecated === 'unconfined') {
+    type = SecurityProfile_ProfileType.Unconfined;
+  } else if (deprecated.startsWith('localhost/')) {
+    type = SecurityProfile_ProfileType.Localhost;
+    name = deprecated;
+  } else if (deprecated) {
+    throw invalidArgument(`unsupported AppArmor profile "${deprecated}"`);
+  }
+  if (type !== SecurityProfile_ProfileType.Localhost) return;
+  name = name.startsWith('localhost/') ? name.slice('localhost/'.length) : name;
+  if (!name) throw invalidArgument('AppArmor profile type Localhost needs a localhost_ref');
+  if (!(await host.apparmorEnabled())) throw invalidArgument('AppArmor is not enabled on this host');
+  if (privileged) return;
+  if (!(await host.apparmorProfileLoaded(name))) throw invalidArgument(`AppArmor profile "${name}" is not loaded`);
+  spec.process.apparmorProfile = name;
+}
+
+async function applyResources(out: OciResources, r: LinuxContainerResources, cgroupVersion: 1 | 2, host: SpecHost): Promise<void> {
+  const cpu: NonNullable<OciResources['cpu']> = {};
+  if (r.cpuShares !== 0n) cpu.shares = Number(r.cpuShares);
+  if (r.cpuQuota !== 0n) cpu.quota = Number(r.cpuQuota);
+  if (r.cpuPeriod !== 0n) cpu.period = Number(r.cpuPeriod);
+  if (r.cpusetCpus) cpu.cpus = r.cpusetCpus;
+  if (r.cpusetMems) cpu.mems = r.cpusetMems;
+  if (Object.keys(cpu).length > 0) out.cpu = cpu;
+
+  const memory: NonNullable<OciResources['memory']> = {};
+  if (r.memoryLimitInBytes !== 0n) memory.limit = Number(r.memoryLimitInBytes);
+  if (r.memoryLimitInBytes !== 0n || r.memorySwapLimitInBytes !== 0n) {
+    // Without an explicit swap limit, swap is capped at the memory limit so the container
+    // cannot use swap at all (memory+swap == memory on v1).
+    if (await host.swapControllerAvailable(cgroupVersion)) {
+      memory.swap = Number(r.memorySwapLimitInBytes !== 0n ? r.memorySwapLimitInBytes : r.memoryLimitInBytes);
+    }
+  }
+  if (Object.keys(memory).length > 0) out.memory = memory;
+
+  if (r.hugepageLimits.length > 0) out.hugepageLimits = r.hugepageLimits.map((h) => ({ pageSize: h.pageSize, limit: Number(h.limit) }));
+  if (Object.keys(r.unified).length > 0) out.unified = { ...r.unified };
+}
+
+/** Propagation of the mount that `p` lives on, from /proc/self/mountinfo. */
+async function hostMountPropagation(p: string): Promise<HostMountPropagation> {
+  const text = await fsp.readFile('/proc/self/mountinfo', 'utf8');
+  const unescape = (s: string): string => s.replace(/\\([0-7]{3})/g, (_, oct: string) => String.fromCharCode(parseInt(oct, 8)));
+  let best: { mountPoint: string; optional: string[] } | undefined;
+  for (const line of text.split('\n')) {
+    const fields = line.split(' ');
+    if (fields.length < 7) continue;
+    const mountPoint = unescape(fields[4]!);
+    const within = mountPoint === '/' || p === mountPoint || p.startsWith(`${mountPoint}/`);
+    if (!within) continue;
+    const sep = fields.indexOf('-', 6);
+    const optional = fields.slice(6, sep < 0 ? undefined : sep);
+    // Later lines are mounted on top of earlier ones at the same point.
+    if (!best || mountPoint.length >= best.mountPoint.length) best = { mountPoint, optional };
+  }
+  if (!best) return 'private';
+  if (best.optional.some((o) => o.startsWith('shared:'))) return 'shared';
+  if (best.optional.some((o) => o.startsWith('master:'))) return 'slave';
+  return 'private';
+}
+
+function decodeDevice(st: fs.BigIntStats): HostDevice | undefined {
+  let type: HostDevice['type'];
+  if (st.isCharacterDevice()) type = 'c';
+  else if (st.isBlockDevice()) type = 'b';
+  else if (st.isFIFO()) type = 'p';
+  else return undefined;
+  // glibc's gnu_dev_major/gnu_dev_minor encoding of dev_t.
+  const rdev = st.rdev;
+  const major = Number(((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn));
+  const minor = Number((rdev & 0xffn) | ((rdev >> 12n) & ~0xffn));
+  return { type, major, minor, fileMode: Number(st.mode & 0o7777n), uid: Number(st.uid), gid: Number(st.gid) };
+}
+
+async function exists(p: string): Promise<boolean> {
+  try {
+    await fsp.access(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export const nodeSpecHost: SpecHost = {
+  realpath: (p) => fsp.realpath(p),
+  exists,
+  mkdirAll: async (p) => {
+    await fsp.mkdir(p, { recursive: true, mode: 0o755 });
+  },
+  statDevice: async (p) => decodeDevice(await fsp.lstat(p, { bigint: true })),
+  isDirectory: async (p) => {
+    try {
+      return (await fsp.lstat(p)).isDirectory();
+    } catch {
+      return false;
+    }
+  },
+  readDir: (p) => fsp.readdir(p),
+  mountPropagation: hostMountPropagation,
+  apparmorEnabled: async () => {
+    try {
+      return (await fsp.readFile('/sys/module/apparmor/parameters/enabled', 'utf8')).trim().startsWith('Y');
+    } catch {
+      return false;
+    }
+  },
+  apparmorProfileLoaded: async (name) => {
+    try {
+      const profiles = await fsp.readFile('/sys/kernel/security/apparmor/profiles', 'utf8');
+      return profiles.split('\n').some((line) => line.startsWith(`${name} (`));
+    } catch {
+      return false;
+    }
+  },
+  hostname: () => os.hostname(),
+  capLastCap: async () => {
+    try {
+      const n = parseInt(await fsp.readFile('/proc/sys/kernel/cap_last_cap', 'utf8'), 10);
+      return Number.isFinite(n) ? n : KNOWN_CAPABILITIES.length - 1;
+    } catch {
+      return KNOWN_CAPABILITIES.length - 1;
+    }
+  },
+  swapControllerAvailable: async (version) => {
+    if (version === 1) return exists('/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes');
+    // memory.swap.max does not exist in the root cgroup; look in our own.
+    try {
+      const self = await fsp.readFile('/proc/self/cgroup', 'utf8');
+      const line = self.split('\n').find((l) => l.startsWith('0::'));
+      if (!line) return false;
+      return exists(path.join('/sys/fs/cgroup', line.slice(3), 'memory.swap.max'));
+    } catch {
+      return false;
+    }
+  },
+  readFile: (p) => fsp.readFile(p),
+};
