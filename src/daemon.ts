@@ -2,19 +2,31 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Config } from './config/config';
 import { DaemonLock } from './daemon_lock';
+import { ContainerEvents } from './events/container_events';
 import type { Logger } from './log';
 import { ImageManager } from './image/image_manager';
 import { RegistryClient } from './image/registry_client';
 import { RegistryHosts } from './image/registry_hosts';
+import { CriMetrics } from './metrics/cri_metrics';
+import { MetricsServer } from './metrics/metrics_server';
 import { loadNative } from './native';
 import { CniManager } from './network/cni';
+import { ContainerExits } from './container/container_exits';
+import { recoverContainers } from './container/container_recover';
+import { ContainerStore } from './container/container_store';
 import { PodRuntime } from './sandbox/pod_runtime';
 import { recoverSandboxes } from './sandbox/sandbox_recover';
 import { SandboxStore } from './sandbox/sandbox_store';
 import { GrpcServer } from './server/grpc_server';
+import { podEventSnapshot } from './server/container_events';
 import { buildRpcTable } from './server/rpc_table';
+import { podStatsTarget, readySandboxes } from './server/sandbox_stats';
 import { CriService } from './server/service';
+import { PodStatsCollector, procNetDev } from './stats/pod_stats';
 import { packageVersion } from './version';
+
+/** How often pods' CPU counters are sampled in the background, as a baseline for usage rates. */
+const STATS_INTERVAL_MS = 10_000;
 
 /** Something with a start-up recovery pass and a clean shutdown, owned by the daemon. */
 export interface Subsystem {
@@ -48,14 +60,18 @@ export class Daemon {
     let daemon: Daemon | undefined;
     try {
       const service = new CriService(config, log, packageVersion());
+      // Process metrics cost a GC observer and an event-loop histogram: only when scraped.
+      service.metrics = new CriMetrics({ processMetrics: config.metrics.address !== '' });
       const server = new GrpcServer({
         socket: config.socket,
         table: buildRpcTable(service),
         log,
         isReady: () => daemon?.ready === true,
+        onFinished: (method, code, seconds) => service.metrics.observeRpc(method, code, seconds),
       });
       daemon = new Daemon(config, log, service, lock, server);
       await daemon.initSubsystems();
+      await daemon.initObservability();
       await server.listen();
       await daemon.recover();
       daemon.ready = true;
@@ -73,6 +89,7 @@ export class Daemon {
     const { config, log, service } = this;
     const native = loadNative();
     log.info({ core: native.coreVersion() }, 'native core loaded');
+    service.native = native;
 
     const registry = new RegistryClient({
       hosts: new RegistryHosts({ configDir: config.registry.configPath, credentials: config.registry.auths }),
@@ -80,6 +97,7 @@ export class Daemon {
       maxConcurrentDownloads: config.registry.maxConcurrentDownloads,
       userAgent: `crisp/${service.version}`,
       logger: log.child({ subsystem: 'registry' }),
+      onBytes: (bytes, info) => service.metrics.observePullBytes(bytes, info),
     });
     const images = new ImageManager({
       root: config.root,
@@ -90,10 +108,7 @@ export class Daemon {
     service.images = images;
     this.subsystems.push({
       name: 'images',
-      recover: async () => {
-        await images.load();
-        await images.collectGarbage();
-      },
+      recover: () => images.load(),
       close: async () => registry.close(),
     });
 
@@ -117,7 +132,39 @@ export class Daemon {
 
     service.sandboxes = new SandboxStore(path.join(config.state, 'sandboxes'));
     service.pods = new PodRuntime(native, log.child({ subsystem: 'pods' }));
-    this.subsystems.push({ name: 'sandboxes', recover: () => recoverSandboxes(service) });
+    this.subsystems.push({ name: 'sandboxes', recover: () => recoverSandboxes(service), close: () => service.pods.closeAll() });
+
+    service.containers = new ContainerStore(path.join(config.state, 'containers'), path.join(config.root, 'containers'));
+    service.exits = new ContainerExits(service);
+    service.pods.onMonitorEvent = (_sandboxId, event) => {
+      if (event.event === 'container_exit' && !event.execId) service.exits.onExit(event.containerId);
+    };
+    images.setSnapshotUsers(() => service.containers.chainIdsInUse());
+    this.subsystems.push({ name: 'containers', recover: () => recoverContainers(service) });
+    // Only once containers are known: snapshots a container still uses must survive collection.
+    this.subsystems.push({ name: 'image-gc', recover: () => images.collectGarbage() });
+  }
+
+  /** Events, pod stats and the Prometheus endpoint: they read the stores the subsystems above fill. */
+  private async initObservability(): Promise<void> {
+    const { config, log, service } = this;
+    service.events = new ContainerEvents({ snapshot: podEventSnapshot(service), log: log.child({ subsystem: 'events' }) });
+
+    const stats = new PodStatsCollector({
+      source: { cgroupStats: (p) => service.native.cgroupStats(p), readNetDev: procNetDev },
+      log: log.child({ subsystem: 'stats' }),
+    });
+    service.stats = stats;
+    stats.startBackground(() => readySandboxes(service).map((s) => podStatsTarget(service, s)), STATS_INTERVAL_MS);
+    this.subsystems.push({ name: 'stats', close: () => stats.close() });
+
+    service.metrics.countRunning('pods', () => readySandboxes(service).length);
+    service.metrics.countRunning('containers', () => service.containers.list().filter((c) => c.state === 'running').length);
+    if (config.metrics.address) {
+      const metricsServer = new MetricsServer(service.metrics, log.child({ subsystem: 'metrics' }));
+      await metricsServer.listen(config.metrics.address);
+      this.subsystems.push({ name: 'metrics', close: () => metricsServer.close() });
+    }
   }
 
   private async recover(): Promise<void> {
@@ -133,6 +180,8 @@ export class Daemon {
   stop(): Promise<void> {
     this.closing ??= (async () => {
       this.ready = false;
+      // Event streams never end by themselves; end them so the server's graceful close can finish.
+      this.service.events?.close();
       await this.server.close();
       for (const sub of [...this.subsystems].reverse()) {
         try {

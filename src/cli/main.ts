@@ -1,7 +1,7 @@
 import { parseArgs } from 'node:util';
 import { type Config, ConfigError, defaultConfig, LOG_LEVELS, type LogLevel, loadConfigFile, renderConfig } from '../config/config';
 import { Daemon } from '../daemon';
-import { createLogger } from '../log';
+import { createLogger, type Logger } from '../log';
 import { packageVersion } from '../version';
 
 const USAGE = `usage: crisp <command> [flags]
@@ -48,8 +48,29 @@ function resolveConfig(values: Record<string, string | boolean | undefined>): Co
   return config;
 }
 
-async function runDaemon(config: Config): Promise<void> {
+/**
+ * SIGHUP: re-reads the configuration (file, then command-line flags on top, as at start-up) and
+ * applies its log level. Other settings need a restart; a broken file keeps the current level.
+ */
+function reloadLogLevel(log: Logger, reload: () => Config): void {
+  try {
+    const level = reload().logLevel;
+    if (level === log.level) {
+      log.info({ level }, 'configuration reloaded; log level unchanged');
+      return;
+    }
+    const previous = log.level;
+    log.level = level;
+    log.info({ level, previous }, 'configuration reloaded; log level changed');
+  } catch (err) {
+    log.error({ err: (err as Error).message }, 'configuration reload failed; keeping the current log level');
+  }
+}
+
+async function runDaemon(config: Config, reload: () => Config): Promise<void> {
   const log = createLogger(config.logLevel);
+  // Installed first: SIGHUP's default action would kill a daemon still starting.
+  process.on('SIGHUP', () => reloadLogLevel(log, reload));
   process.on('uncaughtException', (err) => log.error({ err }, 'uncaught exception'));
   process.on('unhandledRejection', (err) => log.error({ err }, 'unhandled promise rejection'));
   let daemon: Daemon;
@@ -94,7 +115,7 @@ export async function main(argv: string[]): Promise<number> {
           },
         });
         if (positionals.length > 0) throw new UsageError(`unexpected argument "${positionals[0]}"`);
-        await runDaemon(resolveConfig(values));
+        await runDaemon(resolveConfig(values), () => resolveConfig(values));
         return 0;
       }
       case 'version':

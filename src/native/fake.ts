@@ -2,6 +2,7 @@ import * as crypto from 'node:crypto';
 import * as fsp from 'node:fs/promises';
 import * as zlib from 'node:zlib';
 import { promisify } from 'node:util';
+import type { CgroupStats } from '../stats/cgroup_stats';
 import { type CgroupResources, type CreatedCgroup, fromNativeError, type LayerMediaType, type NativeCore, type UnpackLayerResult } from './index';
 
 const gunzip = promisify(zlib.gunzip);
@@ -36,6 +37,18 @@ export class FakeNativeCore implements NativeCore {
 
   async cgroupRemove(path: string): Promise<void> {
     this.cgroups.delete(path);
+  }
+
+  /** Counters `cgroupStats` reports, by path; a path not here reads as a missing cgroup. */
+  readonly stats = new Map<string, CgroupStats>();
+
+  async cgroupUpdate(path: string, resources: CgroupResources): Promise<void> {
+    if (!this.cgroups.has(path)) throw fromNativeError(Object.assign(new Error(`cgroup ${path} does not exist`), { code: 'ENOENT' }), `updating cgroup ${path}`);
+    this.cgroups.set(path, { ...this.cgroups.get(path), ...resources });
+  }
+
+  async cgroupStats(path: string): Promise<CgroupStats> {
+    return structuredClone(this.stats.get(path) ?? {});
   }
 
   async unpinNamespaces(dir: string): Promise<void> {

@@ -1,5 +1,6 @@
 import * as path from 'node:path';
 import { CrispError, errorMessage, failedPrecondition, internal } from '../util/errors';
+import { type CgroupStats, decodeCgroupStats } from '../stats/cgroup_stats';
 import type { NativeAddon, RawMediaType, RawUnpackResult } from './addon';
 
 export type LayerMediaType = RawMediaType;
@@ -22,6 +23,10 @@ export interface NativeCore {
   cgroupCreate(parent: string, name: string, resources: CgroupResources): Promise<CreatedCgroup>;
   /** Removes a cgroup and its descendants, SIGKILLing what still runs there. Idempotent. */
   cgroupRemove(path: string): Promise<void>;
+  /** Applies `resources` to an existing cgroup; NotFound-like ENOENT if it does not exist. */
+  cgroupUpdate(path: string, resources: CgroupResources): Promise<void>;
+  /** Usage counters of a cgroup; sections are absent for a missing cgroup or controller. */
+  cgroupStats(path: string): Promise<CgroupStats>;
   /** Releases the pinned namespace files in `dir` and the directory. Idempotent. */
   unpinNamespaces(dir: string): Promise<void>;
 }
@@ -52,7 +57,15 @@ export interface CreatedCgroup {
 /** `<package root>/native/crisp.node`; this file runs from `<package root>/dist/src/native/`. */
 export const NATIVE_ADDON_PATH = path.resolve(__dirname, '..', '..', '..', 'native', 'crisp.node');
 
-const REQUIRED_EXPORTS: ReadonlyArray<keyof NativeAddon> = ['coreVersion', 'unpackLayer', 'cgroupCreate', 'cgroupRemove', 'nsUnpinDir'];
+const REQUIRED_EXPORTS: ReadonlyArray<keyof NativeAddon> = [
+  'coreVersion',
+  'unpackLayer',
+  'cgroupCreate',
+  'cgroupUpdate',
+  'cgroupRemove',
+  'cgroupStats',
+  'nsUnpinDir',
+];
 
 /** The error code the addon attached to an error, if any. */
 export function nativeErrorCode(err: unknown): string | undefined {
@@ -119,6 +132,24 @@ class AddonCore implements NativeCore {
     } catch (err) {
       throw fromNativeError(err, `removing cgroup ${path}`);
     }
+  }
+
+  async cgroupUpdate(path: string, resources: CgroupResources): Promise<void> {
+    try {
+      await this.addon.cgroupUpdate(path, JSON.stringify(resources));
+    } catch (err) {
+      throw fromNativeError(err, `updating cgroup ${path}`);
+    }
+  }
+
+  async cgroupStats(path: string): Promise<CgroupStats> {
+    let text: string;
+    try {
+      text = await this.addon.cgroupStats(path);
+    } catch (err) {
+      throw fromNativeError(err, `stats of cgroup ${path}`);
+    }
+    return decodeCgroupStats(text);
   }
 
   async unpinNamespaces(dir: string): Promise<void> {

@@ -6,7 +6,7 @@ import type { LinuxContainerResources } from '../generated/runtime/v1/api';
 import type { Logger } from '../log';
 import type { CgroupResources, NativeCore } from '../native';
 import { errorMessage, internal, isCrispError } from '../util/errors';
-import { MonitorClient } from './monitor_client';
+import { MonitorClient, type MonitorEvent } from './monitor_client';
 import { MONITOR_NS_DIR, MONITOR_SOCKET_FILE, spawnMonitor } from './monitor_spawn';
 import type { SandboxNamespaces } from './sandbox_spec';
 import type { Sandbox } from './sandbox_store';
@@ -42,11 +42,50 @@ export function cgroupResources(r: LinuxContainerResources | undefined): CgroupR
  * namespaces under `<sandbox dir>/ns/` and will parent the pod's containers.
  */
 export class PodRuntime {
+  /** One connection per pod's monitor, subscribed to its events, opened on first use. */
+  private readonly clients = new Map<string, Promise<MonitorClient>>();
+  /** Receives every event a pod's monitor pushes (container exits). */
+  onMonitorEvent?: (sandboxId: string, event: MonitorEvent) => void;
+
   constructor(
     private readonly native: NativeCore,
     private readonly log: Logger,
     private readonly monitorBinary?: string,
   ) {}
+
+  /** The pod monitor's control connection; Unavailable if the monitor is gone. */
+  client(sandbox: Sandbox): Promise<MonitorClient> {
+    let pending = this.clients.get(sandbox.id);
+    if (!pending) {
+      pending = (async () => {
+        const client = await MonitorClient.connect(path.join(sandbox.dir, MONITOR_SOCKET_FILE));
+        client.onClose(() => {
+          if (this.clients.get(sandbox.id) === pending) this.clients.delete(sandbox.id);
+        });
+        await client.onEvent((event) => this.onMonitorEvent?.(sandbox.id, event));
+        return client;
+      })();
+      pending.catch(() => {
+        if (this.clients.get(sandbox.id) === pending) this.clients.delete(sandbox.id);
+      });
+      this.clients.set(sandbox.id, pending);
+    }
+    return pending;
+  }
+
+  private async dropClient(sandbox: Sandbox): Promise<void> {
+    const pending = this.clients.get(sandbox.id);
+    this.clients.delete(sandbox.id);
+    const client = await pending?.catch(() => undefined);
+    client?.close();
+  }
+
+  /** Closes every monitor connection (daemon shutdown); the monitors keep running. */
+  async closeAll(): Promise<void> {
+    const all = [...this.clients.values()];
+    this.clients.clear();
+    for (const pending of all) (await pending.catch(() => undefined))?.close();
+  }
 
   cgroupParentOf(sandbox: Sandbox): string {
     return sandbox.config.linux?.cgroupParent || DEFAULT_CGROUP_PARENT;
@@ -58,6 +97,48 @@ export class PodRuntime {
    */
   cgroupPathFor(sandbox: Sandbox): string {
     return this.native.cgroupResolvePath(this.cgroupParentOf(sandbox), sandbox.id);
+  }
+
+  cgroupPathForName(parent: string, name: string): string {
+    return this.native.cgroupResolvePath(parent, name);
+  }
+
+  createCgroup(parent: string, name: string, resources: CgroupResources) {
+    return this.native.cgroupCreate(parent, name, resources);
+  }
+
+  updateCgroup(cgroupPath: string, resources: CgroupResources): Promise<void> {
+    return this.native.cgroupUpdate(cgroupPath, resources);
+  }
+
+  async removeCgroup(cgroupPath: string): Promise<void> {
+    if (cgroupPath) await this.native.cgroupRemove(cgroupPath);
+  }
+
+  /** The pinned namespace files containers of this pod join. */
+  namespacePaths(sandbox: Sandbox): { net?: string; ipc?: string; uts?: string; pid?: string } {
+    const dir = path.join(sandbox.dir, MONITOR_NS_DIR);
+    const out: { net?: string; ipc?: string; uts?: string; pid?: string } = {};
+    for (const kind of ['net', 'ipc', 'uts', 'pid'] as const) {
+      const file = path.join(dir, kind);
+      if (fs.existsSync(file)) out[kind] = file;
+    }
+    return out;
+  }
+
+  /** Sends `signal` to a container's main process through the monitor. */
+  async signalContainer(sandbox: Sandbox, containerId: string, signal: number): Promise<void> {
+    const client = await this.client(sandbox);
+    await client.request('signal', { containerId, signal });
+  }
+
+  /** Best-effort SIGKILL, for undoing a create: a monitor that is gone has no process to kill. */
+  async killContainer(sandbox: Sandbox, containerId: string): Promise<void> {
+    try {
+      await this.signalContainer(sandbox, containerId, 9);
+    } catch (err) {
+      if (!isCrispError(err, 'Unavailable') && !isCrispError(err, 'NotFound')) throw err;
+    }
   }
 
   shmPath(sandbox: Sandbox): string {
@@ -100,17 +181,17 @@ export class PodRuntime {
   /** Stops everything the monitor parents and the monitor itself. Idempotent. */
   async stop(sandbox: Sandbox): Promise<void> {
     const pid = sandbox.record.resources.monitorPid;
-    if (!pid || !this.alive(sandbox)) return;
+    if (!pid || !this.alive(sandbox)) {
+      await this.dropClient(sandbox);
+      return;
+    }
     try {
-      const client = await MonitorClient.connect(path.join(sandbox.dir, MONITOR_SOCKET_FILE));
-      try {
-        await client.shutdown(STOP_GRACE_MS);
-      } finally {
-        client.close();
-      }
+      const client = await this.client(sandbox);
+      await client.shutdown(STOP_GRACE_MS);
     } catch (err) {
       if (!isCrispError(err, 'Unavailable')) this.log.warn({ sandbox: sandbox.id, err: errorMessage(err) }, 'monitor shutdown failed; killing it');
     }
+    await this.dropClient(sandbox);
     await this.waitGone(pid, sandbox.record.resources.monitorStartTime);
   }
 

@@ -3,12 +3,26 @@ import { listImages, streamImages } from './image_list';
 import { pullImage } from './image_pull';
 import { removeImage } from './image_remove';
 import { imageStatus } from './image_status';
+import { createContainer } from './container_create';
+import { execSync } from './container_exec_sync';
+import { listContainers, streamContainers } from './container_list';
+import { removeContainer } from './container_remove';
+import { reopenContainerLog } from './container_reopen_log';
+import { startContainer } from './container_start';
+import { containerStatus } from './container_status';
+import { stopContainer } from './container_stop';
+import { updateContainerResources } from './container_update_resources';
+import { checkpointContainer } from './container_checkpoint';
+import { getContainerEvents } from './container_events';
 import type { CallContext, RpcTable } from './instrument';
+import { listMetricDescriptors, listPodSandboxMetrics, streamPodSandboxMetrics } from './metric_descriptors';
 import { listPodSandbox, streamPodSandboxes } from './sandbox_list';
 import { removePodSandbox } from './sandbox_remove';
 import { runPodSandbox } from './sandbox_run';
+import { listPodSandboxStats, podSandboxStats, streamPodSandboxStats } from './sandbox_stats';
 import { podSandboxStatus } from './sandbox_status';
 import { stopPodSandbox } from './sandbox_stop';
+import { updatePodSandboxResources } from './sandbox_update_resources';
 import { runtimeConfig, updateRuntimeConfig } from './runtime_config';
 import { status } from './runtime_status';
 import { version } from './runtime_version';
@@ -34,11 +48,30 @@ export function buildRpcTable(svc: CriService): RpcTable {
     PodSandboxStatus: bind(podSandboxStatus),
     ListPodSandbox: bind(listPodSandbox),
     StreamPodSandboxes: bind(streamPodSandboxes),
+    CreateContainer: bind(createContainer),
+    StartContainer: bind(startContainer),
+    StopContainer: bind(stopContainer),
+    RemoveContainer: bind(removeContainer),
+    ContainerStatus: bind(containerStatus),
+    ListContainers: bind(listContainers),
+    StreamContainers: bind(streamContainers),
+    UpdateContainerResources: bind(updateContainerResources),
+    ReopenContainerLog: bind(reopenContainerLog),
+    ExecSync: bind(execSync),
     PullImage: bind(pullImage),
     ListImages: bind(listImages),
     StreamImages: bind(streamImages),
     ImageStatus: bind(imageStatus),
     RemoveImage: bind(removeImage),
     ImageFsInfo: bind(imageFsInfo),
+    PodSandboxStats: bind(podSandboxStats),
+    ListPodSandboxStats: bind(listPodSandboxStats),
+    StreamPodSandboxStats: bind(streamPodSandboxStats),
+    UpdatePodSandboxResources: bind(updatePodSandboxResources),
+    GetContainerEvents: bind(getContainerEvents),
+    ListMetricDescriptors: bind(listMetricDescriptors),
+    ListPodSandboxMetrics: bind(listPodSandboxMetrics),
+    StreamPodSandboxMetrics: bind(streamPodSandboxMetrics),
+    CheckpointContainer: bind(checkpointContainer),
   };
 }

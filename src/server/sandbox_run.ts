@@ -1,6 +1,6 @@
 import * as crypto from 'node:crypto';
 import * as fsp from 'node:fs/promises';
-import { PodSandboxConfig, type RunPodSandboxRequest, type RunPodSandboxResponse } from '../generated/runtime/v1/api';
+import { ContainerEventType, PodSandboxConfig, type RunPodSandboxRequest, type RunPodSandboxResponse } from '../generated/runtime/v1/api';
 import { podIPs } from '../network/cni_result';
 import { writePodFiles } from '../sandbox/pod_files';
 import { sandboxNamespaces, validateSandboxConfig, validateSysctls } from '../sandbox/sandbox_spec';
@@ -99,6 +99,8 @@ async function createSandbox(svc: CriService, config: PodSandboxConfig, handler:
       r.stage = 'ready';
     });
     cleanup.release();
+    svc.events.publishSandbox(sandbox, ContainerEventType.CONTAINER_CREATED_EVENT);
+    svc.events.publishSandbox(sandbox, ContainerEventType.CONTAINER_STARTED_EVENT);
     log.info({ pod: `${config.metadata!.namespace}/${config.metadata!.name}`, ips: sandbox.record.ips }, 'pod sandbox ready');
     return id;
   } catch (err) {

@@ -8,6 +8,7 @@ import {
 } from '../generated/runtime/v1/api';
 import type { Sandbox } from '../sandbox/sandbox_store';
 import { invalidArgument } from '../util/errors';
+import { toCriContainerStatus } from './container_status';
 import type { CallContext } from './instrument';
 import type { CriService } from './service';
 
@@ -62,5 +63,10 @@ export async function podSandboxStatus(svc: CriService, req: PodSandboxStatusReq
       config: sandbox.record.config,
     });
   }
-  return { status: toCriStatus(svc, sandbox), info, containersStatuses: [], timestamp: BigInt(Date.now()) * 1_000_000n };
+  // Filled for evented PLEG, which reads a pod's containers from its status (CRI 1.27+).
+  const containersStatuses = svc.containers
+    .bySandbox(sandbox.id)
+    .filter((c) => c.state !== 'creating')
+    .map((c) => toCriContainerStatus(svc, c));
+  return { status: toCriStatus(svc, sandbox), info, containersStatuses, timestamp: BigInt(Date.now()) * 1_000_000n };
 }

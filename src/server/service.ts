@@ -1,9 +1,15 @@
 import type { Config } from '../config/config';
 import type { Logger } from '../log';
+import type { ContainerExits } from '../container/container_exits';
+import type { ContainerStore } from '../container/container_store';
+import type { ContainerEvents } from '../events/container_events';
 import type { ImageManager } from '../image/image_manager';
+import type { CriMetrics } from '../metrics/cri_metrics';
+import type { NativeCore } from '../native';
 import type { CniManager } from '../network/cni';
 import type { PodRuntime } from '../sandbox/pod_runtime';
 import type { SandboxStore } from '../sandbox/sandbox_store';
+import type { PodStatsCollector } from '../stats/pod_stats';
 import { KeyedLock } from '../util/keyed_lock';
 
 /** A condition reported by the Status RPC. */
@@ -32,9 +38,19 @@ export class CriService {
   images!: ImageManager;
   sandboxes!: SandboxStore;
   pods!: PodRuntime;
+  native!: NativeCore;
+  /** GetContainerEvents fan-out; RPCs that change a pod or container publish here. */
+  events!: ContainerEvents;
+  metrics!: CriMetrics;
+  stats!: PodStatsCollector;
   /** RunPodSandbox calls in flight, by pod name key, so kubelet's retries join them. */
   readonly sandboxCreates = new Map<string, Promise<string>>();
   readonly sandboxLocks = new KeyedLock();
+  containers!: ContainerStore;
+  /** CreateContainer calls in flight, by `<pod>/<name>_<attempt>`, so kubelet's retries join them. */
+  readonly containerCreates = new Map<string, Promise<string>>();
+  readonly containerLocks = new KeyedLock();
+  exits!: ContainerExits;
   private readonly conditionSources: ConditionSource[] = [];
 
   constructor(

@@ -1,0 +1,140 @@
+import * as crypto from 'node:crypto';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { ContainerConfig, ContainerEventType, type CreateContainerRequest, type CreateContainerResponse } from '../generated/runtime/v1/api';
+import { buildSpec } from '../container/spec_builder';
+import { type Container, containerNameKey } from '../container/container_store';
+import { readFileInLayers } from '../container/image_fs';
+import { cgroupResources } from '../sandbox/pod_runtime';
+import { sandboxNamespaces } from '../sandbox/sandbox_spec';
+import type { Sandbox } from '../sandbox/sandbox_store';
+import { CleanupStack } from '../util/cleanup';
+import { errorMessage, failedPrecondition, invalidArgument, notFound } from '../util/errors';
+import { writeJsonAtomic } from '../util/fsutil';
+import type { CallContext } from './instrument';
+import type { CriService } from './service';
+
+/**
+ * Creates a container in a ready pod: its writable layer, its cgroup, its OCI spec, and — through
+ * the pod's monitor — a process set up up to the point of exec, waiting for StartContainer.
+ * A kubelet retry of an in-flight create joins it instead of failing with "name is reserved".
+ */
+export async function createContainer(svc: CriService, req: CreateContainerRequest, ctx: CallContext): Promise<CreateContainerResponse> {
+  const config = req.config;
+  if (!config) throw invalidArgument('container config is required');
+  if (!config.metadata?.name) throw invalidArgument('container metadata.name is empty');
+  if (!req.podSandboxId) throw invalidArgument('pod sandbox id is empty');
+  const sandbox = svc.sandboxes.resolve(req.podSandboxId);
+  if (sandbox.state !== 'ready' || !svc.pods.alive(sandbox)) {
+    throw failedPrecondition(`pod sandbox ${sandbox.id} is not ready: containers can only be created in a running pod`);
+  }
+  const key = containerNameKey(sandbox.id, config);
+  const inflight = svc.containerCreates.get(key);
+  if (inflight) return { containerId: await inflight };
+  const existing = svc.containers.idByName(key);
+  if (existing) return { containerId: existing };
+
+  const create = doCreate(svc, sandbox, config, ctx);
+  svc.containerCreates.set(key, create);
+  try {
+    return { containerId: await create };
+  } finally {
+    svc.containerCreates.delete(key);
+  }
+}
+
+async function doCreate(svc: CriService, sandbox: Sandbox, config: ContainerConfig, ctx: CallContext): Promise<string> {
+  const imageName = config.image?.image ?? '';
+  if (!imageName) throw invalidArgument('container image is empty');
+  const image = svc.images.find(imageName);
+  if (!image) throw notFound(`image "${imageName}" not found: pull it first`);
+  const imageConfig = await svc.images.readConfig(image.id);
+  const id = crypto.randomBytes(32).toString('hex');
+  const log = ctx.log.child({ container: id.slice(0, 12) });
+  const logPath = config.logPath && sandbox.logDirectory ? path.join(sandbox.logDirectory, config.logPath) : '';
+  const cleanup = new CleanupStack();
+
+  const container: Container = await svc.containers.create({
+    version: 1,
+    id,
+    sandboxId: sandbox.id,
+    config: ContainerConfig.toJSON(config),
+    state: 'creating',
+    createdAt: (BigInt(Date.now()) * 1_000_000n).toString(),
+    startedAt: '0',
+    finishedAt: '0',
+    image: imageName,
+    imageId: image.id,
+    chainIds: image.chainIds,
+    logPath,
+    cgroupPath: '',
+    pid: 0,
+    exitCode: 0,
+    reason: '',
+    message: '',
+    stage: 'created record',
+  });
+  cleanup.push('container record', () => svc.containers.delete(container));
+  try {
+    await fsp.mkdir(container.upperDir, { mode: 0o755 });
+    await fsp.mkdir(container.workDir, { mode: 0o700 });
+    await fsp.mkdir(path.join(container.bundleDir, 'rootfs'), { mode: 0o755 });
+    if (logPath) await fsp.mkdir(path.dirname(logPath), { recursive: true, mode: 0o755 });
+
+    // The container's cgroup lives next to the sandbox's, under kubelet's pod cgroup.
+    const parent = svc.pods.cgroupParentOf(sandbox);
+    await svc.containers.update(container, (r) => {
+      r.cgroupPath = svc.pods.cgroupPathForName(parent, id);
+      r.stage = 'creating cgroup';
+    });
+    cleanup.push('cgroup', () => svc.pods.removeCgroup(container.record.cgroupPath));
+    const cgroup = await svc.pods.createCgroup(parent, id, cgroupResources(config.linux?.resources));
+
+    const lowerDirs = [...image.chainIds].reverse().map((c) => svc.images.snapshots.fsPath(c));
+    const spec = await buildSpec({
+      containerId: id,
+      config,
+      sandboxConfig: sandbox.config,
+      sandbox: {
+        id: sandbox.id,
+        dir: sandbox.dir,
+        namespaces: sandboxNamespaces(sandbox.config),
+        nsPaths: svc.pods.namespacePaths(sandbox),
+      },
+      image: { config: imageConfig, lowerDirs },
+      rootfs: { upperDir: container.upperDir, workDir: container.workDir },
+      cgroup: { version: cgroup.version, paths: cgroup.paths },
+      readFileInImage: (p) => readFileInLayers(lowerDirs, p),
+    });
+    await writeJsonAtomic(path.join(container.bundleDir, 'config.json'), spec, 0o600);
+
+    const user = spec.process?.user;
+    await svc.containers.update(container, (r) => {
+      r.stage = 'setting up the process';
+      if (user) r.user = { uid: user.uid, gid: user.gid, additionalGids: user.additionalGids ?? [] };
+    });
+    const monitor = await svc.pods.client(sandbox);
+    cleanup.push('monitor process', () => svc.pods.killContainer(sandbox, id));
+    const created = await monitor.request<{ pid: number }>('create', {
+      containerId: id,
+      bundleDir: container.bundleDir,
+      logPath,
+      tty: config.tty,
+      stdin: config.stdin,
+      stdinOnce: config.stdinOnce,
+    });
+    await svc.containers.update(container, (r) => {
+      r.state = 'created';
+      r.pid = created.pid;
+      r.stage = 'created';
+    });
+    cleanup.release();
+    svc.events.publishContainer(id, sandbox, ContainerEventType.CONTAINER_CREATED_EVENT);
+    log.info({ name: config.metadata!.name, pod: sandbox.id.slice(0, 12), image: imageName }, 'container created');
+    return id;
+  } catch (err) {
+    log.warn({ err: errorMessage(err), stage: container.record.stage }, 'container creation failed; undoing');
+    await cleanup.unwind(log);
+    throw err;
+  }
+}

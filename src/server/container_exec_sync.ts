@@ -1,0 +1,81 @@
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { ExecSyncRequest, ExecSyncResponse } from '../generated/runtime/v1/api';
+import type { Container } from '../container/container_store';
+import { deadlineExceeded, failedPrecondition, invalidArgument } from '../util/errors';
+import type { CallContext } from './instrument';
+import type { CriService } from './service';
+
+/** What ExecSync keeps of each stream; probes print a few bytes, a runaway command must not OOM us. */
+export const EXEC_OUTPUT_LIMIT = 16 * 1024 * 1024;
+const TRUNCATED_MARKER = Buffer.from(`\n[crisp: output truncated at ${EXEC_OUTPUT_LIMIT} bytes]\n`);
+
+interface ProcessDefaults {
+  env: string[];
+  cwd: string;
+  uid: number;
+  gid: number;
+  additionalGids: number[];
+}
+
+/** The main process's environment, directory and user: exec'd commands run as the container does. */
+export function processDefaults(c: Container): ProcessDefaults {
+  const spec = JSON.parse(fs.readFileSync(path.join(c.bundleDir, 'config.json'), 'utf8')) as {
+    process?: { env?: string[]; cwd?: string; user?: { uid?: number; gid?: number; additionalGids?: number[] } };
+  };
+  return {
+    env: spec.process?.env ?? [],
+    cwd: spec.process?.cwd ?? '/',
+    uid: spec.process?.user?.uid ?? 0,
+    gid: spec.process?.user?.gid ?? 0,
+    additionalGids: spec.process?.user?.additionalGids ?? [],
+  };
+}
+
+interface ExecReply {
+  exitCode: number;
+  stdout: string;
+  stderr: string;
+  timedOut: boolean;
+  truncated?: boolean;
+}
+
+/**
+ * Runs a command in a running container through the pod's monitor (no helper binary per call) and
+ * returns its output and exit code. The timeout is enforced by the monitor, which kills the
+ * command's process group; the call then fails with DeadlineExceeded, as kubelet's probes expect.
+ */
+export async function execSync(svc: CriService, req: ExecSyncRequest, ctx: CallContext): Promise<ExecSyncResponse> {
+  if (!req.containerId) throw invalidArgument('container id is empty');
+  if (req.cmd.length === 0) throw invalidArgument('exec command is empty');
+  const c = svc.containers.resolve(req.containerId);
+  await svc.exits.reconcile(c);
+  if (c.state !== 'running') throw failedPrecondition(`container ${c.id} is not running (${c.state})`);
+  const sandbox = svc.sandboxes.resolve(c.record.sandboxId);
+  const defaults = processDefaults(c);
+  const timeoutMs = Number(req.timeout) * 1000;
+  const client = await svc.pods.client(sandbox);
+  const reply = await client.request<ExecReply>(
+    'exec',
+    {
+      containerId: c.id,
+      execId: crypto.randomBytes(8).toString('hex'),
+      process: { args: req.cmd, env: defaults.env, cwd: defaults.cwd, uid: defaults.uid, gid: defaults.gid, additionalGids: defaults.additionalGids },
+      tty: false,
+      stdin: false,
+      timeoutMs,
+    },
+    // The monitor answers at the deadline at the latest; give it a moment beyond.
+    timeoutMs > 0 ? timeoutMs + 5000 : 24 * 3600 * 1000,
+  );
+  if (reply.timedOut) throw deadlineExceeded(`command ${JSON.stringify(req.cmd)} timed out after ${req.timeout}s`);
+  const stdout = Buffer.from(reply.stdout, 'base64');
+  const stderr = Buffer.from(reply.stderr, 'base64');
+  if (reply.truncated) ctx.log.warn({ container: c.id.slice(0, 12) }, 'exec output truncated');
+  return {
+    stdout: reply.truncated && stdout.length >= EXEC_OUTPUT_LIMIT ? Buffer.concat([stdout, TRUNCATED_MARKER]) : stdout,
+    stderr: reply.truncated && stderr.length >= EXEC_OUTPUT_LIMIT ? Buffer.concat([stderr, TRUNCATED_MARKER]) : stderr,
+    exitCode: reply.exitCode,
+  };
+}

@@ -1,0 +1,40 @@
+import { ContainerEventType, type StartContainerRequest, type StartContainerResponse } from '../generated/runtime/v1/api';
+import { failedPrecondition, invalidArgument } from '../util/errors';
+import type { CallContext } from './instrument';
+import type { CriService } from './service';
+
+/** Lets the process the monitor prepared exec. A failed exec fails this call with its reason. */
+export async function startContainer(svc: CriService, req: StartContainerRequest, ctx: CallContext): Promise<StartContainerResponse> {
+  if (!req.containerId) throw invalidArgument('container id is empty');
+  const container = svc.containers.resolve(req.containerId);
+  await svc.containerLocks.run(container.id, async () => {
+    if (container.state !== 'created') throw failedPrecondition(`container ${container.id} is ${container.state}, not created`);
+    const sandbox = svc.sandboxes.resolve(container.record.sandboxId);
+    const client = await svc.pods.client(sandbox);
+    let started: { pid: number; startedAtMs: number };
+    try {
+      started = await client.request<{ pid: number; startedAtMs: number }>('start', { containerId: container.id });
+    } catch (err) {
+      // The process is gone: record it as exited with the reason, as kubelet expects to see it.
+      await svc.containers.update(container, (r) => {
+        r.state = 'exited';
+        r.pid = 0;
+        r.exitCode = 128;
+        r.reason = 'StartError';
+        r.message = (err as Error).message;
+        r.finishedAt = (BigInt(Date.now()) * 1_000_000n).toString();
+      });
+      throw err;
+    }
+    await svc.containers.update(container, (r) => {
+      r.state = 'running';
+      r.pid = started.pid;
+      r.startedAt = (BigInt(started.startedAtMs) * 1_000_000n).toString();
+    });
+  });
+  svc.events.publishContainer(container.id, svc.sandboxes.resolve(container.record.sandboxId), ContainerEventType.CONTAINER_STARTED_EVENT);
+  // The process may already have exited between exec and now.
+  await svc.exits.reconcile(container);
+  ctx.log.info({ container: container.id.slice(0, 12) }, 'container started');
+  return {};
+}
