@@ -1,3 +1,4 @@
+import { ContainerEventType } from '../generated/runtime/v1/api';
 import type { CriService } from '../server/service';
 import { errorMessage } from '../util/errors';
 import { type Container, exitReason, readExitRecord } from './container_store';
@@ -30,6 +31,8 @@ export class ContainerExits {
       });
     });
     this.svc.log.info({ container: container.id.slice(0, 12), exitCode: exit.exitCode, reason: container.record.reason }, 'container exited');
+    const sandbox = this.svc.sandboxes.get(container.record.sandboxId);
+    if (sandbox) this.svc.events.publishContainer(container.id, sandbox, ContainerEventType.CONTAINER_STOPPED_EVENT);
     for (const wake of this.waiters.get(container.id) ?? []) wake();
     this.waiters.delete(container.id);
     return true;
