@@ -58,4 +58,12 @@ export interface NativeAddon {
   cgroupPids(path: string): Promise<string>;
   /** Unmounts and deletes every pinned namespace file in `dir`, then `dir`. Idempotent. */
   nsUnpinDir(dir: string): Promise<void>;
+  /**
+   * Connects to `127.0.0.1:<port>`, falling back to `[::1]:<port>`, inside the network namespace
+   * pinned at `nsPath` (`''`: the daemon's own namespace), within `timeoutMs`. Resolves with the
+   * connected socket's descriptor (close-on-exec), which the caller owns: wrap it in
+   * `new net.Socket({ fd })` or close it. Codes: `ECONNREFUSED`, `ETIMEDOUT`, `ENOENT` (no such
+   * namespace file), `EINVAL` (not a network namespace), other errno names.
+   */
+  netnsConnect(nsPath: string, port: number, timeoutMs: number): Promise<number>;
 }

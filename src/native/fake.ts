@@ -3,9 +3,25 @@ import * as fsp from 'node:fs/promises';
 import * as zlib from 'node:zlib';
 import { promisify } from 'node:util';
 import type { CgroupStats } from '../stats/cgroup_stats';
-import { type CgroupResources, type CreatedCgroup, fromNativeError, type LayerMediaType, type NativeCore, type UnpackLayerResult } from './index';
+import {
+  type CgroupResources,
+  checkForwardPort,
+  type CreatedCgroup,
+  DEFAULT_NETNS_CONNECT_TIMEOUT_MS,
+  fromNativeError,
+  fromNetnsConnectError,
+  type LayerMediaType,
+  type NativeCore,
+  type UnpackLayerResult,
+} from './index';
 
 const gunzip = promisify(zlib.gunzip);
+
+export interface FakeNetnsConnectCall {
+  nsPath: string | undefined;
+  port: number;
+  timeoutMs: number;
+}
 
 export interface FakeUnpackCall {
   blobPath: string;
@@ -53,6 +69,28 @@ export class FakeNativeCore implements NativeCore {
 
   async unpinNamespaces(dir: string): Promise<void> {
     this.unpinned.push(dir);
+  }
+
+  readonly netnsConnects: FakeNetnsConnectCall[] = [];
+  /**
+   * Supplies the descriptor `connectInNetns` resolves with. An error it throws with a `code`
+   * (`ECONNREFUSED`, `ETIMEDOUT`, `ENOENT`, ...) is converted as the real core's would be.
+   * Without it every port refuses, like a pod where nothing listens.
+   */
+  onConnectInNetns?: (call: FakeNetnsConnectCall) => number | Promise<number>;
+
+  async connectInNetns(nsPath: string | undefined, port: number, timeoutMs = DEFAULT_NETNS_CONNECT_TIMEOUT_MS): Promise<number> {
+    checkForwardPort(port);
+    const call = { nsPath, port, timeoutMs };
+    this.netnsConnects.push(call);
+    try {
+      if (!this.onConnectInNetns) {
+        throw Object.assign(new Error(`connect to localhost:${port}: connection refused`), { code: 'ECONNREFUSED' });
+      }
+      return await this.onConnectInNetns(call);
+    } catch (err) {
+      throw fromNetnsConnectError(err, nsPath, port, timeoutMs);
+    }
   }
 
   /** Runs after an unpack succeeded, e.g. to populate `dest`. */

@@ -29,6 +29,16 @@ export interface NativeCore {
   cgroupStats(path: string): Promise<CgroupStats>;
   /** Releases the pinned namespace files in `dir` and the directory. Idempotent. */
   unpinNamespaces(dir: string): Promise<void>;
+  /**
+   * Opens a TCP connection to localhost:`port` (127.0.0.1, then [::1]) inside the network
+   * namespace pinned at `nsPath`, or the host's for a host-network pod (`undefined`), as
+   * port-forwarding needs. Resolves with the connected socket's descriptor, which the caller
+   * owns (`new net.Socket({ fd })`, or close it). Rejects with InvalidArgument for a bad port,
+   * Unavailable when nothing accepts on the port, DeadlineExceeded after `timeoutMs` (default
+   * `DEFAULT_NETNS_CONNECT_TIMEOUT_MS`), NotFound when the namespace file is gone,
+   * FailedPrecondition when it is not a network namespace.
+   */
+  connectInNetns(nsPath: string | undefined, port: number, timeoutMs?: number): Promise<number>;
 }
 
 /** Limits in the units of the cgroup files (crates/core/src/cgroup Resources). */
@@ -65,6 +75,7 @@ const REQUIRED_EXPORTS: ReadonlyArray<keyof NativeAddon> = [
   'cgroupRemove',
   'cgroupStats',
   'nsUnpinDir',
+  'netnsConnect',
 ];
 
 /** The error code the addon attached to an error, if any. */
@@ -100,6 +111,42 @@ export function fromNativeError(err: unknown, subject: string): Error {
       return internal(`${subject}: ${message}`, err);
     default:
       return internal(`${subject}: ${message} (${code})`, err);
+  }
+}
+
+/** How long `connectInNetns` waits for the connection unless told otherwise. */
+export const DEFAULT_NETNS_CONNECT_TIMEOUT_MS = 10_000;
+
+/** Rejects a port that cannot be forwarded (CRI ports are int32 on the wire). */
+export function checkForwardPort(port: number): void {
+  if (!Number.isInteger(port) || port < 1 || port > 65535) {
+    throw new CrispError('InvalidArgument', `port ${port} is not a TCP port number (1-65535)`);
+  }
+}
+
+/**
+ * Converts a failed `netnsConnect` into the error port-forwarding reports. `nsPath` is
+ * undefined for the host's namespace. The original error stays the `cause`.
+ */
+export function fromNetnsConnectError(err: unknown, nsPath: string | undefined, port: number, timeoutMs: number): Error {
+  if (err instanceof TypeError) return err;
+  const where = nsPath ? 'the pod network namespace' : 'the host network namespace';
+  const options = { cause: err };
+  switch (nativeErrorCode(err)) {
+    case 'ECONNREFUSED':
+      return new CrispError('Unavailable', `connection refused on port ${port} in ${where}`, options);
+    case 'ETIMEDOUT':
+      return new CrispError('DeadlineExceeded', `connecting to port ${port} in ${where} timed out after ${timeoutMs}ms`, options);
+    case 'ENETUNREACH':
+    case 'EHOSTUNREACH':
+    case 'EADDRNOTAVAIL':
+      return new CrispError('Unavailable', `port ${port} is unreachable in ${where}: ${errorMessage(err)}`, options);
+    case 'ENOENT':
+      return new CrispError('NotFound', `network namespace ${nsPath} does not exist`, options);
+    case 'EINVAL':
+      return new CrispError('FailedPrecondition', `${nsPath} is not a network namespace`, options);
+    default:
+      return fromNativeError(err, `connecting to port ${port} in ${where}`);
   }
 }
 
@@ -157,6 +204,15 @@ class AddonCore implements NativeCore {
       await this.addon.nsUnpinDir(dir);
     } catch (err) {
       throw fromNativeError(err, `unpinning namespaces in ${dir}`);
+    }
+  }
+
+  async connectInNetns(nsPath: string | undefined, port: number, timeoutMs = DEFAULT_NETNS_CONNECT_TIMEOUT_MS): Promise<number> {
+    checkForwardPort(port);
+    try {
+      return await this.addon.netnsConnect(nsPath ?? '', port, timeoutMs);
+    } catch (err) {
+      throw fromNetnsConnectError(err, nsPath, port, timeoutMs);
     }
   }
 

@@ -8,3 +8,4 @@ pub mod cgroup;
 pub mod monitor_proto;
 pub mod ns;
 pub mod sys;
+pub mod netns_connect;

@@ -6,10 +6,11 @@
 mod cgroup;
 mod image;
 mod js;
+mod net;
 mod ns;
 mod sys;
 
-const AREAS: &[js::RegisterArea] = &[image::register, cgroup::register, ns::register];
+const AREAS: &[js::RegisterArea] = &[image::register, cgroup::register, ns::register, net::register];
 
 /// Module entry point node looks up when it loads the addon.
 ///
