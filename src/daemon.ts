@@ -15,6 +15,8 @@ import { ContainerExits } from './container/container_exits';
 import { recoverContainers } from './container/container_recover';
 import { ContainerStore } from './container/container_store';
 import { PodRuntime } from './sandbox/pod_runtime';
+import { CrispStreamingBackend } from './streaming/crisp_backend';
+import { StreamingServer } from './streaming/server';
 import { recoverSandboxes } from './sandbox/sandbox_recover';
 import { SandboxStore } from './sandbox/sandbox_store';
 import { GrpcServer } from './server/grpc_server';
@@ -141,6 +143,17 @@ export class Daemon {
     };
     images.setSnapshotUsers(() => service.containers.chainIdsInUse());
     this.subsystems.push({ name: 'containers', recover: () => recoverContainers(service) });
+    const streaming = new StreamingServer({
+      address: config.streaming.address,
+      port: config.streaming.port,
+      tokenTtlMs: config.streaming.tokenTtlMs,
+      backend: new CrispStreamingBackend(service),
+      log: log.child({ subsystem: 'streaming' }),
+    });
+    await streaming.start();
+    service.streaming = streaming;
+    this.subsystems.push({ name: 'streaming', close: () => streaming.close() });
+
     // Only once containers are known: snapshots a container still uses must survive collection.
     this.subsystems.push({ name: 'image-gc', recover: () => images.collectGarbage() });
   }

@@ -240,7 +240,7 @@ serial('a pod monitor sets up pinned namespaces and shuts down without leftovers
   t.is(status.sandboxId, 'sb-pod');
   t.is(status.state, 'running');
   t.true(Math.abs(status.startedAtMs - Date.now()) < 60_000);
-  const unsupported = await t.throwsAsync(client.request('start', { containerId: 'c1' }));
+  const unsupported = await t.throwsAsync(client.request('attach', { containerId: 'c1' }));
   t.is((unsupported as CrispError).code, 'Unimplemented');
 
   const events: MonitorEvent[] = [];

@@ -54,7 +54,7 @@ export interface ContainerRecord {
 }
 
 export class Container {
-  readonly config: ContainerConfig;
+  private parsed?: { from: ContainerRecord; config: ContainerConfig };
 
   constructor(
     public record: ContainerRecord,
@@ -62,8 +62,12 @@ export class Container {
     readonly bundleDir: string,
     /** `<root>/containers/<id>`: the writable layer (upper/work). */
     readonly layerDir: string,
-  ) {
-    this.config = ContainerConfig.fromJSON(record.config);
+  ) {}
+
+  /** The CRI config, re-read whenever the record was replaced (UpdateContainerResources). */
+  get config(): ContainerConfig {
+    if (this.parsed?.from !== this.record) this.parsed = { from: this.record, config: ContainerConfig.fromJSON(this.record.config) };
+    return this.parsed.config;
   }
 
   get id(): string {

@@ -9,6 +9,7 @@
  */
 import * as fs from 'node:fs';
 import * as net from 'node:net';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { CrispError, type ErrorCode } from '../util/errors';
 
@@ -17,8 +18,13 @@ export const MONITOR_PROTOCOL_VERSION = 1;
 
 const DEFAULT_CONNECT_TIMEOUT_MS = 5_000;
 const DEFAULT_REQUEST_TIMEOUT_MS = 10_000;
-/** Longest line accepted from the monitor before the connection is considered broken. */
-const MAX_LINE_CHARS = 4 << 20;
+/** The longest delay setTimeout supports. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+/**
+ * Longest line accepted from the monitor before the connection is considered broken: an exec
+ * reply carries up to 16 MiB per stream, base64-encoded.
+ */
+const MAX_LINE_CHARS = 48 << 20;
 /** sun_path holds 108 bytes including the terminator. */
 const MAX_SOCKET_PATH_BYTES = 107;
 
@@ -31,6 +37,77 @@ export interface MonitorStatus {
   initPid?: number;
   startedAtMs: number;
   state: 'running' | 'shutting_down';
+  /** Containers the monitor knows of, exited ones included. */
+  containers: MonitorContainer[];
+}
+
+export type MonitorContainerState = 'created' | 'running' | 'exited';
+
+export interface MonitorContainer {
+  containerId: string;
+  /** In the node's PID namespace. */
+  pid: number;
+  state: MonitorContainerState;
+  /** Once exited. */
+  exitCode?: number;
+}
+
+/** The file in a container's bundle where the monitor records its exit. */
+export const CONTAINER_EXIT_FILE = 'exit.json';
+
+/** `<container bundle>/exit.json`, written atomically by the monitor when the container exits. */
+export interface ContainerExitRecord {
+  /** The exit status, or 128 + signal number; 128 when the program could not be started. */
+  exitCode: number;
+  signal: number | null;
+  oomKilled: boolean;
+  /** null when the process never got to exec its program. */
+  startedAtMs: number | null;
+  finishedAtMs: number;
+  /** Why the program could not be started. */
+  startError?: string;
+}
+
+export interface CreateContainerParams {
+  containerId: string;
+  /** Holds config.json (OCI runtime spec with crispRootfs/crispCgroup) and the empty rootfs/. */
+  bundleDir: string;
+  /** CRI-format log file; created 0640 if missing. */
+  logPath: string;
+  tty?: boolean;
+  stdin?: boolean;
+  stdinOnce?: boolean;
+}
+
+export interface ExecProcess {
+  args: string[];
+  /** Defaults to the container's environment. */
+  env?: string[];
+  /** Defaults to the container's working directory. */
+  cwd?: string;
+  /** Default to the container's user. */
+  uid?: number;
+  gid?: number;
+  additionalGids?: number[];
+}
+
+export interface ExecParams {
+  containerId: string;
+  execId: string;
+  process: ExecProcess;
+  tty?: boolean;
+  /** Kill the process (and its process group) after this long; 0 or absent waits indefinitely. */
+  timeoutMs?: number;
+}
+
+export interface ExecResult {
+  /** The exit status, or 128 + signal number. */
+  exitCode: number;
+  stdout: Buffer;
+  stderr: Buffer;
+  timedOut: boolean;
+  /** Output beyond 16 MiB per stream was dropped. */
+  truncated: boolean;
 }
 
 export type MonitorEvent =
@@ -42,6 +119,7 @@ export type MonitorEvent =
       exitCode: number;
       signal?: number;
       exitedAtMs: number;
+      oomKilled?: boolean;
     }
   | { event: 'oom'; containerId: string }
   | { event: 'shutdown' };
@@ -166,8 +244,61 @@ export class MonitorClient {
     });
   }
 
-  status(timeoutMs?: number): Promise<MonitorStatus> {
-    return this.request<MonitorStatus>('status', {}, timeoutMs);
+  async status(timeoutMs?: number): Promise<MonitorStatus> {
+    const status = await this.request<MonitorStatus>('status', {}, timeoutMs);
+    return { ...status, containers: status.containers ?? [] };
+  }
+
+  /**
+   * Forks the container process from the bundle; resolves once it is set up (namespaces,
+   * root filesystem, credentials) and waits to be started. Set-up failures reject with the
+   * failing step: InvalidArgument when the spec is at fault, Internal otherwise.
+   */
+  create(params: CreateContainerParams, timeoutMs?: number): Promise<{ pid: number }> {
+    return this.request<{ pid: number }>('create', { ...params }, timeoutMs);
+  }
+
+  /**
+   * Lets the created container exec its program. Resolves once execve succeeded; rejects with
+   * the reason (`exec: "/nope": no such file or directory`) if it did not, in which case the
+   * container is recorded as exited with code 128.
+   */
+  start(containerId: string, timeoutMs?: number): Promise<{ pid: number; startedAtMs: number }> {
+    return this.request<{ pid: number; startedAtMs: number }>('start', { containerId }, timeoutMs);
+  }
+
+  /** Sends a signal to the container's main process (or an exec's process group); a process that is already gone is not an error. */
+  async signal(containerId: string, signal: number | NodeJS.Signals, execId?: string): Promise<void> {
+    const signo = typeof signal === 'number' ? signal : os.constants.signals[signal];
+    if (signo === undefined) throw new CrispError('InvalidArgument', `unknown signal ${String(signal)}`);
+    await this.request('signal', execId === undefined ? { containerId, signal: signo } : { containerId, execId, signal: signo });
+  }
+
+  /**
+   * Runs a process in the running container and collects its output (ExecSync). The request
+   * timeout defaults to the exec timeout plus the client's request timeout; without an exec
+   * timeout it waits indefinitely.
+   */
+  async exec(params: ExecParams, timeoutMs?: number): Promise<ExecResult> {
+    const execTimeout = Math.max(0, Math.floor(params.timeoutMs ?? 0));
+    const requestTimeout = timeoutMs ?? (execTimeout > 0 ? execTimeout + this.requestTimeoutMs : MAX_TIMER_MS);
+    const reply = await this.request<{ exitCode: number; stdout: string; stderr: string; timedOut: boolean; truncated: boolean }>(
+      'exec',
+      { ...params, timeoutMs: execTimeout },
+      requestTimeout,
+    );
+    return {
+      exitCode: reply.exitCode,
+      stdout: Buffer.from(reply.stdout, 'base64'),
+      stderr: Buffer.from(reply.stderr, 'base64'),
+      timedOut: reply.timedOut,
+      truncated: reply.truncated,
+    };
+  }
+
+  /** Reopens the container's log file (after kubelet rotated it away). */
+  async reopenLog(containerId: string, timeoutMs?: number): Promise<void> {
+    await this.request('reopen_log', { containerId }, timeoutMs);
   }
 
   /**

@@ -7,8 +7,11 @@ import { deadlineExceeded, failedPrecondition, invalidArgument } from '../util/e
 import type { CallContext } from './instrument';
 import type { CriService } from './service';
 
-/** What ExecSync keeps of each stream; probes print a few bytes, a runaway command must not OOM us. */
-export const EXEC_OUTPUT_LIMIT = 16 * 1024 * 1024;
+/**
+ * What ExecSync returns of each stream. Probes print a few bytes; a runaway command must not make
+ * the reply exceed kubelet's 16 MiB gRPC message limit, so both streams together stay below it.
+ */
+export const EXEC_OUTPUT_LIMIT = 8 * 1024 * 1024 - 4096;
 const TRUNCATED_MARKER = Buffer.from(`\n[crisp: output truncated at ${EXEC_OUTPUT_LIMIT} bytes]\n`);
 
 interface ProcessDefaults {
@@ -70,12 +73,11 @@ export async function execSync(svc: CriService, req: ExecSyncRequest, ctx: CallC
     timeoutMs > 0 ? timeoutMs + 5000 : 24 * 3600 * 1000,
   );
   if (reply.timedOut) throw deadlineExceeded(`command ${JSON.stringify(req.cmd)} timed out after ${req.timeout}s`);
+  const cap = (b: Buffer): Buffer => (b.length > EXEC_OUTPUT_LIMIT ? Buffer.concat([b.subarray(0, EXEC_OUTPUT_LIMIT), TRUNCATED_MARKER]) : b);
   const stdout = Buffer.from(reply.stdout, 'base64');
   const stderr = Buffer.from(reply.stderr, 'base64');
-  if (reply.truncated) ctx.log.warn({ container: c.id.slice(0, 12) }, 'exec output truncated');
-  return {
-    stdout: reply.truncated && stdout.length >= EXEC_OUTPUT_LIMIT ? Buffer.concat([stdout, TRUNCATED_MARKER]) : stdout,
-    stderr: reply.truncated && stderr.length >= EXEC_OUTPUT_LIMIT ? Buffer.concat([stderr, TRUNCATED_MARKER]) : stderr,
-    exitCode: reply.exitCode,
-  };
+  if (reply.truncated || stdout.length > EXEC_OUTPUT_LIMIT || stderr.length > EXEC_OUTPUT_LIMIT) {
+    ctx.log.warn({ container: c.id.slice(0, 12) }, 'exec output truncated');
+  }
+  return { stdout: cap(stdout), stderr: cap(stderr), exitCode: reply.exitCode };
 }

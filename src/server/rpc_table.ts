@@ -5,6 +5,7 @@ import { removeImage } from './image_remove';
 import { imageStatus } from './image_status';
 import { createContainer } from './container_create';
 import { execSync } from './container_exec_sync';
+import { attach, exec, portForward } from './container_streaming';
 import { listContainers, streamContainers } from './container_list';
 import { removeContainer } from './container_remove';
 import { reopenContainerLog } from './container_reopen_log';
@@ -58,6 +59,9 @@ export function buildRpcTable(svc: CriService): RpcTable {
     UpdateContainerResources: bind(updateContainerResources),
     ReopenContainerLog: bind(reopenContainerLog),
     ExecSync: bind(execSync),
+    Exec: bind(exec),
+    Attach: bind(attach),
+    PortForward: bind(portForward),
     PullImage: bind(pullImage),
     ListImages: bind(listImages),
     StreamImages: bind(streamImages),

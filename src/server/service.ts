@@ -4,6 +4,7 @@ import type { ContainerExits } from '../container/container_exits';
 import type { ContainerStore } from '../container/container_store';
 import type { ContainerEvents } from '../events/container_events';
 import type { ImageManager } from '../image/image_manager';
+import type { StreamingServer } from '../streaming/server';
 import type { CriMetrics } from '../metrics/cri_metrics';
 import type { NativeCore } from '../native';
 import type { CniManager } from '../network/cni';
@@ -51,6 +52,7 @@ export class CriService {
   readonly containerCreates = new Map<string, Promise<string>>();
   readonly containerLocks = new KeyedLock();
   exits!: ContainerExits;
+  streaming!: StreamingServer;
   private readonly conditionSources: ConditionSource[] = [];
 
   constructor(

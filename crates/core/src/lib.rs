@@ -8,4 +8,5 @@ pub mod cgroup;
 pub mod monitor_proto;
 pub mod ns;
 pub mod sys;
+pub mod container;
 pub mod netns_connect;

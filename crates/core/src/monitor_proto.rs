@@ -24,6 +24,8 @@ pub const PROTOCOL_VERSION: u32 = 1;
 
 pub const CONFIG_FILE: &str = "monitor.json";
 pub const SOCKET_FILE: &str = "monitor.sock";
+/// A container's exit record, `<container bundle>/exit.json` (an [`ExitRecord`]).
+pub const EXIT_FILE: &str = "exit.json";
 /// Directory under the bundle holding the pinned namespace files (`net`, `ipc`, `uts`, `pid`).
 pub const NS_DIR: &str = "ns";
 /// The descriptor the readiness line is written to.
@@ -334,7 +336,77 @@ impl Response {
 pub enum Reply {
     Status(StatusReply),
     Attach(AttachReply),
+    Exec(ExecReply),
+    Start(StartReply),
+    Create(CreateReply),
     Empty(Empty),
+}
+
+/// `create`: the container process is set up and waits to be started.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateReply {
+    /// In the node's PID namespace.
+    pub pid: i32,
+}
+
+/// `start`: the container process has exec'd its program.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StartReply {
+    pub pid: i32,
+    pub started_at_ms: u64,
+}
+
+/// `exec`: the exec'd process has exited (or was killed at the timeout).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecReply {
+    /// The exit status, or 128 + signal number.
+    pub exit_code: i32,
+    /// Base64.
+    pub stdout: String,
+    /// Base64.
+    pub stderr: String,
+    pub timed_out: bool,
+    /// Output beyond the per-stream cap was dropped.
+    pub truncated: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContainerState {
+    /// Set up and waiting for `start`.
+    Created,
+    Running,
+    Exited,
+}
+
+/// A container as `status` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerInfo {
+    pub container_id: String,
+    pub pid: i32,
+    pub state: ContainerState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+}
+
+/// `<container bundle>/exit.json`, written atomically when the container's process is reaped.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExitRecord {
+    /// The exit status, or 128 + signal number (128 when the program could not be started).
+    pub exit_code: i32,
+    pub signal: Option<i32>,
+    pub oom_killed: bool,
+    /// None when the process never got to exec its program.
+    pub started_at_ms: Option<u64>,
+    pub finished_at_ms: u64,
+    /// Why the program could not be started (`start` failed with this message).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_error: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -352,6 +424,9 @@ pub struct StatusReply {
     pub init_pid: Option<i32>,
     pub started_at_ms: u64,
     pub state: MonitorState,
+    /// Containers the monitor knows of, exited ones included.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<ContainerInfo>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -406,6 +481,12 @@ pub struct ExitEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal: Option<i32>,
     pub exited_at_ms: u64,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub oom_killed: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 #[cfg(test)]
@@ -538,6 +619,7 @@ mod tests {
                 init_pid: Some(11),
                 started_at_ms: 1_700_000_000_000,
                 state: MonitorState::Running,
+                containers: vec![],
             }),
         );
         assert_eq!(
@@ -558,10 +640,81 @@ mod tests {
             exit_code: 137,
             signal: Some(9),
             exited_at_ms: 1,
+            oom_killed: false,
         });
         assert_eq!(
             serde_json::to_value(&exit).unwrap(),
             json!({"event":"container_exit","containerId":"c","pid":5,"exitCode":137,"signal":9,"exitedAtMs":1})
+        );
+        let oom = Event::ContainerExit(ExitEvent {
+            container_id: "c".into(),
+            exec_id: None,
+            pid: 5,
+            exit_code: 137,
+            signal: Some(9),
+            exited_at_ms: 1,
+            oom_killed: true,
+        });
+        assert_eq!(serde_json::to_value(&oom).unwrap()["oomKilled"], json!(true));
+    }
+
+    #[test]
+    fn container_ops_serialize_as_documented() {
+        let r: RequestEnvelope = serde_json::from_str(
+            r#"{"id":1,"op":"create","containerId":"c1","bundleDir":"/b","logPath":"/l","tty":true}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r.request,
+            Request::Create(CreateRequest {
+                container_id: "c1".into(),
+                bundle_dir: "/b".into(),
+                log_path: "/l".into(),
+                tty: true,
+                stdin: false,
+                stdin_once: false,
+            })
+        );
+        let r: RequestEnvelope = serde_json::from_str(
+            r#"{"id":2,"op":"exec","containerId":"c1","execId":"e1","process":{"args":["ls"],"env":["A=1"],"uid":0},"timeoutMs":500}"#,
+        )
+        .unwrap();
+        let Request::Exec(exec) = r.request else { panic!("not an exec") };
+        assert_eq!(exec.process.args, vec!["ls"]);
+        assert_eq!((exec.process.uid, exec.process.gid, exec.timeout_ms), (Some(0), None, 500));
+
+        let cases = [
+            (Reply::Create(CreateReply { pid: 42 }), json!({"pid": 42})),
+            (Reply::Start(StartReply { pid: 42, started_at_ms: 7 }), json!({"pid": 42, "startedAtMs": 7})),
+            (
+                Reply::Exec(ExecReply { exit_code: 3, stdout: "aGk=".into(), stderr: "".into(), timed_out: false, truncated: true }),
+                json!({"exitCode": 3, "stdout": "aGk=", "stderr": "", "timedOut": false, "truncated": true}),
+            ),
+        ];
+        for (reply, want) in cases {
+            assert_eq!(serde_json::to_value(Response::ok(1, reply)).unwrap()["result"], want);
+        }
+        let status = StatusReply {
+            protocol_version: PROTOCOL_VERSION,
+            version: "0.1.0".into(),
+            sandbox_id: "abc".into(),
+            pid: 10,
+            init_pid: None,
+            started_at_ms: 1,
+            state: MonitorState::Running,
+            containers: vec![
+                ContainerInfo { container_id: "a".into(), pid: 11, state: ContainerState::Running, exit_code: None },
+                ContainerInfo { container_id: "b".into(), pid: 12, state: ContainerState::Exited, exit_code: Some(0) },
+            ],
+        };
+        assert_eq!(
+            serde_json::to_value(&status).unwrap()["containers"],
+            json!([{"containerId": "a", "pid": 11, "state": "running"}, {"containerId": "b", "pid": 12, "state": "exited", "exitCode": 0}])
+        );
+        let exit = ExitRecord { exit_code: 128, signal: None, oom_killed: false, started_at_ms: None, finished_at_ms: 5, start_error: Some("exec: boom".into()) };
+        assert_eq!(
+            serde_json::to_value(&exit).unwrap(),
+            json!({"exitCode": 128, "signal": null, "oomKilled": false, "startedAtMs": null, "finishedAtMs": 5, "startError": "exec: boom"})
         );
     }
 

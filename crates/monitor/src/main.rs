@@ -5,6 +5,8 @@
 //! The monitor outlives the daemon that started it; the daemon finds it again through
 //! `<bundle-dir>/monitor.sock`.
 
+mod base64;
+mod containers;
 mod init;
 mod log;
 mod server;

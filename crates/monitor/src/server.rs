@@ -12,6 +12,7 @@ use crisp_core::monitor_proto::{
 };
 use crisp_core::sys::{self, Epoll, EpollEvent, SignalFd, EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP};
 
+use crate::containers::Containers;
 use crate::log;
 use crate::setup::Sandbox;
 
@@ -53,12 +54,13 @@ pub struct Server {
     sandbox: Sandbox,
     socket_path: PathBuf,
     started_at_ms: u64,
-    epoll: Epoll,
+    pub(crate) epoll: Epoll,
     signals: SignalFd,
     listener: UnixListener,
     conns: HashMap<u64, Conn>,
     next_token: u64,
     shutdown: Option<ShutdownState>,
+    pub(crate) ctrs: Containers,
 }
 
 /// Binds the control socket with mode 0600. A socket file left by a dead monitor is replaced;
@@ -116,6 +118,7 @@ impl Server {
             conns: HashMap::new(),
             next_token: FIRST_CONN_TOKEN,
             shutdown: None,
+            ctrs: Containers::new(),
         })
     }
 
@@ -132,9 +135,11 @@ impl Server {
                 match ev.token {
                     TOKEN_SIGNALS => self.on_signals(),
                     TOKEN_LISTENER => self.on_accept(),
+                    token if Containers::is_fd_token(token) => self.on_container_fd(token),
                     token => self.on_conn(token, ev.events),
                 }
             }
+            self.on_container_timers();
             if self.shutdown.is_some() && self.advance_shutdown() {
                 self.finish();
                 return 0;
@@ -143,15 +148,21 @@ impl Server {
     }
 
     fn poll_timeout_ms(&self) -> i32 {
-        let Some(s) = &self.shutdown else { return -1 };
         let now = sys::monotonic_ms();
-        let deadline = match s.init_released_at_ms {
+        let shutdown = self.shutdown.as_ref().map(|s| match s.init_released_at_ms {
             Some(at) => at + INIT_EXIT_TIMEOUT_MS,
             None if !s.killed => s.kill_deadline_ms,
             // Waiting for SIGKILLed children: wake periodically in case a SIGCHLD was coalesced.
             None => now + 100,
-        };
-        deadline.saturating_sub(now).min(i32::MAX as u64) as i32
+        });
+        match [shutdown, self.ctrs.next_deadline_ms()].into_iter().flatten().min() {
+            Some(deadline) => deadline.saturating_sub(now).min(i32::MAX as u64) as i32,
+            None => -1,
+        }
+    }
+
+    pub(crate) fn shutting_down(&self) -> bool {
+        self.shutdown.is_some()
     }
 
     fn on_signals(&mut self) {
@@ -186,7 +197,7 @@ impl Server {
                             log!(Error, "pod init {} died unexpectedly ({:?})", pid, status);
                         }
                         self.sandbox.init = None;
-                    } else {
+                    } else if !self.on_child_exit(pid, status) {
                         log!(Debug, "reaped {} ({:?})", pid, status);
                     }
                 }
@@ -320,6 +331,11 @@ impl Server {
                 self.begin_shutdown(req.grace_ms, Some((token, id)));
                 None
             }
+            Request::Create(req) => self.create_container(token, id, req),
+            Request::Start(req) => self.start_container(token, id, req),
+            Request::Signal(req) => self.signal_container(id, req),
+            Request::Exec(req) => self.exec_in_container(token, id, req),
+            Request::ReopenLog(req) => self.reopen_log(id, req),
             other => Some(Response::err(
                 id,
                 ErrorCode::Unimplemented,
@@ -337,10 +353,11 @@ impl Server {
             init_pid: self.sandbox.init.as_ref().map(|i| i.pid),
             started_at_ms: self.started_at_ms,
             state: if self.shutdown.is_some() { MonitorState::ShuttingDown } else { MonitorState::Running },
+            containers: self.ctrs.list(),
         }
     }
 
-    fn send<T: serde::Serialize>(&mut self, token: u64, message: &T) {
+    pub(crate) fn send<T: serde::Serialize>(&mut self, token: u64, message: &T) {
         let Some(conn) = self.conns.get_mut(&token) else { return };
         match serde_json::to_vec(message) {
             Ok(mut bytes) => {
@@ -355,7 +372,7 @@ impl Server {
         self.flush_conn(token);
     }
 
-    fn publish(&mut self, event: &Event) {
+    pub(crate) fn publish(&mut self, event: &Event) {
         let tokens: Vec<u64> = self.conns.iter().filter(|(_, c)| c.subscribed).map(|(t, _)| *t).collect();
         for token in tokens {
             self.send(token, event);

@@ -1,0 +1,384 @@
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import anyTest, { type TestFn } from 'ava';
+import type { CriClient } from '../../src/client/cri_client';
+import { ContainerState } from '../../src/generated/runtime/v1/api';
+import { TestDaemon } from '../fixtures/daemon';
+import { connectSpdy, readAll, spdyRemoteCommand } from '../fixtures/spdy_client';
+import { buildFixtureImages, type PushedImage, pushFixtures } from '../fixtures/images';
+import { type RegistryHandle, startRegistry } from '../fixtures/registry';
+
+/**
+ * Containers through the daemon's socket, from images in a real registry. Pods use host networking
+ * here (no CNI needed); networking is covered by the sandbox tests.
+ */
+interface Context {
+  registry: RegistryHandle;
+  busybox: PushedImage;
+  userImage: PushedImage;
+}
+const test = anyTest as TestFn<Context>;
+const tag = crypto.randomBytes(3).toString('hex');
+const CGROUP_PARENT = `/crisp-test-c${tag}`;
+
+test.before(async (t) => {
+  const set = await buildFixtureImages();
+  const registry = await startRegistry();
+  const pushed = await pushFixtures(registry, ['busybox', 'user-name'], { set });
+  t.context = { registry, busybox: pushed.busybox!, userImage: pushed['user-name']! };
+});
+
+test.after.always(async (t) => {
+  await t.context.registry?.stop();
+  for (const hierarchy of fs.readdirSync('/sys/fs/cgroup')) {
+    const dir = path.join('/sys/fs/cgroup', hierarchy, CGROUP_PARENT);
+    if (fs.existsSync(dir)) fs.rmdirSync(dir);
+  }
+});
+
+interface Env {
+  d: TestDaemon;
+  c: CriClient;
+  pod: string;
+  podConfig: Record<string, unknown>;
+  logDir: string;
+}
+
+/** Pods with their own network namespace need a network: loopback only, no addresses. */
+function loopbackOnlyCni(): string {
+  const dir = fs.mkdtempSync(path.join('/tmp', 'crisp-test-lo-'));
+  fs.writeFileSync(path.join(dir, '10-lo.conflist'), JSON.stringify({ cniVersion: '1.0.0', name: 'lo-only', plugins: [{ type: 'loopback' }] }));
+  return dir;
+}
+
+async function setup(t: any, podExtra: Record<string, unknown> = {}): Promise<Env> {
+  const cniConfDir = loopbackOnlyCni();
+  t.teardown(() => fs.rmSync(cniConfDir, { recursive: true, force: true }));
+  const d = await TestDaemon.start({ cniConfDir });
+  t.teardown(() => d.destroy());
+  const c = d.client();
+  await c.call('pullImage', { image: { image: t.context.busybox.reference } });
+  const logDir = path.join(d.dir, 'logs');
+  const podConfig = {
+    metadata: { name: 'ctr-pod', namespace: 'e2e', uid: `uid-${crypto.randomBytes(4).toString('hex')}`, attempt: 0 },
+    hostname: 'ctr-pod',
+    logDirectory: logDir,
+    linux: { cgroupParent: CGROUP_PARENT, securityContext: { namespaceOptions: { network: 2 } } },
+    ...podExtra,
+  };
+  const pod = (await c.call('runPodSandbox', { config: podConfig })).podSandboxId;
+  return { d, c, pod, podConfig, logDir };
+}
+
+let counter = 0;
+function containerConfig(t: any, script: string, extra: Record<string, unknown> = {}) {
+  const name = `c${counter++}`;
+  return {
+    metadata: { name, attempt: 0 },
+    image: { image: t.context.busybox.reference },
+    command: ['/bin/sh', '-c', script],
+    logPath: `${name}.log`,
+    labels: { test: 'container' },
+    ...extra,
+  };
+}
+
+async function run(env: Env, config: Record<string, unknown>): Promise<string> {
+  const { containerId } = await env.c.call('createContainer', { podSandboxId: env.pod, config, sandboxConfig: env.podConfig });
+  await env.c.call('startContainer', { containerId });
+  return containerId;
+}
+
+async function waitExited(env: Env, id: string, timeoutMs = 20_000) {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    const st = (await env.c.call('containerStatus', { containerId: id })).status!;
+    if (st.state === ContainerState.CONTAINER_EXITED) return st;
+    if (Date.now() > until) throw new Error(`container ${id} did not exit: ${JSON.stringify(st.state)}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+interface LogLine {
+  time: string;
+  stream: string;
+  tag: string;
+  content: string;
+}
+
+function readLog(file: string): LogLine[] {
+  return fs
+    .readFileSync(file, 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((line) => {
+      const m = /^(\S+) (stdout|stderr) (P|F) (.*)$/.exec(line);
+      if (!m) throw new Error(`not a CRI log line: ${JSON.stringify(line)}`);
+      return { time: m[1], stream: m[2], tag: m[3], content: m[4] };
+    });
+}
+
+/** Full lines of a CRI log, partial records joined. */
+function logText(file: string, stream?: string): string {
+  let out = '';
+  for (const l of readLog(file)) if (!stream || l.stream === stream) out += l.content + (l.tag === 'F' ? '\n' : '');
+  return out;
+}
+
+test('exit codes and reasons; output in the CRI log format', async (t) => {
+  const env = await setup(t);
+  const ok = await run(env, containerConfig(t, 'echo hello; echo oops >&2; exit 0'));
+  const bad = await run(env, containerConfig(t, 'exit 3'));
+  const okSt = await waitExited(env, ok);
+  t.is(okSt.exitCode, 0);
+  t.is(okSt.reason, 'Completed');
+  t.true(okSt.startedAt > 0n && okSt.finishedAt >= okSt.startedAt);
+  const badSt = await waitExited(env, bad);
+  t.is(badSt.exitCode, 3);
+  t.is(badSt.reason, 'Error');
+
+  const lines = readLog(okSt.logPath);
+  t.deepEqual(
+    lines.map((l) => [l.stream, l.tag, l.content]).sort(),
+    [
+      ['stderr', 'F', 'oops'],
+      ['stdout', 'F', 'hello'],
+    ],
+  );
+  for (const l of lines) t.regex(l.time, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z$/);
+  t.is(okSt.logPath, path.join(env.logDir, (okSt.metadata!.name as string) + '.log'));
+
+  const list = await env.c.call('listContainers', { filter: { podSandboxId: env.pod } });
+  t.deepEqual(list.containers.map((c) => c.id).sort(), [ok, bad].sort());
+  const exited = await env.c.call('listContainers', { filter: { state: { state: ContainerState.CONTAINER_EXITED }, labelSelector: { test: 'container' } } });
+  t.is(exited.containers.length, 2);
+});
+
+test('long lines become partial records; the log is reopened after kubelet renames it', async (t) => {
+  const env = await setup(t);
+  const id = await run(env, containerConfig(t, 'head -c 40000 /dev/zero | tr "\\\\0" a; echo; echo first; sleep 2; echo second'));
+  const st0 = (await env.c.call('containerStatus', { containerId: id })).status!;
+  for (let i = 0; i < 100 && !(fs.existsSync(st0.logPath) && fs.readFileSync(st0.logPath, 'utf8').includes('first')); i++) {
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  const lines = readLog(st0.logPath);
+  t.true(lines.filter((l) => l.tag === 'P').length >= 2, 'a 40000-byte line is split into partial records');
+  t.is(logText(st0.logPath).split('\n')[0], 'a'.repeat(40000));
+  fs.renameSync(st0.logPath, `${st0.logPath}.1`);
+  await env.c.call('reopenContainerLog', { containerId: id });
+  await waitExited(env, id);
+  t.true(fs.readFileSync(`${st0.logPath}.1`, 'utf8').includes('first'));
+  t.is(logText(st0.logPath), 'second\n', 'output after the reopen goes to the new file');
+  const err = (await t.throwsAsync(env.c.call('reopenContainerLog', { containerId: id }))) as grpc.ServiceError;
+  t.is(err.code, grpc.status.FAILED_PRECONDITION);
+});
+
+test('users, groups and supplemental groups', async (t) => {
+  const env = await setup(t);
+  await env.c.call('pullImage', { image: { image: t.context.userImage.reference } });
+  const byImage = await run(env, { ...containerConfig(t, 'id'), image: { image: t.context.userImage.reference } });
+  const byUid = await run(env, containerConfig(t, 'id', { linux: { securityContext: { runAsUser: { value: 1234n }, runAsGroup: { value: 4321n }, supplementalGroups: [5000n] } } }));
+  const st1 = await waitExited(env, byImage);
+  t.regex(logText(st1.logPath), /^uid=1000\(test\) gid=1000\(test\) groups=.*2000.*3000/);
+  t.is(st1.user?.linux?.uid, 1000n);
+  const st2 = await waitExited(env, byUid);
+  t.regex(logText(st2.logPath), /^uid=1234 gid=4321 groups=.*5000/);
+  const err = (await t.throwsAsync(
+    env.c.call('createContainer', { podSandboxId: env.pod, config: containerConfig(t, 'id', { linux: { securityContext: { runAsGroup: { value: 1n } } } }) }),
+  )) as grpc.ServiceError;
+  t.is(err.code, grpc.status.INVALID_ARGUMENT);
+});
+
+test('capabilities, no_new_privs, read-only rootfs and masked paths', async (t) => {
+  const env = await setup(t);
+  const script = 'grep -E "^(CapEff|NoNewPrivs)" /proc/self/status; touch /probe && echo writable || echo readonly; wc -c < /proc/keys';
+  const dflt = await run(env, containerConfig(t, script));
+  const locked = await run(
+    env,
+    containerConfig(t, script, {
+      linux: { securityContext: { capabilities: { dropCapabilities: ['ALL'], addCapabilities: ['NET_ADMIN'] }, noNewPrivs: true, readonlyRootfs: true } },
+    }),
+  );
+  const out1 = logText((await waitExited(env, dflt)).logPath);
+  t.regex(out1, /CapEff:\s+00000000a80425fb/, 'the default capability set');
+  t.regex(out1, /NoNewPrivs:\s+0/);
+  t.regex(out1, /writable/);
+  t.regex(out1, /^0$/m, '/proc/keys is masked');
+  const out2 = logText((await waitExited(env, locked)).logPath);
+  t.regex(out2, /CapEff:\s+0000000000001000/, 'only CAP_NET_ADMIN');
+  t.regex(out2, /NoNewPrivs:\s+1/);
+  t.regex(out2, /readonly/);
+});
+
+test('a seccomp profile that blocks sethostname blocks it, unless privileged', async (t) => {
+  // A privileged container needs a privileged pod; the pod has its own UTS namespace for hostname.
+  const env = await setup(t, { hostname: 'ctr-pod', linux: { cgroupParent: CGROUP_PARENT, securityContext: { privileged: true } } });
+  const profile = path.join(env.d.dir, 'deny-sethostname.json');
+  fs.writeFileSync(
+    profile,
+    JSON.stringify({ defaultAction: 'SCMP_ACT_ALLOW', syscalls: [{ names: ['sethostname'], action: 'SCMP_ACT_ERRNO', errnoRet: 1 }] }),
+  );
+  const seccomp = { profileType: 2, localhostRef: profile };
+  const blocked = await run(env, containerConfig(t, 'hostname changed-a && echo changed || echo denied', { linux: { securityContext: { seccomp } } }));
+  const privileged = await run(
+    env,
+    containerConfig(t, 'hostname changed-b && echo changed || echo denied', { linux: { securityContext: { seccomp, privileged: true } } }),
+  );
+  t.regex(logText((await waitExited(env, blocked)).logPath), /denied/);
+  t.regex(logText((await waitExited(env, privileged)).logPath), /changed/);
+  const err = (await t.throwsAsync(
+    env.c.call('createContainer', {
+      podSandboxId: env.pod,
+      config: containerConfig(t, 'true', { linux: { securityContext: { seccomp: { profileType: 2, localhostRef: '/nonexistent/profile.json' } } } }),
+    }),
+  )) as grpc.ServiceError;
+  t.is(err.code, grpc.status.INVALID_ARGUMENT);
+});
+
+test('memory limit exceeded is OOMKilled; limits are applied and updated live', async (t) => {
+  const env = await setup(t);
+  const hog = await run(
+    env,
+    containerConfig(t, 'x=0123456789; while true; do x="$x$x"; done', { linux: { resources: { memoryLimitInBytes: 32n * 1024n * 1024n } } }),
+  );
+  const st = await waitExited(env, hog, 60_000);
+  t.is(st.reason, 'OOMKilled');
+  t.is(st.exitCode, 137);
+
+  const sleeper = await run(env, containerConfig(t, 'sleep 60', { linux: { resources: { memoryLimitInBytes: 64n * 1024n * 1024n, cpuShares: 512n } } }));
+  const info = JSON.parse((await env.c.call('containerStatus', { containerId: sleeper, verbose: true })).info.info);
+  const memFile = path.join('/sys/fs/cgroup/memory', info.cgroupPath, 'memory.limit_in_bytes');
+  t.is(fs.readFileSync(memFile, 'utf8').trim(), String(64 * 1024 * 1024));
+  t.is(fs.readFileSync(path.join('/sys/fs/cgroup/cpu', info.cgroupPath, 'cpu.shares'), 'utf8').trim(), '512');
+  await env.c.call('updateContainerResources', { containerId: sleeper, linux: { memoryLimitInBytes: 96n * 1024n * 1024n, cpuShares: 256n } });
+  t.is(fs.readFileSync(memFile, 'utf8').trim(), String(96 * 1024 * 1024));
+  const st2 = (await env.c.call('containerStatus', { containerId: sleeper })).status!;
+  t.is(st2.resources?.linux?.memoryLimitInBytes, 96n * 1024n * 1024n);
+  await env.c.call('stopContainer', { containerId: sleeper, timeout: 1n });
+  t.is((await waitExited(env, sleeper)).exitCode, 143, 'SIGTERM ends sleep');
+});
+
+test('stop: SIGTERM, then SIGKILL after the timeout; idempotent; remove of a running container', async (t) => {
+  const env = await setup(t);
+  const stubborn = await run(env, containerConfig(t, 'trap "" TERM; while true; do sleep 1; done'));
+  const started = Date.now();
+  await env.c.call('stopContainer', { containerId: stubborn, timeout: 1n });
+  t.true(Date.now() - started >= 900, 'waited for the timeout before killing');
+  const st = await waitExited(env, stubborn);
+  t.is(st.exitCode, 137);
+  await env.c.call('stopContainer', { containerId: stubborn, timeout: 1n });
+
+  const running = await run(env, containerConfig(t, 'sleep 60'));
+  await env.c.call('removeContainer', { containerId: running });
+  await env.c.call('removeContainer', { containerId: running });
+  const err = (await t.throwsAsync(env.c.call('containerStatus', { containerId: running }))) as grpc.ServiceError;
+  t.is(err.code, grpc.status.NOT_FOUND);
+});
+
+test('bad input: unknown pod or container, stopped pod, missing image, failed exec', async (t) => {
+  const env = await setup(t);
+  const code = async (p: Promise<unknown>) => ((await t.throwsAsync(p)) as grpc.ServiceError);
+  t.is((await code(env.c.call('createContainer', { podSandboxId: 'f'.repeat(64), config: containerConfig(t, 'true') }))).code, grpc.status.NOT_FOUND);
+  t.is((await code(env.c.call('containerStatus', { containerId: 'f'.repeat(64) }))).code, grpc.status.NOT_FOUND);
+  t.is((await code(env.c.call('startContainer', { containerId: 'f'.repeat(64) }))).code, grpc.status.NOT_FOUND);
+  const missing = await code(
+    env.c.call('createContainer', { podSandboxId: env.pod, config: { ...containerConfig(t, 'true'), image: { image: `${t.context.registry.host}/nope:1` } } }),
+  );
+  t.is(missing.code, grpc.status.NOT_FOUND);
+  t.true(missing.details.includes('nope:1'));
+
+  const { containerId } = await env.c.call('createContainer', { podSandboxId: env.pod, config: { ...containerConfig(t, ''), command: ['/no/such/binary'] } });
+  const execErr = await code(env.c.call('startContainer', { containerId }));
+  t.regex(execErr.details, /no such file or directory/i);
+
+  await env.c.call('stopPodSandbox', { podSandboxId: env.pod });
+  t.is((await code(env.c.call('createContainer', { podSandboxId: env.pod, config: containerConfig(t, 'true') }))).code, grpc.status.FAILED_PRECONDITION);
+  await env.c.call('removePodSandbox', { podSandboxId: env.pod });
+  t.deepEqual(fs.readdirSync(path.join(env.d.state, 'containers')), [], 'no container state left');
+  t.deepEqual(fs.readdirSync(path.join(env.d.root, 'containers')), [], 'no writable layer left');
+});
+
+test('daemon kill -9 while 10 containers run and 3 exit meanwhile: all listed, codes right, logs complete', async (t) => {
+  const env = await setup(t);
+  const ids: string[] = [];
+  for (let i = 0; i < 10; i++) {
+    const script = i < 3 ? `echo before-${i}; sleep 2; echo after-${i}; exit ${10 + i}` : `echo up-${i}; exec sleep 300`;
+    ids.push(await run(env, containerConfig(t, script)));
+  }
+  await env.d.kill9();
+  await new Promise((r) => setTimeout(r, 3500));
+  await env.d.start();
+  const c2 = env.d.client();
+  const list = (await c2.call('listContainers', {})).containers;
+  t.is(list.length, 10);
+  for (let i = 0; i < 10; i++) {
+    const st = (await c2.call('containerStatus', { containerId: ids[i] })).status!;
+    if (i < 3) {
+      t.is(st.state, ContainerState.CONTAINER_EXITED, `container ${i} exited during the outage`);
+      t.is(st.exitCode, 10 + i);
+      t.is(logText(st.logPath), `before-${i}\nafter-${i}\n`, 'output written while the daemon was down is in the log');
+    } else {
+      t.is(st.state, ContainerState.CONTAINER_RUNNING, `container ${i} still runs`);
+    }
+  }
+  env.c = c2;
+  await c2.call('stopContainer', { containerId: ids[5], timeout: 1n });
+  t.is((await waitExited(env, ids[5])).exitCode, 143, 'a re-adopted container is stopped and its exit seen');
+});
+
+test('ExecSync: output, exit codes, timeout, output cap; errors for stopped and unknown containers', async (t) => {
+  const env = await setup(t);
+  const id = await run(env, containerConfig(t, 'echo ready > /tmp/state; exec sleep 300', { envs: [{ key: 'GREETING', value: 'hi' }] }));
+  const ok = await env.c.call('execSync', { containerId: id, cmd: ['sh', '-c', 'echo $GREETING; cat /tmp/state; echo err >&2'], timeout: 10n });
+  t.is(ok.exitCode, 0);
+  t.is(Buffer.from(ok.stdout).toString(), 'hi\nready\n', 'runs with the container env and sees its filesystem');
+  t.is(Buffer.from(ok.stderr).toString(), 'err\n');
+  const three = await env.c.call('execSync', { containerId: id, cmd: ['sh', '-c', 'exit 3'], timeout: 10n });
+  t.is(three.exitCode, 3);
+  // `/bin/true` is a real exec (the busybox shell would run a builtin in-process).
+  t.is((await env.c.call('execSync', { containerId: id, cmd: ['/bin/true'], timeout: 10n })).exitCode, 0);
+
+  const started = Date.now();
+  const slow = (await t.throwsAsync(env.c.call('execSync', { containerId: id, cmd: ['sleep', '30'], timeout: 1n }))) as grpc.ServiceError;
+  t.is(slow.code, grpc.status.DEADLINE_EXCEEDED);
+  t.true(Date.now() - started < 2000, `the timeout is honoured within 1 s of the deadline (${Date.now() - started} ms)`);
+
+  const big = await env.c.call('execSync', { containerId: id, cmd: ['sh', '-c', 'head -c 20000000 /dev/zero'], timeout: 30n });
+  t.true(big.stdout.length <= 8 * 1024 * 1024 + 200, 'output is capped');
+  t.regex(Buffer.from(big.stdout.subarray(big.stdout.length - 100)).toString(), /output truncated/);
+
+  const unknown = (await t.throwsAsync(env.c.call('execSync', { containerId: 'f'.repeat(64), cmd: ['true'] }))) as grpc.ServiceError;
+  t.is(unknown.code, grpc.status.NOT_FOUND);
+  await env.c.call('stopContainer', { containerId: id, timeout: 1n });
+  const stopped = (await t.throwsAsync(env.c.call('execSync', { containerId: id, cmd: ['true'] }))) as grpc.ServiceError;
+  t.is(stopped.code, grpc.status.FAILED_PRECONDITION);
+});
+
+test('streaming: Exec over SPDY with exit codes; PortForward into the pod network namespace; tokens are single-use', async (t) => {
+  const env = await setup(t);
+  const id = await run(env, containerConfig(t, 'exec busybox nc -ll -p 8080 -e /bin/cat'));
+  const { url } = await env.c.call('exec', { containerId: id, cmd: ['sh', '-c', 'echo hello; echo oops >&2; exit 3'], stdout: true, stderr: true });
+  const res = await spdyRemoteCommand(url, { stderr: true });
+  t.is(res.protocol, 'v4.channel.k8s.io');
+  t.is(res.stdout, 'hello\n');
+  t.is(res.stderr, 'oops\n');
+  const status = JSON.parse(res.error);
+  t.is(status.reason, 'NonZeroExitCode');
+  t.deepEqual(status.details.causes, [{ reason: 'ExitCode', message: '3' }]);
+  const reused = (await t.throwsAsync(connectSpdy(url, ['v4.channel.k8s.io']))) as Error;
+  t.regex(reused.message, /404/);
+
+  const pf = await env.c.call('portForward', { podSandboxId: env.pod, port: [8080] });
+  const client = await connectSpdy(pf.url, ['portforward.k8s.io']);
+  t.teardown(() => client.conn.destroy());
+  const error = client.conn.openStream({ streamtype: 'error', port: '8080', requestid: '0' });
+  const data = client.conn.openStream({ streamtype: 'data', port: '8080', requestid: '0' });
+  await Promise.all([error.waitReply(), data.waitReply()]);
+  const echoed = readAll(data);
+  data.write('ping through the pod\n');
+  data.end();
+  t.is((await echoed).toString(), 'ping through the pod\n', 'reached the server listening on localhost inside the pod');
+  t.is((await readAll(error)).toString(), '');
+});

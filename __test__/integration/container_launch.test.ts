@@ -1,0 +1,469 @@
+/**
+ * Containers launched by the real pod monitor (target/release/crisp-monitor) from hand-written
+ * OCI bundles over a busybox root filesystem: create/start, CRI logs, exit records, exec,
+ * failure reporting, and the security settings of the spec. Root only.
+ * Build the binary first: `cargo build --release -p crisp-monitor`.
+ */
+import test, { type ExecutionContext } from 'ava';
+import { execFileSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import {
+  CONTAINER_EXIT_FILE,
+  MonitorClient,
+  type ContainerExitRecord,
+  type MonitorEvent,
+} from '../../src/sandbox/monitor_client';
+import { monitorBinaryPath, spawnMonitor, type MonitorProcess } from '../../src/sandbox/monitor_spawn';
+import { CrispError } from '../../src/util/errors';
+import { run } from '../fixtures/netns';
+
+const BUSYBOX = '/bin/busybox';
+const isRoot = process.getuid?.() === 0;
+const serial = isRoot && fs.existsSync(BUSYBOX) ? test.serial : test.skip;
+
+/** Docker's default capability set. */
+const DEFAULT_CAPS = [
+  'CAP_CHOWN',
+  'CAP_DAC_OVERRIDE',
+  'CAP_FSETID',
+  'CAP_FOWNER',
+  'CAP_MKNOD',
+  'CAP_NET_RAW',
+  'CAP_SETGID',
+  'CAP_SETUID',
+  'CAP_SETFCAP',
+  'CAP_SETPCAP',
+  'CAP_NET_BIND_SERVICE',
+  'CAP_SYS_CHROOT',
+  'CAP_KILL',
+  'CAP_AUDIT_WRITE',
+];
+const CAP_NUMBERS: Record<string, number> = {
+  CAP_CHOWN: 0,
+  CAP_DAC_OVERRIDE: 1,
+  CAP_FOWNER: 3,
+  CAP_FSETID: 4,
+  CAP_KILL: 5,
+  CAP_SETGID: 6,
+  CAP_SETUID: 7,
+  CAP_SETPCAP: 8,
+  CAP_NET_BIND_SERVICE: 10,
+  CAP_NET_RAW: 13,
+  CAP_SYS_CHROOT: 18,
+  CAP_MKNOD: 27,
+  CAP_AUDIT_WRITE: 29,
+  CAP_SETFCAP: 31,
+};
+
+interface Pod {
+  dir: string;
+  podDir: string;
+  lower: string;
+  mon: MonitorProcess;
+  client: MonitorClient;
+  events: MonitorEvent[];
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+function mountsUnder(dir: string): string[] {
+  return fs
+    .readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .map((line) => line.split(' ')[4])
+    .filter((mp): mp is string => mp !== undefined && (mp === dir || mp.startsWith(`${dir}/`)));
+}
+
+/** A read-only image layer: busybox with every applet linked, and the usual /etc files. */
+function makeBusyboxLayer(dir: string): void {
+  fs.mkdirSync(path.join(dir, 'bin'), { recursive: true });
+  fs.mkdirSync(path.join(dir, 'etc'));
+  fs.mkdirSync(path.join(dir, 'tmp'), { mode: 0o1777 });
+  fs.copyFileSync(BUSYBOX, path.join(dir, 'bin', 'busybox'));
+  fs.chmodSync(path.join(dir, 'bin', 'busybox'), 0o755);
+  const applets = execFileSync(BUSYBOX, ['--list'], { encoding: 'utf8' }).split('\n').filter(Boolean);
+  for (const applet of applets) {
+    if (applet !== 'busybox') fs.symlinkSync('busybox', path.join(dir, 'bin', applet));
+  }
+  fs.writeFileSync(path.join(dir, 'etc', 'passwd'), 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n');
+  fs.writeFileSync(path.join(dir, 'etc', 'group'), 'root:x:0:\ntty:x:5:\nnogroup:x:65534:\n');
+}
+
+async function startPod(t: ExecutionContext, tag: string): Promise<Pod> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `crisp-test-ctr-${tag}-`));
+  const podDir = path.join(dir, 'pod');
+  fs.mkdirSync(podDir);
+  const pids: number[] = [];
+  let client: MonitorClient | undefined;
+  t.teardown(async () => {
+    if (client && !client.closed) {
+      try {
+        await client.shutdown(2_000);
+      } catch {
+        // Killed below.
+      }
+      client.close();
+    }
+    for (const pid of pids) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // Gone already.
+      }
+    }
+    for (const mp of mountsUnder(dir).reverse()) await run('umount', ['-l', mp]);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  const lower = path.join(dir, 'lower');
+  makeBusyboxLayer(lower);
+  const mon = await spawnMonitor(podDir, {
+    sandboxId: `ctr-${tag}`,
+    hostname: `pod-${tag}`,
+    namespaces: { network: 'pod', ipc: 'pod', uts: 'pod', pid: 'pod' },
+    logLevel: 'debug',
+  });
+  pids.push(mon.pid);
+  client = await MonitorClient.connect(path.join(podDir, 'monitor.sock'));
+  const events: MonitorEvent[] = [];
+  await client.onEvent((e) => events.push(e));
+  return { dir, podDir, lower, mon, client, events };
+}
+
+type Spec = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+
+/** The spec a CRI runtime would generate for a plain container of the pod. */
+function baseSpec(pod: Pod, bundle: string, args: string[]): Spec {
+  return {
+    ociVersion: '1.1.0',
+    process: {
+      args,
+      env: ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', 'HOME=/root'],
+      cwd: '/',
+      user: { uid: 0, gid: 0 },
+    },
+    root: { path: 'rootfs', readonly: false },
+    mounts: [
+      { destination: '/proc', type: 'proc', source: 'proc', options: ['nosuid', 'noexec', 'nodev'] },
+      { destination: '/dev', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'strictatime', 'mode=755', 'size=65536k'] },
+      {
+        destination: '/dev/pts',
+        type: 'devpts',
+        source: 'devpts',
+        options: ['nosuid', 'noexec', 'newinstance', 'ptmxmode=0666', 'mode=0620', 'gid=5'],
+      },
+      { destination: '/dev/mqueue', type: 'mqueue', source: 'mqueue', options: ['nosuid', 'noexec', 'nodev'] },
+      { destination: '/dev/shm', type: 'tmpfs', source: 'shm', options: ['nosuid', 'noexec', 'nodev', 'mode=1777', 'size=65536k'] },
+      { destination: '/sys', type: 'sysfs', source: 'sysfs', options: ['nosuid', 'noexec', 'nodev', 'ro'] },
+    ],
+    linux: {
+      namespaces: [
+        { type: 'mount' },
+        { type: 'network', path: pod.mon.namespaces.net },
+        { type: 'ipc', path: pod.mon.namespaces.ipc },
+        { type: 'uts', path: pod.mon.namespaces.uts },
+        { type: 'pid', path: pod.mon.namespaces.pid },
+      ],
+      // /proc/kcore does not exist on every kernel: missing masked paths are skipped.
+      maskedPaths: ['/proc/kcore', '/proc/timer_list', '/sys/firmware'],
+      readonlyPaths: ['/proc/sys'],
+    },
+    crispRootfs: { lowerDirs: [pod.lower], upperDir: path.join(bundle, 'upper'), workDir: path.join(bundle, 'work') },
+  };
+}
+
+/** Writes `<pod dir>/<id>/config.json` (and the overlay directories) and returns the bundle. */
+function writeBundle(pod: Pod, id: string, args: string[], edit?: (spec: Spec) => void): string {
+  const bundle = path.join(pod.dir, 'containers', id);
+  for (const sub of ['rootfs', 'upper', 'work']) fs.mkdirSync(path.join(bundle, sub), { recursive: true });
+  const spec = baseSpec(pod, bundle, args);
+  edit?.(spec);
+  fs.writeFileSync(path.join(bundle, 'config.json'), JSON.stringify(spec));
+  return bundle;
+}
+
+interface LogRecord {
+  time: string;
+  stream: 'stdout' | 'stderr';
+  tag: 'F' | 'P';
+  content: string;
+}
+
+function readLog(file: string): LogRecord[] {
+  return fs
+    .readFileSync(file, 'utf8')
+    .split('\n')
+    .filter((l) => l !== '')
+    .map((line) => {
+      const m = /^(\S+) (stdout|stderr) ([FP]) (.*)$/.exec(line);
+      if (!m) throw new Error(`malformed CRI log line: ${JSON.stringify(line)}`);
+      return { time: m[1], stream: m[2] as LogRecord['stream'], tag: m[3] as LogRecord['tag'], content: m[4] };
+    });
+}
+
+async function waitForExit(pod: Pod, id: string, timeoutMs = 10_000): Promise<Extract<MonitorEvent, { event: 'container_exit' }>> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const e = pod.events.find((ev) => ev.event === 'container_exit' && ev.containerId === id);
+    if (e && e.event === 'container_exit') return e;
+    if (Date.now() > deadline) throw new Error(`container ${id} did not exit within ${timeoutMs} ms`);
+    await sleep(10);
+  }
+}
+
+/** Runs a container to completion and returns its stdout lines. */
+async function runToExit(pod: Pod, id: string, args: string[], edit?: (spec: Spec) => void): Promise<{ lines: string[]; exitCode: number }> {
+  const bundle = writeBundle(pod, id, args, edit);
+  const logPath = path.join(bundle, 'container.log');
+  await pod.client.create({ containerId: id, bundleDir: bundle, logPath });
+  await pod.client.start(id);
+  const exit = await waitForExit(pod, id);
+  return { lines: readLog(logPath).map((r) => r.content), exitCode: exit.exitCode };
+}
+
+function readExitRecord(bundle: string): ContainerExitRecord {
+  return JSON.parse(fs.readFileSync(path.join(bundle, CONTAINER_EXIT_FILE), 'utf8')) as ContainerExitRecord;
+}
+
+test.before(() => {
+  if (isRoot && !fs.existsSync(monitorBinaryPath())) {
+    throw new Error(`${monitorBinaryPath()} is missing: run "cargo build --release -p crisp-monitor" first`);
+  }
+});
+
+serial('a container runs, its output lands in the CRI log, and its exit is recorded', async (t) => {
+  const pod = await startPod(t, 'run');
+  const bundle = writeBundle(pod, 'c1', ['sh', '-c', 'echo hello; echo oops >&2; printf partial; exit 3']);
+  const logPath = path.join(bundle, 'container.log');
+
+  const { pid } = await pod.client.create({ containerId: 'c1', bundleDir: bundle, logPath });
+  t.true(pid > 0);
+  // Set up and parked at the start gate: visible to status, not yet running its program.
+  t.deepEqual((await pod.client.status()).containers, [{ containerId: 'c1', pid, state: 'created' }]);
+  t.true(fs.existsSync(`/proc/${pid}`));
+  t.is((fs.statSync(logPath).mode & 0o777), 0o640);
+  t.is(fs.readFileSync(logPath, 'utf8'), '');
+
+  const before = Date.now();
+  const started = await pod.client.start('c1');
+  t.is(started.pid, pid);
+  t.true(Math.abs(started.startedAtMs - before) < 5_000);
+
+  const exit = await waitForExit(pod, 'c1');
+  t.is(exit.exitCode, 3);
+  t.is(exit.pid, pid);
+  t.is(exit.signal, undefined);
+
+  const records = readLog(logPath);
+  const of = (stream: string) => records.filter((r) => r.stream === stream).map((r) => `${r.tag} ${r.content}`);
+  // Each stream keeps its order; the output left without a newline is a partial record.
+  t.deepEqual(of('stdout'), ['F hello', 'P partial']);
+  t.deepEqual(of('stderr'), ['F oops']);
+  for (const r of records) t.regex(r.time, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z$/);
+
+  const recorded = readExitRecord(bundle);
+  t.is(recorded.exitCode, 3);
+  t.is(recorded.signal, null);
+  t.false(recorded.oomKilled);
+  t.is(recorded.startedAtMs, started.startedAtMs);
+  t.true(recorded.finishedAtMs >= (recorded.startedAtMs ?? 0));
+  t.deepEqual((await pod.client.status()).containers, [{ containerId: 'c1', pid, state: 'exited', exitCode: 3 }]);
+
+  // Nothing of the container was mounted in the host's mount namespace: only the pod's pins.
+  t.deepEqual(mountsUnder(pod.dir).sort(), ['ipc', 'net', 'pid', 'uts'].map((k) => path.join(pod.podDir, 'ns', k)));
+});
+
+serial('a program that cannot be executed fails start with the reason', async (t) => {
+  const pod = await startPod(t, 'nope');
+  const bundle = writeBundle(pod, 'abs', ['/nope']);
+  await pod.client.create({ containerId: 'abs', bundleDir: bundle, logPath: path.join(bundle, 'log') });
+  const err = await t.throwsAsync(pod.client.start('abs'));
+  t.true(err instanceof CrispError && err.code === 'InvalidArgument', String(err));
+  t.regex(err?.message ?? '', /exec: "\/nope": no such file or directory/);
+  const exit = await waitForExit(pod, 'abs');
+  t.is(exit.exitCode, 128);
+  const recorded = readExitRecord(bundle);
+  t.is(recorded.exitCode, 128);
+  t.is(recorded.startedAtMs, null);
+  t.regex(recorded.startError ?? '', /no such file or directory/);
+
+  const viaPath = writeBundle(pod, 'rel', ['no-such-tool']);
+  await pod.client.create({ containerId: 'rel', bundleDir: viaPath, logPath: path.join(viaPath, 'log') });
+  const err2 = await t.throwsAsync(pod.client.start('rel'));
+  t.regex(err2?.message ?? '', /exec: "no-such-tool": executable file not found in \$PATH/);
+
+  const notExecutable = writeBundle(pod, 'perm', ['/etc/passwd']);
+  await pod.client.create({ containerId: 'perm', bundleDir: notExecutable, logPath: path.join(notExecutable, 'log') });
+  const err3 = await t.throwsAsync(pod.client.start('perm'));
+  t.regex(err3?.message ?? '', /exec: "\/etc\/passwd": permission denied/);
+
+  // A spec the launcher cannot honour is refused at create.
+  const userns = writeBundle(pod, 'userns', ['true'], (s) => s.linux.namespaces.push({ type: 'user' }));
+  const err4 = await t.throwsAsync(pod.client.create({ containerId: 'userns', bundleDir: userns, logPath: path.join(userns, 'log') }));
+  t.true(err4 instanceof CrispError && err4.code === 'InvalidArgument');
+  t.regex(err4?.message ?? '', /user namespaces are not supported/);
+  // A mount that fails inside the child names the step.
+  const badMount = writeBundle(pod, 'mnt', ['true'], (s) =>
+    s.mounts.push({ destination: '/data', type: 'tmpfs', source: 'tmpfs', options: ['size=bogus'] }),
+  );
+  const err5 = await t.throwsAsync(pod.client.create({ containerId: 'mnt', bundleDir: badMount, logPath: path.join(badMount, 'log') }));
+  t.regex(err5?.message ?? '', /mount tmpfs \(tmpfs\) on \/data: invalid argument/);
+  t.false((await pod.client.status()).containers.some((c) => c.containerId === 'mnt'));
+});
+
+serial('exec returns output and exit code, and its timeout kills it', async (t) => {
+  const pod = await startPod(t, 'exec');
+  const bundle = writeBundle(pod, 'app', ['sleep', '1000']);
+  await pod.client.create({ containerId: 'app', bundleDir: bundle, logPath: path.join(bundle, 'log') });
+  await pod.client.start('app');
+
+  const r = await pod.client.exec({
+    containerId: 'app',
+    execId: 'e1',
+    process: { args: ['sh', '-c', 'echo out; echo err >&2; id -u; pwd; exit 7'], uid: 65534, gid: 65534, cwd: '/tmp' },
+    timeoutMs: 5_000,
+  });
+  t.is(r.exitCode, 7);
+  t.is(r.stdout.toString(), 'out\n65534\n/tmp\n');
+  t.is(r.stderr.toString(), 'err\n');
+  t.false(r.timedOut);
+  t.false(r.truncated);
+
+  // The exec sees the container's filesystem, not the host's.
+  const seen = await pod.client.exec({ containerId: 'app', execId: 'e2', process: { args: ['ls', '/bin/busybox'] } });
+  t.is(seen.stdout.toString(), '/bin/busybox\n');
+
+  const started = Date.now();
+  const slow = await pod.client.exec({ containerId: 'app', execId: 'e3', process: { args: ['sh', '-c', 'sleep 30; echo never'] }, timeoutMs: 300 });
+  t.true(slow.timedOut);
+  t.is(slow.exitCode, 137);
+  t.is(slow.stdout.toString(), '');
+  t.true(Date.now() - started < 5_000, 'the whole process group was killed at the timeout');
+
+  const missing = await t.throwsAsync(pod.client.exec({ containerId: 'app', execId: 'e4', process: { args: ['no-such-tool'] } }));
+  t.regex(missing?.message ?? '', /executable file not found in \$PATH/);
+
+  // The main process is not PID 1 of the pod's namespace, so SIGTERM's default action applies.
+  await pod.client.signal('app', 'SIGTERM');
+  const exit = await waitForExit(pod, 'app');
+  t.is(exit.exitCode, 143);
+  t.is(exit.signal, 15);
+  const notRunning = await t.throwsAsync(pod.client.exec({ containerId: 'app', execId: 'e5', process: { args: ['true'] } }));
+  t.true(notRunning instanceof CrispError && notRunning.code === 'FailedPrecondition');
+  // Signalling an exited container is not an error.
+  await t.notThrowsAsync(pod.client.signal('app', 'SIGKILL'));
+});
+
+serial('the spec security settings are applied', async (t) => {
+  const pod = await startPod(t, 'sec');
+  const script = [
+    "grep -E '^(CapEff|CapPrm|CapBnd|CapInh|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status",
+    'hostname renamed 2>&1 || true',
+    'touch /rootfile 2>&1 || true',
+    'touch /tmp/scratch && echo tmp-writable',
+    'echo timer_list-bytes=$(wc -c < /proc/timer_list)',
+    '[ -c /proc/timer_list ] && echo timer_list-is-a-device',
+    'echo firmware-entries=$(ls -A /sys/firmware | wc -l)',
+    'echo x > /proc/sys/kernel/domainname 2>&1 || true',
+  ].join('; ');
+  const { lines, exitCode } = await runToExit(pod, 'sec', ['sh', '-c', script], (s) => {
+    s.process.capabilities = { bounding: DEFAULT_CAPS, effective: DEFAULT_CAPS, permitted: DEFAULT_CAPS, inheritable: [], ambient: [] };
+    s.process.noNewPrivileges = true;
+    s.root.readonly = true;
+    s.mounts.push({ destination: '/tmp', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'nodev', 'mode=1777'] });
+    s.linux.seccomp = {
+      defaultAction: 'SCMP_ACT_ALLOW',
+      architectures: ['SCMP_ARCH_X86_64', 'SCMP_ARCH_X86', 'SCMP_ARCH_X32'],
+      syscalls: [{ names: ['sethostname', 'setdomainname'], action: 'SCMP_ACT_ERRNO', errnoRet: 1 }],
+    };
+  });
+  t.is(exitCode, 0, lines.join('\n'));
+  const field = (name: string) => lines.find((l) => l.startsWith(`${name}:`))?.split(/\s+/)[1];
+  const expected = DEFAULT_CAPS.reduce((mask, c) => mask | (1n << BigInt(CAP_NUMBERS[c])), 0n);
+  t.is(BigInt(`0x${field('CapEff')}`), expected);
+  t.is(BigInt(`0x${field('CapPrm')}`), expected);
+  t.is(BigInt(`0x${field('CapBnd')}`), expected);
+  t.is(BigInt(`0x${field('CapInh')}`), 0n);
+  t.is(field('NoNewPrivs'), '1');
+  t.is(field('Seccomp'), '2', 'a seccomp filter is installed');
+  t.true(lines.includes('hostname: sethostname: Operation not permitted'), lines.join('\n'));
+  t.true(lines.some((l) => /touch: \/rootfile: Read-only file system/.test(l)), lines.join('\n'));
+  t.true(lines.includes('tmp-writable'));
+  t.true(lines.includes('timer_list-bytes=0') && lines.includes('timer_list-is-a-device'), '/proc/timer_list is masked by /dev/null');
+  t.true(lines.includes('firmware-entries=0'), '/sys/firmware is masked');
+  t.true(lines.some((l) => /Read-only file system/.test(l) && l.includes('domainname')), lines.join('\n'));
+  // The pod's hostname was not changed by the attempt.
+  const { lines: host } = await runToExit(pod, 'host', ['hostname']);
+  t.deepEqual(host, ['pod-sec']);
+});
+
+serial('containers of a pod share its namespaces, and a terminal container logs to stdout', async (t) => {
+  const pod = await startPod(t, 'share');
+  const netInode = `net:[${fs.statSync(pod.mon.namespaces.net as string).ino}]`;
+  const probe = ['sh', '-c', 'readlink /proc/self/ns/net; hostname; echo pid=$$'];
+  const a = await runToExit(pod, 'a', probe);
+  const b = await runToExit(pod, 'b', probe);
+  t.is(a.lines[0], netInode);
+  t.is(b.lines[0], netInode);
+  t.is(a.lines[1], 'pod-share');
+  t.is(b.lines[1], 'pod-share');
+  // Both ran in the pod's PID namespace, where the pod init is PID 1.
+  for (const r of [a, b]) t.true(Number(r.lines[2].slice(4)) > 1);
+
+  const bundle = writeBundle(pod, 'tty', ['sh', '-c', '[ -t 1 ] && echo on-a-tty; echo to-stderr >&2'], (s) => (s.process.terminal = true));
+  const logPath = path.join(bundle, 'log');
+  await pod.client.create({ containerId: 'tty', bundleDir: bundle, logPath, tty: true });
+  await pod.client.start('tty');
+  await waitForExit(pod, 'tty');
+  // Output was drained into the log before the exit was reported.
+  const records = readLog(logPath);
+  t.deepEqual(
+    records.map((r) => [r.stream, r.content]),
+    [
+      ['stdout', 'on-a-tty'],
+      ['stdout', 'to-stderr'],
+    ],
+  );
+});
+
+serial('reopen_log switches to a fresh file after kubelet rotated the old one', async (t) => {
+  const pod = await startPod(t, 'rotate');
+  const bundle = writeBundle(pod, 'w', ['sh', '-c', 'echo one; while [ ! -e /tmp/go ]; do usleep 20000; done; echo two']);
+  const logPath = path.join(bundle, 'container.log');
+  await pod.client.create({ containerId: 'w', bundleDir: bundle, logPath });
+  await pod.client.start('w');
+  const deadline = Date.now() + 5_000;
+  while (!fs.readFileSync(logPath, 'utf8').includes('one') && Date.now() < deadline) await sleep(10);
+  fs.renameSync(logPath, `${logPath}.1`);
+  await pod.client.reopenLog('w');
+  t.is(fs.statSync(logPath).mode & 0o777, 0o640);
+  await pod.client.exec({ containerId: 'w', execId: 'go', process: { args: ['touch', '/tmp/go'] } });
+  t.is((await waitForExit(pod, 'w')).exitCode, 0);
+  t.deepEqual(readLog(`${logPath}.1`).map((r) => r.content), ['one']);
+  t.deepEqual(readLog(logPath).map((r) => r.content), ['two']);
+  const missing = await t.throwsAsync(pod.client.reopenLog('nope'));
+  t.true(missing instanceof CrispError && missing.code === 'NotFound');
+});
+
+serial('create and start take a few milliseconds', async (t) => {
+  const pod = await startPod(t, 'perf');
+  const openFds = () => fs.readdirSync(`/proc/${pod.mon.pid}/fd`).length;
+  const fdsBefore = openFds();
+  const times: number[] = [];
+  for (let i = 0; i < 20; i++) {
+    const id = `t${i}`;
+    const bundle = writeBundle(pod, id, ['true']);
+    const t0 = process.hrtime.bigint();
+    await pod.client.create({ containerId: id, bundleDir: bundle, logPath: path.join(bundle, 'log') });
+    await pod.client.start(id);
+    times.push(Number(process.hrtime.bigint() - t0) / 1e6);
+    t.is((await waitForExit(pod, id)).exitCode, 0);
+  }
+  times.sort((x, y) => x - y);
+  const median = times[Math.floor(times.length / 2)];
+  const rss = fs.readFileSync(`/proc/${pod.mon.pid}/status`, 'utf8').split('\n').find((l) => l.startsWith('VmRSS:'));
+  t.log(`create+start of busybox true: median ${median.toFixed(2)} ms, min ${times[0].toFixed(2)} ms, max ${times[times.length - 1].toFixed(2)} ms; monitor ${rss}`);
+  t.true(median < 50, `median create+start ${median} ms`);
+  t.is(openFds(), fdsBefore, 'exited containers hold no descriptors in the monitor');
+});

@@ -1,0 +1,663 @@
+//! The code that runs in a freshly forked container (or exec) process, between fork and execve.
+//!
+//! Everything here is async-signal-safe: raw system calls on data the parent prepared
+//! ([`super::plan`]), no allocation, no locks, no panics. A failing step is reported as a
+//! fixed-size [`Record`] on the status pipe (close-on-exec, so a successful execve shows up
+//! as EOF) and the process exits.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, RawFd};
+
+use libc::{c_char, c_int, c_ulong};
+
+use super::plan::{CapsPlan, ContainerPlan, Create, ProcessPlan, RootPath, RootfsOp, RootfsPlan};
+use super::seccomp;
+
+/// Exit status of a child whose set-up failed (the reason went through the status pipe).
+pub const SETUP_FAILED_EXIT: c_int = 126;
+/// Exit status of a created container whose start gate was closed without starting it.
+pub const ABANDONED_EXIT: c_int = 125;
+
+/// A fixed-size message on the status pipe.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Record {
+    pub kind: u32,
+    pub stage: u32,
+    /// Which mount, rlimit, namespace... of the plan the stage was working on.
+    pub index: u32,
+    pub errno: i32,
+}
+
+pub const RECORD_SIZE: usize = std::mem::size_of::<Record>();
+pub const KIND_READY: u32 = 1;
+pub const KIND_ERROR: u32 = 2;
+
+impl Record {
+    pub fn to_bytes(self) -> [u8; RECORD_SIZE] {
+        let mut out = [0u8; RECORD_SIZE];
+        out[0..4].copy_from_slice(&self.kind.to_ne_bytes());
+        out[4..8].copy_from_slice(&self.stage.to_ne_bytes());
+        out[8..12].copy_from_slice(&self.index.to_ne_bytes());
+        out[12..16].copy_from_slice(&self.errno.to_ne_bytes());
+        out
+    }
+
+    pub fn from_bytes(b: &[u8; RECORD_SIZE]) -> Record {
+        let word = |i: usize| [b[i], b[i + 1], b[i + 2], b[i + 3]];
+        Record {
+            kind: u32::from_ne_bytes(word(0)),
+            stage: u32::from_ne_bytes(word(4)),
+            index: u32::from_ne_bytes(word(8)),
+            errno: i32::from_ne_bytes(word(12)),
+        }
+    }
+}
+
+/// The set-up steps, as reported in error records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Stage {
+    Signals = 1,
+    CgroupJoin,
+    Setns,
+    UnshareCgroup,
+    Session,
+    Stdio,
+    RootPropagation,
+    Overlay,
+    RootfsOpen,
+    MountTarget,
+    Mount,
+    Remount,
+    MountPropagation,
+    Device,
+    Symlink,
+    Cwd,
+    Pivot,
+    ReadonlyPath,
+    MaskedPath,
+    ReadonlyRoot,
+    OomScoreAdj,
+    Rlimit,
+    NoNewPrivs,
+    Seccomp,
+    CapBounding,
+    Groups,
+    Setgid,
+    Setuid,
+    Capset,
+    Ambient,
+    ParentDeath,
+    Chdir,
+    Gate,
+    Exec,
+    CloseFds,
+}
+
+impl Stage {
+    pub fn from_u32(v: u32) -> Option<Stage> {
+        use Stage::*;
+        const ALL: [Stage; 35] = [
+            Signals, CgroupJoin, Setns, UnshareCgroup, Session, Stdio, RootPropagation, Overlay, RootfsOpen, MountTarget,
+            Mount, Remount, MountPropagation, Device, Symlink, Cwd, Pivot, ReadonlyPath, MaskedPath, ReadonlyRoot,
+            OomScoreAdj, Rlimit, NoNewPrivs, Seccomp, CapBounding, Groups, Setgid, Setuid, Capset, Ambient,
+            ParentDeath, Chdir, Gate, Exec, CloseFds,
+        ];
+        ALL.iter().copied().find(|s| *s as u32 == v)
+    }
+}
+
+/// The descriptors a child starts from.
+pub struct ChildIo {
+    pub stdin: RawFd,
+    pub stdout: RawFd,
+    pub stderr: RawFd,
+    /// stdin/stdout/stderr are a terminal's slave side, to become the controlling terminal.
+    pub tty: bool,
+    /// Write end of the status pipe (close-on-exec).
+    pub status: RawFd,
+    /// Read end of the start gate, or -1 to exec right away.
+    pub gate: RawFd,
+}
+
+fn errno() -> i32 {
+    unsafe { *libc::__errno_location() }
+}
+
+/// Reports a failure and exits.
+unsafe fn fail(io: &ChildIo, stage: Stage, index: usize, err: i32) -> ! {
+    let rec = Record { kind: KIND_ERROR, stage: stage as u32, index: index as u32, errno: err };
+    write_record(io.status, rec);
+    unsafe { libc::_exit(SETUP_FAILED_EXIT) }
+}
+
+fn write_record(fd: RawFd, rec: Record) {
+    let bytes = rec.to_bytes();
+    loop {
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        if n >= 0 || errno() != libc::EINTR {
+            return;
+        }
+    }
+}
+
+/// Runs `$call`; on -1 reports `$stage`/`$index` with errno and exits.
+macro_rules! check {
+    ($io:expr, $stage:expr, $index:expr, $call:expr) => {{
+        let r = $call;
+        if r == -1 {
+            unsafe { fail($io, $stage, $index, errno()) }
+        }
+        r
+    }};
+}
+
+/// "/proc/self/fd/<fd>" in a caller-provided buffer.
+struct FdPath {
+    buf: [u8; 32],
+}
+
+impl FdPath {
+    fn new(fd: RawFd) -> FdPath {
+        let mut buf = [0u8; 32];
+        let prefix = b"/proc/self/fd/";
+        buf[..prefix.len()].copy_from_slice(prefix);
+        let mut digits = [0u8; 12];
+        let mut n = fd as u32;
+        let mut len = 0;
+        loop {
+            digits[len] = b'0' + (n % 10) as u8;
+            len += 1;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        for i in 0..len {
+            buf[prefix.len() + i] = digits[len - 1 - i];
+        }
+        FdPath { buf }
+    }
+
+    fn as_ptr(&self) -> *const c_char {
+        self.buf.as_ptr().cast()
+    }
+}
+
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+const RESOLVE_IN_ROOT: u64 = 0x10;
+
+/// Opens `path` (relative) as if `root` were "/": symlinks and ".." cannot leave it.
+fn open_in_root(root: RawFd, path: *const c_char) -> c_int {
+    let how = OpenHow {
+        flags: (libc::O_PATH | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+    };
+    loop {
+        let fd = unsafe {
+            libc::syscall(libc::SYS_openat2, root, path, &how as *const OpenHow, std::mem::size_of::<OpenHow>())
+        } as c_int;
+        if fd >= 0 || errno() != libc::EAGAIN {
+            return fd;
+        }
+    }
+}
+
+/// Resolves `p` inside `root`, creating missing components (directories, and for the last
+/// one `create`), and returns an O_PATH descriptor of it, or -1 with errno set.
+fn resolve(root: RawFd, p: &RootPath, create: Option<Create>) -> c_int {
+    resolve_components(root, &p.prefixes, &p.names, create)
+}
+
+/// Resolves (creating directories) the parent of `p`; returns its descriptor and the index of
+/// `p`'s last name.
+fn resolve_parent(root: RawFd, p: &RootPath) -> (c_int, usize) {
+    let last = p.prefixes.len() - 1;
+    if last == 0 {
+        return (unsafe { libc::fcntl(root, libc::F_DUPFD_CLOEXEC, 0) }, 0);
+    }
+    (resolve_components(root, &p.prefixes[..last], &p.names[..last], Some(Create::Dir)), last)
+}
+
+fn resolve_components(root: RawFd, prefixes: &[CString], names: &[CString], create: Option<Create>) -> c_int {
+    let last = prefixes.len() - 1;
+    let fd = open_in_root(root, prefixes[last].as_ptr());
+    if fd >= 0 || errno() != libc::ENOENT || create.is_none() {
+        return fd;
+    }
+    // Walk from the top, creating what is missing. Each new entry is made in the descriptor
+    // of its resolved parent, so it lands inside the root whatever symlinks the image has.
+    let mut parent: c_int = -1;
+    for i in 0..=last {
+        let dir = if parent >= 0 { parent } else { root };
+        let mut fd = open_in_root(root, prefixes[i].as_ptr());
+        if fd < 0 && errno() == libc::ENOENT {
+            let made = if i == last && create == Some(Create::File) {
+                let flags = libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+                let f = unsafe { libc::openat(dir, names[i].as_ptr(), flags, 0o644) };
+                close_if(f);
+                f
+            } else {
+                unsafe { libc::mkdirat(dir, names[i].as_ptr(), 0o755) }
+            };
+            if made < 0 && errno() != libc::EEXIST {
+                let e = errno();
+                close_if(parent);
+                set_errno(e);
+                return -1;
+            }
+            fd = open_in_root(root, prefixes[i].as_ptr());
+        }
+        let e = errno();
+        close_if(parent);
+        if fd < 0 {
+            set_errno(e);
+            return -1;
+        }
+        parent = fd;
+    }
+    parent
+}
+
+fn close_if(fd: c_int) {
+    if fd >= 0 {
+        unsafe { libc::close(fd) };
+    }
+}
+
+fn set_errno(e: i32) {
+    unsafe { *libc::__errno_location() = e };
+}
+
+fn mount_raw(source: *const c_char, target: *const c_char, fstype: *const c_char, flags: c_ulong, data: *const c_char) -> c_int {
+    unsafe { libc::mount(source, target, fstype, flags, data.cast()) }
+}
+
+fn opt_ptr(s: &Option<CString>) -> *const c_char {
+    s.as_ref().map_or(std::ptr::null(), |c| c.as_ptr())
+}
+
+/// The MS_* flags currently in effect on the mount holding `fd`.
+fn mount_flags_of(fd: RawFd) -> c_ulong {
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatvfs(fd, &mut st) } != 0 {
+        return 0;
+    }
+    super::mounts::flags_from_statfs(st.f_flag as u64)
+}
+
+fn path_mount_flags(path: *const c_char) -> c_ulong {
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path, &mut st) } != 0 {
+        return 0;
+    }
+    super::mounts::flags_from_statfs(st.f_flag as u64)
+}
+
+/// The container's main process: set up everything, report ready, wait at the gate, exec.
+///
+/// # Safety
+/// Must only be called in a freshly forked child of a single-threaded parent.
+pub unsafe fn container_main(plan: &ContainerPlan, io: &ChildIo) -> ! {
+    unsafe {
+        early(&plan.process, io);
+        rootfs(&plan.rootfs, io);
+        finish(&plan.process, io)
+    }
+}
+
+/// A process exec'd into a running container.
+///
+/// # Safety
+/// Must only be called in a freshly forked child of a single-threaded parent.
+pub unsafe fn exec_main(plan: &ProcessPlan, io: &ChildIo) -> ! {
+    unsafe {
+        early(plan, io);
+        finish(plan, io)
+    }
+}
+
+/// Signals, cgroup, namespaces, session and stdio.
+unsafe fn early(p: &ProcessPlan, io: &ChildIo) {
+    // The parent blocks the signals it reads through a signalfd and ignores SIGPIPE; a
+    // container starts with everything default and unblocked.
+    for sig in 1..libc::SIGRTMAX() {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+        act.sa_sigaction = libc::SIG_DFL;
+        unsafe { libc::sigaction(sig, &act, std::ptr::null_mut()) };
+    }
+    let mut empty: libc::sigset_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::sigemptyset(&mut empty) };
+    check!(io, Stage::Signals, 0, unsafe { libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) });
+    // Device nodes and mountpoints get exactly the modes asked for.
+    unsafe { libc::umask(0) };
+
+    for (i, fd) in p.cgroup_procs.iter().enumerate() {
+        loop {
+            let n = unsafe { libc::write(fd.as_raw_fd(), b"0".as_ptr().cast(), 1) };
+            if n == 1 {
+                break;
+            }
+            if n < 0 && errno() == libc::EINTR {
+                continue;
+            }
+            unsafe { fail(io, Stage::CgroupJoin, i, errno()) }
+        }
+    }
+    for (i, (fd, flag, _)) in p.setns.iter().enumerate() {
+        check!(io, Stage::Setns, i, unsafe { libc::setns(fd.as_raw_fd(), *flag) });
+    }
+    if p.unshare_cgroup {
+        check!(io, Stage::UnshareCgroup, 0, unsafe { libc::unshare(libc::CLONE_NEWCGROUP) });
+    }
+
+    // Its own session and process group: signals to the group reach everything it starts,
+    // and a terminal can become its controlling terminal.
+    check!(io, Stage::Session, 0, unsafe { libc::setsid() });
+    if io.tty {
+        check!(io, Stage::Stdio, 0, unsafe { libc::ioctl(io.stdin, libc::TIOCSCTTY, 0) });
+    }
+    for (i, (from, to)) in [(io.stdin, 0), (io.stdout, 1), (io.stderr, 2)].into_iter().enumerate() {
+        if from == to {
+            check!(io, Stage::Stdio, i, unsafe { libc::fcntl(to, libc::F_SETFD, 0) });
+        } else {
+            check!(io, Stage::Stdio, i, unsafe { libc::dup2(from, to) });
+        }
+    }
+    // Nothing but stdio survives execve.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+    if r != 0 {
+        let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+        let max = if lim.rlim_cur > 65_536 { 65_536 } else { lim.rlim_cur as c_int };
+        for fd in 3..max {
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
+    }
+
+    if let Some(adj) = &p.oom_score_adj {
+        let fd = unsafe { libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+        if fd >= 0 {
+            let bytes = adj.as_bytes();
+            // Lowering it needs CAP_SYS_RESOURCE; without it the current value stays.
+            unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+/// Assembles the root filesystem and pivots into it.
+unsafe fn rootfs(r: &RootfsPlan, io: &ChildIo) {
+    // Before anything is mounted: nothing may propagate back to the host.
+    check!(io, Stage::RootPropagation, 0, mount_raw(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), r.root_propagation, std::ptr::null()));
+    if let Some(dir) = &r.overlay_chdir {
+        check!(io, Stage::Overlay, 0, unsafe { libc::chdir(dir.as_ptr()) });
+    }
+    check!(io, Stage::Overlay, 0, mount_raw(c"overlay".as_ptr(), r.rootfs_dir.as_ptr(), c"overlay".as_ptr(), 0, r.overlay_data.as_ptr()));
+    let root = check!(io, Stage::RootfsOpen, 0, unsafe { libc::open(r.rootfs_dir.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) });
+
+    for (i, op) in r.ops.iter().enumerate() {
+        match op {
+            RootfsOp::Mount { target, create, source, fstype, flags, data, remount, propagation } => {
+                let fd = check!(io, Stage::MountTarget, i, resolve(root, target, Some(*create)));
+                let path = FdPath::new(fd);
+                check!(io, Stage::Mount, i, mount_raw(opt_ptr(source), path.as_ptr(), opt_ptr(fstype), *flags, opt_ptr(data)));
+                unsafe { libc::close(fd) };
+                if remount.is_some() || !propagation.is_empty() {
+                    // The descriptor named the mountpoint underneath; reopen to reach the new mount.
+                    let fd = check!(io, Stage::MountTarget, i, resolve(root, target, None));
+                    let path = FdPath::new(fd);
+                    if let Some(extra) = remount {
+                        let flags = libc::MS_BIND | libc::MS_REMOUNT | extra;
+                        check!(io, Stage::Remount, i, mount_raw(std::ptr::null(), path.as_ptr(), std::ptr::null(), flags, std::ptr::null()));
+                    }
+                    for p in propagation {
+                        check!(io, Stage::MountPropagation, i, mount_raw(std::ptr::null(), path.as_ptr(), std::ptr::null(), *p, std::ptr::null()));
+                    }
+                    unsafe { libc::close(fd) };
+                }
+            }
+            RootfsOp::Remount { target, flags } => {
+                let fd = check!(io, Stage::MountTarget, i, resolve(root, target, None));
+                let path = FdPath::new(fd);
+                check!(io, Stage::Remount, i, mount_raw(std::ptr::null(), path.as_ptr(), std::ptr::null(), libc::MS_REMOUNT | flags, std::ptr::null()));
+                unsafe { libc::close(fd) };
+            }
+            RootfsOp::Device { target, mode, dev, uid, gid, host_path } => {
+                let (dir, n) = resolve_parent(root, target);
+                if dir < 0 {
+                    unsafe { fail(io, Stage::Device, i, errno()) }
+                }
+                let name = target.names[n].as_ptr();
+                if unsafe { libc::mknodat(dir, name, *mode, *dev) } != 0 {
+                    match errno() {
+                        libc::EEXIST => {}
+                        libc::EPERM => {
+                            // No mknod (e.g. a node without CAP_MKNOD): bind the host's node.
+                            let f = unsafe { libc::openat(dir, name, libc::O_CREAT | libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC, 0o644) };
+                            if f < 0 {
+                                unsafe { fail(io, Stage::Device, i, errno()) }
+                            }
+                            unsafe { libc::close(f) };
+                            let fd = check!(io, Stage::Device, i, resolve(root, target, None));
+                            let path = FdPath::new(fd);
+                            check!(io, Stage::Device, i, mount_raw(host_path.as_ptr(), path.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()));
+                            unsafe { libc::close(fd) };
+                        }
+                        e => unsafe { fail(io, Stage::Device, i, e) },
+                    }
+                }
+                check!(io, Stage::Device, i, unsafe { libc::fchownat(dir, name, *uid, *gid, libc::AT_SYMLINK_NOFOLLOW) });
+                unsafe { libc::close(dir) };
+            }
+            RootfsOp::Symlink { target, link } => {
+                let (dir, n) = resolve_parent(root, target);
+                if dir < 0 {
+                    unsafe { fail(io, Stage::Symlink, i, errno()) }
+                }
+                if unsafe { libc::symlinkat(link.as_ptr(), dir, target.names[n].as_ptr()) } != 0 && errno() != libc::EEXIST {
+                    unsafe { fail(io, Stage::Symlink, i, errno()) }
+                }
+                unsafe { libc::close(dir) };
+            }
+        }
+    }
+    if let Some(cwd) = &r.cwd {
+        let fd = check!(io, Stage::Cwd, 0, resolve(root, cwd, Some(Create::Dir)));
+        unsafe { libc::close(fd) };
+    }
+
+    // pivot_root(".", ".") stacks the old root on top of the new one; detaching it leaves the
+    // container with no reference to the host's mounts. The old root is made a slave first so
+    // the detach cannot propagate anywhere.
+    check!(io, Stage::Pivot, 0, unsafe { libc::fchdir(root) });
+    check!(io, Stage::Pivot, 1, unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) } as c_int);
+    check!(io, Stage::Pivot, 2, mount_raw(std::ptr::null(), c".".as_ptr(), std::ptr::null(), libc::MS_SLAVE | libc::MS_REC, std::ptr::null()));
+    check!(io, Stage::Pivot, 3, unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) });
+    check!(io, Stage::Pivot, 4, unsafe { libc::chdir(c"/".as_ptr()) });
+    unsafe { libc::close(root) };
+
+    // From here on paths resolve inside the container's root.
+    for (i, p) in r.readonly_paths.iter().enumerate() {
+        if mount_raw(p.as_ptr(), p.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null()) != 0 {
+            if errno() == libc::ENOENT {
+                continue;
+            }
+            unsafe { fail(io, Stage::ReadonlyPath, i, errno()) }
+        }
+        let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | path_mount_flags(p.as_ptr());
+        check!(io, Stage::ReadonlyPath, i, mount_raw(std::ptr::null(), p.as_ptr(), std::ptr::null(), flags, std::ptr::null()));
+    }
+    for (i, p) in r.masked_paths.iter().enumerate() {
+        if mount_raw(c"/dev/null".as_ptr(), p.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) == 0 {
+            continue;
+        }
+        match errno() {
+            libc::ENOENT => {}
+            libc::ENOTDIR => {
+                check!(io, Stage::MaskedPath, i, mount_raw(c"tmpfs".as_ptr(), p.as_ptr(), c"tmpfs".as_ptr(), libc::MS_RDONLY, std::ptr::null()));
+            }
+            e => unsafe { fail(io, Stage::MaskedPath, i, e) },
+        }
+    }
+    if r.readonly_root {
+        let fd = unsafe { libc::open(c"/".as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+        let keep = if fd >= 0 { mount_flags_of(fd) } else { 0 };
+        close_if(fd);
+        let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | keep;
+        check!(io, Stage::ReadonlyRoot, 0, mount_raw(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), flags, std::ptr::null()));
+    }
+}
+
+/// Limits, privileges, identity, then the gate and execve.
+unsafe fn finish(p: &ProcessPlan, io: &ChildIo) -> ! {
+    for (i, r) in p.rlimits.iter().enumerate() {
+        let mut want = r.limit;
+        if unsafe { libc::prlimit(0, r.resource as _, &want, std::ptr::null_mut()) } != 0 {
+            if errno() != libc::EPERM {
+                unsafe { fail(io, Stage::Rlimit, i, errno()) }
+            }
+            // Raising a hard limit needs CAP_SYS_RESOURCE: keep the current hard limit.
+            let mut cur: libc::rlimit = unsafe { std::mem::zeroed() };
+            check!(io, Stage::Rlimit, i, unsafe { libc::prlimit(0, r.resource as _, std::ptr::null(), &mut cur) });
+            if want.rlim_max > cur.rlim_max {
+                want.rlim_max = cur.rlim_max;
+            }
+            if want.rlim_cur > want.rlim_max {
+                want.rlim_cur = want.rlim_max;
+            }
+            check!(io, Stage::Rlimit, i, unsafe { libc::prlimit(0, r.resource as _, &want, std::ptr::null_mut()) });
+        }
+    }
+
+    if p.no_new_privs {
+        check!(io, Stage::NoNewPrivs, 0, unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) });
+    }
+    // Without no_new_privs, installing a filter needs CAP_SYS_ADMIN, which may be dropped
+    // below; with it, the filter goes in last so it only has to allow execve.
+    if let (Some(s), false) = (&p.seccomp, p.no_new_privs) {
+        check!(io, Stage::Seccomp, 0, unsafe { seccomp::install(&s.filter, s.flags) } as c_int);
+    }
+
+    if let Some(c) = &p.caps {
+        for cap in 0..=c.last_cap {
+            if !c.bounding.contains(cap) {
+                check!(io, Stage::CapBounding, cap as usize, unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as c_ulong, 0, 0, 0) });
+            }
+        }
+        // Keep the permitted set across the switch to a non-root uid; capset trims it below.
+        check!(io, Stage::Capset, 0, unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) });
+    }
+    check!(io, Stage::Groups, 0, unsafe { libc::syscall(libc::SYS_setgroups, p.groups.len(), p.groups.as_ptr()) } as c_int);
+    check!(io, Stage::Setgid, 0, unsafe { libc::syscall(libc::SYS_setresgid, p.gid, p.gid, p.gid) } as c_int);
+    check!(io, Stage::Setuid, 0, unsafe { libc::syscall(libc::SYS_setresuid, p.uid, p.uid, p.uid) } as c_int);
+    if let Some(c) = &p.caps {
+        unsafe { apply_caps(c, io) };
+    }
+
+    // The monitor holds the container's output and exit status: without it the container
+    // cannot be managed, so it goes down with it (as does the pod's init). Set after the
+    // credential change, which clears it.
+    check!(io, Stage::ParentDeath, 0, unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as c_ulong, 0, 0, 0) });
+    check!(io, Stage::Chdir, 0, unsafe { libc::chdir(p.cwd.as_ptr()) });
+    unsafe { libc::umask(p.umask) };
+
+    if io.gate >= 0 {
+        write_record(io.status, Record { kind: KIND_READY, ..Default::default() });
+        let mut b = [0u8; 1];
+        loop {
+            let n = unsafe { libc::read(io.gate, b.as_mut_ptr().cast(), 1) };
+            if n == 1 {
+                break;
+            }
+            if n < 0 && errno() == libc::EINTR {
+                continue;
+            }
+            // The gate closed unopened: the container is being torn down (or the monitor died
+            // before the death signal was armed).
+            unsafe { libc::_exit(ABANDONED_EXIT) }
+        }
+        unsafe { libc::close(io.gate) };
+    }
+
+    if let (Some(s), true) = (&p.seccomp, p.no_new_privs) {
+        check!(io, Stage::Seccomp, 0, unsafe { seccomp::install(&s.filter, s.flags) } as c_int);
+    }
+
+    // PATH lookup the way execvp does it: a missing or non-directory candidate moves on to the
+    // next; a permission problem is remembered and reported if nothing else works.
+    let mut denied: Option<usize> = None;
+    let mut last_err = libc::ENOENT;
+    for (i, candidate) in p.candidates.iter().enumerate() {
+        unsafe { libc::execve(candidate.as_ptr(), p.argv.as_ptr(), p.envp.as_ptr()) };
+        let e = errno();
+        match e {
+            libc::ENOENT | libc::ENOTDIR => {}
+            libc::EACCES => {
+                denied.get_or_insert(i);
+            }
+            _ => unsafe { fail(io, Stage::Exec, i, e) },
+        }
+        last_err = e;
+    }
+    match denied {
+        Some(i) => unsafe { fail(io, Stage::Exec, i, libc::EACCES) },
+        None => unsafe { fail(io, Stage::Exec, p.candidates.len().saturating_sub(1), if last_err == libc::ENOTDIR { libc::ENOTDIR } else { libc::ENOENT }) },
+    }
+}
+
+unsafe fn apply_caps(c: &CapsPlan, io: &ChildIo) {
+    let mut header = super::caps::CapUserHeader { version: super::caps::LINUX_CAPABILITY_VERSION_3, pid: 0 };
+    let split = |s: super::caps::CapSet| (s.0 as u32, (s.0 >> 32) as u32);
+    let (e0, e1) = split(c.effective);
+    let (p0, p1) = split(c.permitted);
+    let (i0, i1) = split(c.inheritable);
+    let data = [
+        super::caps::CapUserData { effective: e0, permitted: p0, inheritable: i0 },
+        super::caps::CapUserData { effective: e1, permitted: p1, inheritable: i1 },
+    ];
+    check!(io, Stage::Capset, 1, unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) } as c_int);
+    for cap in c.ambient.iter() {
+        check!(io, Stage::Ambient, cap as usize, unsafe {
+            libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE as c_ulong, cap as c_ulong, 0, 0)
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip() {
+        let r = Record { kind: KIND_ERROR, stage: Stage::Mount as u32, index: 7, errno: libc::EPERM };
+        assert_eq!(Record::from_bytes(&r.to_bytes()), r);
+        assert_eq!(RECORD_SIZE, 16);
+        for v in 1..=35 {
+            assert_eq!(Stage::from_u32(v).map(|s| s as u32), Some(v));
+        }
+        assert_eq!(Stage::from_u32(0), None);
+        assert_eq!(Stage::from_u32(36), None);
+    }
+
+    #[test]
+    fn fd_paths_are_formatted_without_allocating() {
+        for fd in [0, 7, 10, 123, 65535] {
+            let p = FdPath::new(fd);
+            let s = unsafe { std::ffi::CStr::from_ptr(p.as_ptr()) };
+            assert_eq!(s.to_str().unwrap(), format!("/proc/self/fd/{}", fd));
+        }
+    }
+}

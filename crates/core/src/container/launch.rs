@@ -1,0 +1,127 @@
+//! Forking container and exec processes from a prepared plan, and explaining their failures.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use super::child::{self, ChildIo, Record, Stage};
+use super::plan::{errno_text, ContainerPlan, ExecPlan, ProcessPlan, RootfsPlan};
+use crate::sys::cvt;
+
+/// Forks the container's main process with its new namespaces. It sets itself up, reports
+/// ready (or an error) on `io.status`, and waits at `io.gate` before execve.
+///
+/// The caller must be single-threaded: the child runs plain system calls until execve.
+pub fn spawn_container(plan: &ContainerPlan, io: &ChildIo) -> io::Result<libc::pid_t> {
+    // A raw clone behaves like fork but can create the PID namespace the child becomes init of.
+    let flags = (plan.clone_flags | libc::SIGCHLD) as libc::c_ulong;
+    let pid = cvt(unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) })?;
+    if pid == 0 {
+        unsafe { child::container_main(plan, io) }
+    }
+    Ok(pid as libc::pid_t)
+}
+
+/// Forks a process that enters a running container and execs there. When the container has
+/// its own PID namespace the caller's namespace for children is switched around the fork.
+pub fn spawn_exec(plan: &ExecPlan, io: &ChildIo) -> io::Result<libc::pid_t> {
+    let saved = match &plan.pid_ns {
+        None => None,
+        Some(ns) => {
+            let own = open("/proc/self/ns/pid_for_children")?;
+            cvt(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWPID) })?;
+            Some(own)
+        }
+    };
+    let forked = cvt(unsafe { libc::fork() });
+    if let Ok(0) = forked {
+        unsafe { child::exec_main(&plan.process, io) }
+    }
+    if let Some(own) = saved {
+        // Children forked later must land in the pod's namespace again; failing that is fatal
+        // for the caller's invariants, so it is reported loudly.
+        cvt(unsafe { libc::setns(own.as_raw_fd(), libc::CLONE_NEWPID) })?;
+    }
+    forked
+}
+
+fn open(path: &str) -> io::Result<OwnedFd> {
+    let c = crate::sys::cstr(path)?;
+    let fd = cvt(unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) })?;
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Whether a set-up failure is the spec's fault (a missing binary, a bad mount option) rather
+/// than the node's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    Spec,
+    Runtime,
+}
+
+/// A readable account of an error record from a child.
+pub fn describe_failure(process: &ProcessPlan, rootfs: Option<&RootfsPlan>, rec: &Record) -> (FailureKind, String) {
+    let errno = rec.errno;
+    let kind = match errno {
+        libc::ENOENT | libc::ENOTDIR | libc::EACCES | libc::ENOEXEC | libc::EINVAL | libc::ELOOP | libc::ENAMETOOLONG
+        | libc::EISDIR | libc::E2BIG => FailureKind::Spec,
+        _ => FailureKind::Runtime,
+    };
+    let i = rec.index as usize;
+    let Some(stage) = Stage::from_u32(rec.stage) else {
+        return (FailureKind::Runtime, format!("container set-up failed at unknown step {}: {}", rec.stage, errno_text(errno)));
+    };
+    let op = || rootfs.and_then(|r| r.ops.get(i)).map_or_else(|| format!("rootfs step {}", i), |o| o.describe());
+    let step = match stage {
+        Stage::Exec => {
+            let message = if process.program.contains('/') {
+                format!("exec: {:?}: {}", process.program, errno_text(errno))
+            } else if errno == libc::ENOENT {
+                format!("exec: {:?}: executable file not found in $PATH", process.program)
+            } else {
+                let path = process.candidates.get(i).map_or_else(|| process.program.clone(), |c| c.to_string_lossy().into_owned());
+                format!("exec: {:?}: {}", path, errno_text(errno))
+            };
+            return (kind, message);
+        }
+        Stage::Signals => "reset signal mask".to_owned(),
+        Stage::CgroupJoin => "join cgroup".to_owned(),
+        Stage::Setns => format!("join {} namespace", process.setns.get(i).map_or("a", |s| s.2)),
+        Stage::UnshareCgroup => "create cgroup namespace".to_owned(),
+        Stage::Session => "create session".to_owned(),
+        Stage::Stdio => "set up stdio".to_owned(),
+        Stage::RootPropagation => "make the mount namespace private".to_owned(),
+        Stage::Overlay => "mount the overlay root filesystem".to_owned(),
+        Stage::RootfsOpen => "open the root filesystem".to_owned(),
+        Stage::MountTarget => format!("{}: resolve target", op()),
+        Stage::Mount => op(),
+        Stage::Remount => format!("{}: remount", op()),
+        Stage::MountPropagation => format!("{}: set propagation", op()),
+        Stage::Device | Stage::Symlink => op(),
+        Stage::Cwd => "create the working directory".to_owned(),
+        Stage::Pivot => "pivot_root".to_owned(),
+        Stage::ReadonlyPath => format!(
+            "make {} read-only",
+            rootfs.and_then(|r| r.readonly_paths.get(i)).map_or_else(String::new, |p| p.to_string_lossy().into_owned())
+        ),
+        Stage::MaskedPath => format!(
+            "mask {}",
+            rootfs.and_then(|r| r.masked_paths.get(i)).map_or_else(String::new, |p| p.to_string_lossy().into_owned())
+        ),
+        Stage::ReadonlyRoot => "make the root filesystem read-only".to_owned(),
+        Stage::OomScoreAdj => "set oom_score_adj".to_owned(),
+        Stage::Rlimit => format!("set {}", process.rlimits.get(i).map_or("rlimit", |r| r.name.as_str())),
+        Stage::NoNewPrivs => "set no_new_privs".to_owned(),
+        Stage::Seccomp => "install the seccomp filter".to_owned(),
+        Stage::CapBounding => format!("drop {} from the bounding set", super::caps::name(i as u32).unwrap_or("a capability")),
+        Stage::Groups => format!("set supplementary groups {:?}", process.groups),
+        Stage::Setgid => format!("set gid {}", process.gid),
+        Stage::Setuid => format!("set uid {}", process.uid),
+        Stage::Capset => "set capabilities".to_owned(),
+        Stage::Ambient => format!("raise ambient {}", super::caps::name(i as u32).unwrap_or("capability")),
+        Stage::ParentDeath => "set the parent death signal".to_owned(),
+        Stage::Chdir => format!("chdir to {}", process.cwd.to_string_lossy()),
+        Stage::Gate => "wait for start".to_owned(),
+        Stage::CloseFds => "close descriptors".to_owned(),
+    };
+    (kind, format!("{}: {}", step, errno_text(errno)))
+}

@@ -1,0 +1,875 @@
+//! Turning a [`Spec`] into a launch plan: every string, descriptor, bit mask and BPF program the
+//! forked child needs, prepared in the parent so that the child, between fork and execve, only
+//! issues system calls (no allocation, no locks).
+
+use std::ffi::CString;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
+
+use libc::{c_char, c_int, c_ulong};
+
+use super::caps::{self, CapSet};
+use super::mounts::{self, MountOptions};
+use super::seccomp;
+use super::spec::{Device, Mount, Spec};
+use crate::cgroup::CgroupPaths;
+
+/// PATH used for the executable lookup when the process environment has none (as runc/Go).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The longest mount(2) data string (one page).
+const MAX_MOUNT_DATA: usize = 4095;
+
+fn cstring(s: impl AsRef<[u8]>) -> Result<CString, String> {
+    CString::new(s.as_ref()).map_err(|_| format!("{:?} contains a NUL byte", String::from_utf8_lossy(s.as_ref())))
+}
+
+/// A NULL-terminated array of C strings (argv/envp).
+pub struct CStringArray {
+    _strings: Vec<CString>,
+    ptrs: Vec<*const c_char>,
+}
+
+impl CStringArray {
+    pub fn new(items: &[String]) -> Result<Self, String> {
+        let strings = items.iter().map(cstring).collect::<Result<Vec<_>, _>>()?;
+        let mut ptrs: Vec<*const c_char> = strings.iter().map(|s| s.as_ptr()).collect();
+        ptrs.push(std::ptr::null());
+        Ok(CStringArray { _strings: strings, ptrs })
+    }
+
+    pub fn as_ptr(&self) -> *const *const c_char {
+        self.ptrs.as_ptr()
+    }
+}
+
+/// A path inside the container's root filesystem, split so the child can resolve (and create)
+/// it one component at a time without allocating.
+#[derive(Debug)]
+pub struct RootPath {
+    /// The path as written in the spec, for messages.
+    pub display: String,
+    /// "dev", "dev/pts", ...: each prefix, relative to the root.
+    pub prefixes: Vec<CString>,
+    /// "dev", "pts", ...: the last component of each prefix.
+    pub names: Vec<CString>,
+}
+
+impl RootPath {
+    pub fn new(path: &str) -> Result<Self, String> {
+        let mut prefixes = Vec::new();
+        let mut names = Vec::new();
+        let mut acc = PathBuf::new();
+        for c in Path::new(path).components() {
+            match c {
+                Component::RootDir | Component::CurDir => {}
+                Component::Normal(n) => {
+                    acc.push(n);
+                    prefixes.push(cstring(acc.as_os_str().as_bytes())?);
+                    names.push(cstring(n.as_bytes())?);
+                }
+                Component::ParentDir => return Err(format!("path {:?} contains '..'", path)),
+                Component::Prefix(_) => unreachable!("no path prefixes on unix"),
+            }
+        }
+        if prefixes.is_empty() {
+            return Err(format!("path {:?} names the root itself", path));
+        }
+        Ok(RootPath { display: path.to_owned(), prefixes, names })
+    }
+}
+
+/// What to create when a mount target is missing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Create {
+    Dir,
+    File,
+}
+
+/// One step of assembling the root filesystem, executed in order before pivot_root.
+#[derive(Debug)]
+pub enum RootfsOp {
+    Mount {
+        target: RootPath,
+        create: Create,
+        source: Option<CString>,
+        fstype: Option<CString>,
+        flags: c_ulong,
+        data: Option<CString>,
+        /// Bind mounts get their other flags by a remount of the new mount.
+        remount: Option<c_ulong>,
+        propagation: Vec<c_ulong>,
+    },
+    /// Remounts an existing mount with these flags (MS_REMOUNT is added).
+    Remount { target: RootPath, flags: c_ulong },
+    Device {
+        target: RootPath,
+        mode: libc::mode_t,
+        dev: libc::dev_t,
+        uid: libc::uid_t,
+        gid: libc::gid_t,
+        /// The node to bind-mount when mknod is not permitted.
+        host_path: CString,
+    },
+    Symlink { target: RootPath, link: CString },
+}
+
+impl RootfsOp {
+    pub fn describe(&self) -> String {
+        match self {
+            RootfsOp::Mount { target, fstype, source, .. } => format!(
+                "mount {} ({}) on {}",
+                source.as_ref().map_or("none".into(), |s| s.to_string_lossy().into_owned()),
+                fstype.as_ref().map_or("bind".into(), |s| s.to_string_lossy().into_owned()),
+                target.display
+            ),
+            RootfsOp::Remount { target, .. } => format!("remount {}", target.display),
+            RootfsOp::Device { target, .. } => format!("create device {}", target.display),
+            RootfsOp::Symlink { target, .. } => format!("create symlink {}", target.display),
+        }
+    }
+}
+
+pub struct RootfsPlan {
+    /// Propagation applied to the whole new mount namespace before anything is mounted.
+    pub root_propagation: c_ulong,
+    /// Directory to chdir into so the overlay's options fit in a page (relative layer paths).
+    pub overlay_chdir: Option<CString>,
+    pub overlay_data: CString,
+    /// `<bundle>/rootfs`.
+    pub rootfs_dir: CString,
+    pub ops: Vec<RootfsOp>,
+    /// The working directory, created if missing; None for the root itself.
+    pub cwd: Option<RootPath>,
+    pub readonly_paths: Vec<CString>,
+    pub masked_paths: Vec<CString>,
+    pub readonly_root: bool,
+}
+
+pub struct CapsPlan {
+    pub last_cap: u32,
+    pub bounding: CapSet,
+    pub effective: CapSet,
+    pub permitted: CapSet,
+    pub inheritable: CapSet,
+    pub ambient: CapSet,
+}
+
+pub struct RlimitPlan {
+    pub resource: c_int,
+    pub name: String,
+    pub limit: libc::rlimit,
+}
+
+/// What every process started in a container does after entering it, up to execve.
+pub struct ProcessPlan {
+    /// `cgroup.procs` of each hierarchy the process joins (by writing "0").
+    pub cgroup_procs: Vec<OwnedFd>,
+    /// Namespaces to enter with setns, with their kind for messages.
+    pub setns: Vec<(OwnedFd, c_int, &'static str)>,
+    pub unshare_cgroup: bool,
+    pub oom_score_adj: Option<CString>,
+    pub rlimits: Vec<RlimitPlan>,
+    pub no_new_privs: bool,
+    pub caps: Option<CapsPlan>,
+    pub uid: libc::uid_t,
+    pub gid: libc::gid_t,
+    pub groups: Vec<libc::gid_t>,
+    pub umask: libc::mode_t,
+    pub cwd: CString,
+    pub argv: CStringArray,
+    pub envp: CStringArray,
+    /// args[0] as given and the paths tried for it, in order (PATH lookup).
+    pub program: String,
+    pub candidates: Vec<CString>,
+    pub seccomp: Option<seccomp::Program>,
+    /// Things ignored on purpose, worth a log line.
+    pub warnings: Vec<String>,
+}
+
+impl std::fmt::Debug for ProcessPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessPlan")
+            .field("program", &self.program)
+            .field("uid", &self.uid)
+            .field("gid", &self.gid)
+            .field("cwd", &self.cwd)
+            .finish_non_exhaustive()
+    }
+}
+
+pub struct ContainerPlan {
+    /// CLONE_NEW* flags for the clone that creates the container process.
+    pub clone_flags: c_int,
+    pub process: ProcessPlan,
+    pub rootfs: RootfsPlan,
+}
+
+pub struct ExecPlan {
+    pub process: ProcessPlan,
+    /// The container's PID namespace when it is not the one the caller's children land in;
+    /// the caller must enter it (for children) around the fork.
+    pub pid_ns: Option<OwnedFd>,
+}
+
+/// Process fields an exec may override.
+#[derive(Clone, Debug, Default)]
+pub struct ProcessOverrides {
+    pub args: Vec<String>,
+    pub env: Option<Vec<String>>,
+    pub cwd: Option<String>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub additional_gids: Option<Vec<u32>>,
+}
+
+fn open_cloexec(path: &Path, flags: c_int) -> Result<OwnedFd, String> {
+    let c = cstring(path.as_os_str().as_bytes())?;
+    let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(format!("open {}: {}", path.display(), errno_text(last_errno())));
+    }
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+pub fn last_errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// strerror in the lower-case style of Go and runc messages ("no such file or directory").
+pub fn errno_text(errno: i32) -> String {
+    let s = std::io::Error::from_raw_os_error(errno).to_string();
+    let s = s.split(" (os error").next().unwrap_or(&s).to_owned();
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(c) => c.to_lowercase().chain(chars).collect(),
+        None => s,
+    }
+}
+
+fn ns_inode(path: &Path) -> Result<(u64, u64), String> {
+    let md = std::fs::metadata(path).map_err(|e| format!("stat {}: {}", path.display(), e))?;
+    Ok((md.dev(), md.ino()))
+}
+
+fn cgroup_procs(cgroup: Option<&CgroupPaths>) -> Result<Vec<OwnedFd>, String> {
+    let Some(cg) = cgroup else { return Ok(Vec::new()) };
+    cg.unique_dirs().into_iter().map(|dir| open_cloexec(&dir.join("cgroup.procs"), libc::O_WRONLY)).collect()
+}
+
+fn rlimit_resource(name: &str) -> Option<c_int> {
+    Some(match name {
+        "RLIMIT_CPU" => 0,
+        "RLIMIT_FSIZE" => 1,
+        "RLIMIT_DATA" => 2,
+        "RLIMIT_STACK" => 3,
+        "RLIMIT_CORE" => 4,
+        "RLIMIT_RSS" => 5,
+        "RLIMIT_NPROC" => 6,
+        "RLIMIT_NOFILE" => 7,
+        "RLIMIT_MEMLOCK" => 8,
+        "RLIMIT_AS" => 9,
+        "RLIMIT_LOCKS" => 10,
+        "RLIMIT_SIGPENDING" => 11,
+        "RLIMIT_MSGQUEUE" => 12,
+        "RLIMIT_NICE" => 13,
+        "RLIMIT_RTPRIO" => 14,
+        "RLIMIT_RTTIME" => 15,
+        _ => return None,
+    })
+}
+
+/// The candidates execve tries for `program`: itself when it contains a '/', otherwise each
+/// PATH directory joined with it (an empty entry means the working directory).
+pub fn exec_candidates(program: &str, env: &[String]) -> Vec<String> {
+    if program.contains('/') {
+        return vec![program.to_owned()];
+    }
+    let path = Spec::env_value(env, "PATH").unwrap_or(DEFAULT_PATH);
+    path.split(':')
+        .map(|dir| if dir.is_empty() { format!("./{}", program) } else { format!("{}/{}", dir.trim_end_matches('/'), program) })
+        .collect()
+}
+
+fn process_plan(spec: &Spec, o: &ProcessOverrides, cgroup: Option<&CgroupPaths>) -> Result<ProcessPlan, String> {
+    let p = &spec.process;
+    let mut warnings = Vec::new();
+    let args = if o.args.is_empty() { &p.args } else { &o.args };
+    if args.is_empty() || args[0].is_empty() {
+        return Err("no program to run".into());
+    }
+    let env = o.env.as_ref().filter(|e| !e.is_empty()).unwrap_or(&p.env);
+    let cwd = o.cwd.as_deref().filter(|c| !c.is_empty()).unwrap_or(&p.cwd);
+    if !cwd.starts_with('/') {
+        return Err(format!("working directory {:?} is not absolute", cwd));
+    }
+
+    let mut rlimits = Vec::new();
+    for r in &p.rlimits {
+        let resource = rlimit_resource(&r.kind).ok_or_else(|| format!("unknown rlimit {:?}", r.kind))?;
+        if r.soft > r.hard {
+            return Err(format!("{}: soft limit {} exceeds hard limit {}", r.kind, r.soft, r.hard));
+        }
+        rlimits.push(RlimitPlan {
+            resource,
+            name: r.kind.clone(),
+            limit: libc::rlimit { rlim_cur: r.soft as libc::rlim_t, rlim_max: r.hard as libc::rlim_t },
+        });
+    }
+
+    let caps = match &p.capabilities {
+        None => None,
+        Some(c) => {
+            let last_cap = caps::last_cap();
+            // Capabilities this process does not hold cannot be granted (this matters on nodes
+            // where the runtime itself runs with a reduced bounding set).
+            let (_, held, _) = caps::current().map_err(|e| format!("capget: {}", e))?;
+            let mut set = |names: &[String], what: &str| {
+                let (s, unknown) = CapSet::from_names(names, last_cap);
+                if !unknown.is_empty() {
+                    warnings.push(format!("{} capabilities not supported by this kernel, ignored: {}", what, unknown.join(", ")));
+                }
+                let missing: Vec<&str> = s.iter().filter(|c| !held.contains(*c)).filter_map(caps::name).collect();
+                if !missing.is_empty() {
+                    warnings.push(format!("{} capabilities the runtime does not hold, dropped: {}", what, missing.join(", ")));
+                }
+                s.intersect(held)
+            };
+            let bounding = set(&c.bounding, "bounding");
+            let effective = set(&c.effective, "effective");
+            let permitted = set(&c.permitted, "permitted");
+            let inheritable = set(&c.inheritable, "inheritable");
+            let ambient = set(&c.ambient, "ambient");
+            // The kernel only keeps ambient capabilities that are permitted and inheritable.
+            let ambient = ambient.intersect(permitted).intersect(inheritable);
+            Some(CapsPlan { last_cap, bounding, effective, permitted, inheritable, ambient })
+        }
+    };
+
+    let seccomp = match &spec.linux.seccomp {
+        None => None,
+        Some(profile) => {
+            let program = seccomp::compile(profile)?;
+            warnings.extend(program.warnings.iter().cloned());
+            Some(program)
+        }
+    };
+
+    let program = args[0].clone();
+    let candidates = exec_candidates(&program, env).iter().map(cstring).collect::<Result<Vec<_>, _>>()?;
+    Ok(ProcessPlan {
+        cgroup_procs: cgroup_procs(cgroup)?,
+        setns: Vec::new(),
+        unshare_cgroup: false,
+        oom_score_adj: p.oom_score_adj.map(|v| cstring(v.to_string())).transpose()?,
+        rlimits,
+        no_new_privs: p.no_new_privileges,
+        caps,
+        uid: o.uid.unwrap_or(p.user.uid),
+        gid: o.gid.unwrap_or(p.user.gid),
+        groups: o.additional_gids.clone().unwrap_or_else(|| p.user.additional_gids.clone()),
+        umask: p.user.umask.unwrap_or(0o022) as libc::mode_t,
+        cwd: cstring(cwd)?,
+        argv: CStringArray::new(args)?,
+        envp: CStringArray::new(env)?,
+        program,
+        candidates,
+        seccomp,
+        warnings,
+    })
+}
+
+/// Prepares everything to launch the container described by `spec` from `bundle`.
+pub fn container_plan(spec: &Spec, bundle: &Path) -> Result<ContainerPlan, String> {
+    let mut process = process_plan(spec, &ProcessOverrides::default(), spec.crisp_cgroup.as_ref())?;
+
+    let mut clone_flags = libc::CLONE_NEWNS;
+    for (kind, flag) in [("pid", libc::CLONE_NEWPID), ("network", libc::CLONE_NEWNET), ("ipc", libc::CLONE_NEWIPC), ("uts", libc::CLONE_NEWUTS)] {
+        if spec.new_namespace(kind) {
+            clone_flags |= flag;
+        }
+    }
+    // A new cgroup namespace must be created after joining the container's cgroup, so that
+    // cgroup is its root.
+    process.unshare_cgroup = spec.new_namespace("cgroup");
+    for (kind, proc_name, flag) in [
+        ("network", "net", libc::CLONE_NEWNET),
+        ("ipc", "ipc", libc::CLONE_NEWIPC),
+        ("uts", "uts", libc::CLONE_NEWUTS),
+        ("cgroup", "cgroup", libc::CLONE_NEWCGROUP),
+        ("pid", "pid_for_children", libc::CLONE_NEWPID),
+    ] {
+        let Some(path) = spec.namespace_path(kind) else { continue };
+        let wanted = ns_inode(Path::new(path))?;
+        let current = ns_inode(&Path::new("/proc/self/ns").join(proc_name))?;
+        if wanted == current {
+            continue;
+        }
+        if kind == "pid" {
+            return Err(format!("joining PID namespace {} is not supported: it is not the pod's", path));
+        }
+        let fd = open_cloexec(Path::new(path), libc::O_RDONLY)?;
+        process.setns.push((fd, flag, kind_name(kind)));
+    }
+
+    let rootfs = rootfs_plan(spec, bundle, &mut process.warnings)?;
+    Ok(ContainerPlan { clone_flags, process, rootfs })
+}
+
+fn kind_name(kind: &str) -> &'static str {
+    match kind {
+        "network" => "network",
+        "ipc" => "ipc",
+        "uts" => "uts",
+        "cgroup" => "cgroup",
+        "pid" => "pid",
+        _ => "mount",
+    }
+}
+
+/// Prepares an exec into the running container whose main process is `pid`.
+pub fn exec_plan(spec: &Spec, pid: libc::pid_t, overrides: &ProcessOverrides) -> Result<ExecPlan, String> {
+    let mut process = process_plan(spec, overrides, spec.crisp_cgroup.as_ref())?;
+    // The container's PID may be reused once it is gone: open its namespaces first and let the
+    // caller check the process is still the container afterwards.
+    let proc_ns = PathBuf::from(format!("/proc/{}/ns", pid));
+    for (name, flag) in [("ipc", libc::CLONE_NEWIPC), ("uts", libc::CLONE_NEWUTS), ("net", libc::CLONE_NEWNET), ("cgroup", libc::CLONE_NEWCGROUP), ("mnt", libc::CLONE_NEWNS)] {
+        let target = proc_ns.join(name);
+        let current = Path::new("/proc/self/ns").join(name);
+        if name != "mnt" && ns_inode(&target)? == ns_inode(&current)? {
+            continue;
+        }
+        let kind = match name {
+            "net" => "network",
+            "mnt" => "mount",
+            other => kind_name(other),
+        };
+        process.setns.push((open_cloexec(&target, libc::O_RDONLY)?, flag, kind));
+    }
+    let target_pid = proc_ns.join("pid");
+    let pid_ns = if ns_inode(&target_pid)? == ns_inode(Path::new("/proc/self/ns/pid_for_children"))? {
+        None
+    } else {
+        Some(open_cloexec(&target_pid, libc::O_RDONLY)?)
+    };
+    Ok(ExecPlan { process, pid_ns })
+}
+
+fn overlay_data(rootfs: &super::spec::CrispRootfs) -> Result<(Option<CString>, CString), String> {
+    let render = |strip: &Path| -> String {
+        let rel = |p: &Path| p.strip_prefix(strip).unwrap_or(p).to_string_lossy().into_owned();
+        let lower: Vec<String> = rootfs.lower_dirs.iter().map(|d| rel(d)).collect();
+        format!("lowerdir={},upperdir={},workdir={}", lower.join(":"), rel(&rootfs.upper_dir), rel(&rootfs.work_dir))
+    };
+    let full = render(Path::new("\0"));
+    if full.len() <= MAX_MOUNT_DATA {
+        return Ok((None, cstring(full)?));
+    }
+    // Too long for one page: mount from the directory all layers share, with relative paths.
+    let all: Vec<&PathBuf> = rootfs.lower_dirs.iter().chain([&rootfs.upper_dir, &rootfs.work_dir]).collect();
+    let mut common: PathBuf = all[0].parent().map(Path::to_path_buf).unwrap_or_default();
+    while !all.iter().all(|p| p.starts_with(&common) && *p != &common) {
+        if !common.pop() {
+            break;
+        }
+    }
+    if common.as_os_str().len() <= 1 {
+        return Err(format!("overlay options are {} bytes, more than a page, and the layers share no directory", full.len()));
+    }
+    let short = render(&common);
+    if short.len() > MAX_MOUNT_DATA {
+        return Err(format!("overlay options are {} bytes even with paths relative to {}", short.len(), common.display()));
+    }
+    Ok((Some(cstring(common.as_os_str().as_bytes())?), cstring(short)?))
+}
+
+fn rootfs_plan(spec: &Spec, bundle: &Path, warnings: &mut Vec<String>) -> Result<RootfsPlan, String> {
+    let rootfs = spec.crisp_rootfs.as_ref().ok_or("crispRootfs is missing")?;
+    let (overlay_chdir, overlay_data) = overlay_data(rootfs)?;
+    let root_propagation = match spec.linux.rootfs_propagation.as_deref() {
+        Some(p) => mounts::propagation_flag(p).ok_or_else(|| format!("unknown rootfsPropagation {:?}", p))?,
+        None => libc::MS_PRIVATE | libc::MS_REC,
+    };
+    // The host never sees the container's mounts, whatever the spec says: shared propagation
+    // of the root would push them back out.
+    let root_propagation = if root_propagation & libc::MS_SHARED != 0 { libc::MS_SLAVE | libc::MS_REC } else { root_propagation };
+
+    let mut ops = Vec::new();
+    let mut dev_tmpfs = false;
+    let mut dev_pts = false;
+    for m in &spec.mounts {
+        let kind = m.kind.as_deref().unwrap_or("");
+        let opts = mounts::parse_options(&m.options);
+        let dest = clean_destination(&m.destination);
+        if dest == "/dev" && !opts.is_bind() && kind != "bind" {
+            dev_tmpfs = true;
+        }
+        if dest == "/dev/pts" {
+            dev_pts = true;
+        }
+        match kind {
+            "cgroup" | "cgroup2" => cgroup_mount(spec, &dest, &opts, &mut ops, warnings)?,
+            _ => ops.push(mount_op(m, &dest, kind, opts)?),
+        }
+    }
+
+    let mut devices: Vec<Device> = spec.linux.devices.clone();
+    if dev_tmpfs {
+        // A fresh /dev gets the nodes every container has, as runc does.
+        for (name, major, minor) in [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)] {
+            let path = format!("/dev/{}", name);
+            if !devices.iter().any(|d| clean_destination(&d.path) == path) {
+                devices.push(Device { path, kind: "c".into(), major, minor, file_mode: Some(0o666), uid: Some(0), gid: Some(0) });
+            }
+        }
+    }
+    for d in &devices {
+        let fmt = match d.kind.as_str() {
+            "c" | "u" => libc::S_IFCHR,
+            "b" => libc::S_IFBLK,
+            "p" => libc::S_IFIFO,
+            other => return Err(format!("device {} has unknown type {:?}", d.path, other)),
+        };
+        let path = clean_destination(&d.path);
+        ops.push(RootfsOp::Device {
+            target: RootPath::new(&path)?,
+            mode: fmt | (d.file_mode.unwrap_or(0o666) & 0o7777) as libc::mode_t,
+            dev: libc::makedev(d.major as u32, d.minor as u32),
+            uid: d.uid.unwrap_or(0),
+            gid: d.gid.unwrap_or(0),
+            host_path: cstring(&path)?,
+        });
+    }
+    if dev_tmpfs {
+        let mut links = vec![("/dev/fd", "/proc/self/fd"), ("/dev/stdin", "/proc/self/fd/0"), ("/dev/stdout", "/proc/self/fd/1"), ("/dev/stderr", "/proc/self/fd/2")];
+        if dev_pts && !devices.iter().any(|d| clean_destination(&d.path) == "/dev/ptmx") {
+            links.push(("/dev/ptmx", "pts/ptmx"));
+        }
+        for (path, link) in links {
+            ops.push(RootfsOp::Symlink { target: RootPath::new(path)?, link: cstring(link)? });
+        }
+    }
+
+    let paths = |list: &[String]| -> Result<Vec<CString>, String> {
+        list.iter().filter(|p| p.starts_with('/')).map(|p| cstring(clean_destination(p))).collect()
+    };
+    Ok(RootfsPlan {
+        root_propagation,
+        overlay_chdir,
+        overlay_data,
+        rootfs_dir: cstring(bundle.join("rootfs").as_os_str().as_bytes())?,
+        ops,
+        cwd: if clean_destination(&spec.process.cwd) == "/" { None } else { Some(RootPath::new(&spec.process.cwd)?) },
+        readonly_paths: paths(&spec.linux.readonly_paths)?,
+        masked_paths: paths(&spec.linux.masked_paths)?,
+        readonly_root: spec.readonly_root(),
+    })
+}
+
+/// Normalises a destination: no duplicate or trailing slashes, no "." components.
+fn clean_destination(dest: &str) -> String {
+    let parts: Vec<&str> = dest.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
+    format!("/{}", parts.join("/"))
+}
+
+fn mount_op(m: &Mount, dest: &str, kind: &str, opts: MountOptions) -> Result<RootfsOp, String> {
+    let target = RootPath::new(dest)?;
+    let bind = opts.is_bind() || kind == "bind";
+    if bind {
+        let source = m.source.as_deref().filter(|s| !s.is_empty()).ok_or_else(|| format!("bind mount on {} has no source", dest))?;
+        let md = std::fs::metadata(source).map_err(|e| format!("bind mount source {}: {}", source, e))?;
+        let remount = opts.remount_flags();
+        return Ok(RootfsOp::Mount {
+            target,
+            create: if md.is_dir() { Create::Dir } else { Create::File },
+            source: Some(cstring(source)?),
+            fstype: None,
+            flags: libc::MS_BIND | (opts.flags & libc::MS_REC),
+            data: None,
+            remount: (remount != 0).then_some(remount),
+            propagation: opts.propagation,
+        });
+    }
+    if kind.is_empty() {
+        return Err(format!("mount on {} has no type", dest));
+    }
+    if opts.data.len() > MAX_MOUNT_DATA {
+        return Err(format!("mount options for {} are longer than a page", dest));
+    }
+    Ok(RootfsOp::Mount {
+        target,
+        create: Create::Dir,
+        source: Some(cstring(m.source.as_deref().filter(|s| !s.is_empty()).unwrap_or(kind))?),
+        fstype: Some(cstring(kind)?),
+        flags: opts.flags,
+        data: (!opts.data.is_empty()).then(|| cstring(&opts.data)).transpose()?,
+        remount: None,
+        propagation: opts.propagation,
+    })
+}
+
+/// A cgroup filesystem for the container: with a cgroup namespace on v2 the real thing;
+/// otherwise the container's own cgroup directories bind-mounted where the hierarchies
+/// would be (a tmpfs with one directory per v1 hierarchy).
+fn cgroup_mount(spec: &Spec, dest: &str, opts: &MountOptions, ops: &mut Vec<RootfsOp>, warnings: &mut Vec<String>) -> Result<(), String> {
+    let Some(cg) = spec.crisp_cgroup.as_ref() else {
+        warnings.push(format!("no container cgroup is known; the cgroup mount on {} is skipped", dest));
+        return Ok(());
+    };
+    let flags = opts.flags & !(libc::MS_BIND | libc::MS_REC);
+    if cg.version == 2 {
+        if spec.new_namespace("cgroup") {
+            ops.push(RootfsOp::Mount {
+                target: RootPath::new(dest)?,
+                create: Create::Dir,
+                source: Some(cstring("cgroup2")?),
+                fstype: Some(cstring("cgroup2")?),
+                flags,
+                data: None,
+                remount: None,
+                propagation: opts.propagation.clone(),
+            });
+        } else if let Some(dir) = cg.unique_dirs().first() {
+            ops.push(RootfsOp::Mount {
+                target: RootPath::new(dest)?,
+                create: Create::Dir,
+                source: Some(cstring(dir.as_os_str().as_bytes())?),
+                fstype: None,
+                flags: libc::MS_BIND,
+                data: None,
+                remount: (flags != 0).then_some(flags),
+                propagation: opts.propagation.clone(),
+            });
+        }
+        return Ok(());
+    }
+    let base = flags & !libc::MS_RDONLY;
+    ops.push(RootfsOp::Mount {
+        target: RootPath::new(dest)?,
+        create: Create::Dir,
+        source: Some(cstring("tmpfs")?),
+        fstype: Some(cstring("tmpfs")?),
+        flags: base,
+        data: Some(cstring("mode=755")?),
+        remount: None,
+        propagation: Vec::new(),
+    });
+    let mut mounted: Vec<String> = Vec::new();
+    for (controller, dir) in &cg.paths {
+        // The hierarchy's directory name under /sys/fs/cgroup ("cpu,cpuacct", "systemd").
+        let Ok(rel) = dir.strip_prefix(crate::cgroup::CGROUP_ROOT) else { continue };
+        let Some(Component::Normal(hierarchy)) = rel.components().next() else { continue };
+        let hierarchy = hierarchy.to_string_lossy().into_owned();
+        if !mounted.contains(&hierarchy) {
+            ops.push(RootfsOp::Mount {
+                target: RootPath::new(&format!("{}/{}", dest, hierarchy))?,
+                create: Create::Dir,
+                source: Some(cstring(dir.as_os_str().as_bytes())?),
+                fstype: None,
+                flags: libc::MS_BIND,
+                data: None,
+                remount: Some(flags | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC),
+                propagation: Vec::new(),
+            });
+            mounted.push(hierarchy.clone());
+        }
+        let name = controller.strip_prefix("name=").unwrap_or(controller);
+        if name != hierarchy {
+            ops.push(RootfsOp::Symlink { target: RootPath::new(&format!("{}/{}", dest, name))?, link: cstring(&hierarchy)? });
+        }
+    }
+    if flags & libc::MS_RDONLY != 0 {
+        ops.push(RootfsOp::Remount { target: RootPath::new(dest)?, flags: base | libc::MS_RDONLY });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::container::spec::CrispRootfs;
+    use serde_json::json;
+
+    fn spec(v: serde_json::Value) -> Spec {
+        let mut base = json!({
+            "ociVersion": "1.1.0",
+            "process": {"args": ["sh"], "env": ["PATH=/usr/bin:/bin"], "cwd": "/"},
+            "crispRootfs": {"lowerDirs": ["/l1"], "upperDir": "/u", "workDir": "/w"},
+        });
+        for (k, val) in v.as_object().unwrap() {
+            base[k] = val.clone();
+        }
+        Spec::parse(&serde_json::to_vec(&base).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn root_paths_split_into_prefixes() {
+        let p = RootPath::new("/dev//pts/").unwrap();
+        assert_eq!(p.prefixes, vec![cstring("dev").unwrap(), cstring("dev/pts").unwrap()]);
+        assert_eq!(p.names, vec![cstring("dev").unwrap(), cstring("pts").unwrap()]);
+        assert!(RootPath::new("/a/../b").is_err());
+        assert!(RootPath::new("/").is_err());
+        assert_eq!(clean_destination("/a//b/./c/"), "/a/b/c");
+    }
+
+    #[test]
+    fn exec_candidates_follow_path() {
+        let env = vec!["PATH=/usr/local/bin::/bin/".to_string()];
+        assert_eq!(exec_candidates("ls", &env), vec!["/usr/local/bin/ls", "./ls", "/bin/ls"]);
+        assert_eq!(exec_candidates("/bin/ls", &env), vec!["/bin/ls"]);
+        assert_eq!(exec_candidates("./x", &[]), vec!["./x"]);
+        assert_eq!(exec_candidates("ls", &[]).len(), DEFAULT_PATH.split(':').count());
+    }
+
+    #[test]
+    fn overlay_options_fall_back_to_relative_paths() {
+        let short = CrispRootfs { lower_dirs: vec!["/s/1/fs".into(), "/s/2/fs".into()], upper_dir: "/c/u".into(), work_dir: "/c/w".into() };
+        let (dir, data) = overlay_data(&short).unwrap();
+        assert!(dir.is_none());
+        assert_eq!(data.to_str().unwrap(), "lowerdir=/s/1/fs:/s/2/fs,upperdir=/c/u,workdir=/c/w");
+
+        let root = "/var/lib/crisp/snapshots";
+        let lower: Vec<PathBuf> = (0..80).map(|i| PathBuf::from(format!("{}/{:040}/fs", root, i))).collect();
+        let long = CrispRootfs { lower_dirs: lower, upper_dir: format!("{}/c/upper", root).into(), work_dir: format!("{}/c/work", root).into() };
+        let (dir, data) = overlay_data(&long).unwrap();
+        assert_eq!(dir.unwrap().to_str().unwrap(), root);
+        let data = data.to_str().unwrap();
+        assert!(data.starts_with("lowerdir=0000000000000000000000000000000000000000/fs:"), "{}", &data[..80]);
+        assert!(data.ends_with(",upperdir=c/upper,workdir=c/work"));
+        assert!(data.len() <= MAX_MOUNT_DATA);
+    }
+
+    #[test]
+    fn mounts_devices_and_dev_links_are_planned_in_order() {
+        let s = spec(json!({
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
+                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+                {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+                {"destination": "/etc/hostname", "type": "bind", "source": "/etc/hostname", "options": ["rbind", "ro", "rprivate"]}
+            ],
+            "linux": {"devices": [{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229, "fileMode": 384, "uid": 0, "gid": 0}]}
+        }));
+        let mut warnings = Vec::new();
+        let plan = rootfs_plan(&s, Path::new("/b"), &mut warnings).unwrap();
+        assert_eq!(plan.rootfs_dir.to_str().unwrap(), "/b/rootfs");
+        assert_eq!(plan.root_propagation, libc::MS_PRIVATE | libc::MS_REC);
+        let described: Vec<String> = plan.ops.iter().map(RootfsOp::describe).collect();
+        assert_eq!(described[..4], [
+            "mount proc (proc) on /proc".to_string(),
+            "mount tmpfs (tmpfs) on /dev".into(),
+            "mount devpts (devpts) on /dev/pts".into(),
+            "mount /etc/hostname (bind) on /etc/hostname".into(),
+        ]);
+        match &plan.ops[3] {
+            RootfsOp::Mount { create, flags, remount, propagation, .. } => {
+                assert_eq!(*create, Create::File);
+                assert_eq!(*flags, libc::MS_BIND | libc::MS_REC);
+                assert_eq!(*remount, Some(libc::MS_RDONLY));
+                assert_eq!(propagation, &vec![libc::MS_PRIVATE | libc::MS_REC]);
+            }
+            other => panic!("{:?}", other),
+        }
+        match &plan.ops[2] {
+            RootfsOp::Mount { data, flags, .. } => {
+                assert_eq!(data.as_ref().unwrap().to_str().unwrap(), "newinstance,ptmxmode=0666,mode=0620,gid=5");
+                assert_eq!(*flags, libc::MS_NOSUID | libc::MS_NOEXEC);
+            }
+            other => panic!("{:?}", other),
+        }
+        let devices: Vec<&str> = plan.ops.iter().filter_map(|o| match o {
+            RootfsOp::Device { target, .. } => Some(target.display.as_str()),
+            _ => None,
+        }).collect();
+        assert_eq!(devices, ["/dev/fuse", "/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty"]);
+        match &plan.ops[4] {
+            RootfsOp::Device { mode, dev, .. } => {
+                assert_eq!(*mode, libc::S_IFCHR | 0o600);
+                assert_eq!(*dev, libc::makedev(10, 229));
+            }
+            other => panic!("{:?}", other),
+        }
+        let links: Vec<(&str, &str)> = plan.ops.iter().filter_map(|o| match o {
+            RootfsOp::Symlink { target, link } => Some((target.display.as_str(), link.to_str().unwrap())),
+            _ => None,
+        }).collect();
+        assert!(links.contains(&("/dev/ptmx", "pts/ptmx")));
+        assert!(links.contains(&("/dev/fd", "/proc/self/fd")));
+    }
+
+    #[test]
+    fn v1_cgroup_mounts_become_per_hierarchy_binds() {
+        let s = spec(json!({
+            "mounts": [{"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}],
+            "crispCgroup": {"version": 1, "paths": {
+                "cpu": "/sys/fs/cgroup/cpu,cpuacct/k/c1", "cpuacct": "/sys/fs/cgroup/cpu,cpuacct/k/c1",
+                "memory": "/sys/fs/cgroup/memory/k/c1", "name=systemd": "/sys/fs/cgroup/systemd/k/c1"}}
+        }));
+        let mut warnings = Vec::new();
+        let plan = rootfs_plan(&s, Path::new("/b"), &mut warnings).unwrap();
+        let described: Vec<String> = plan.ops.iter().map(RootfsOp::describe).collect();
+        assert_eq!(described, vec![
+            "mount tmpfs (tmpfs) on /sys/fs/cgroup",
+            "mount /sys/fs/cgroup/cpu,cpuacct/k/c1 (bind) on /sys/fs/cgroup/cpu,cpuacct",
+            "create symlink /sys/fs/cgroup/cpu",
+            "create symlink /sys/fs/cgroup/cpuacct",
+            "mount /sys/fs/cgroup/memory/k/c1 (bind) on /sys/fs/cgroup/memory",
+            "mount /sys/fs/cgroup/systemd/k/c1 (bind) on /sys/fs/cgroup/systemd",
+            "remount /sys/fs/cgroup",
+        ]);
+        // Without a known cgroup the mount is skipped with a warning.
+        let s = spec(json!({"mounts": [{"destination": "/sys/fs/cgroup", "type": "cgroup2", "source": "cgroup"}]}));
+        let plan = rootfs_plan(&s, Path::new("/b"), &mut warnings).unwrap();
+        assert!(plan.ops.is_empty());
+        assert_eq!(warnings.len(), 1);
+    }
+
+    #[test]
+    fn shared_root_propagation_is_downgraded() {
+        let s = spec(json!({"linux": {"rootfsPropagation": "rshared"}}));
+        let plan = rootfs_plan(&s, Path::new("/b"), &mut Vec::new()).unwrap();
+        assert_eq!(plan.root_propagation, libc::MS_SLAVE | libc::MS_REC);
+    }
+
+    #[test]
+    fn process_plan_collects_limits_caps_and_program() {
+        let s = spec(json!({"process": {
+            "args": ["sleep", "1"], "env": ["PATH=/bin", "A=b"], "cwd": "/tmp",
+            "user": {"uid": 1000, "gid": 1000, "additionalGids": [10]},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 1024}],
+            "capabilities": {"bounding": ["CAP_CHOWN", "CAP_KILL", "CAP_FAKE"], "effective": ["CAP_KILL"], "permitted": ["CAP_KILL"],
+                             "inheritable": [], "ambient": ["CAP_KILL", "CAP_CHOWN"]},
+            "noNewPrivileges": true,
+            "oomScoreAdj": 100
+        }}));
+        let p = process_plan(&s, &ProcessOverrides::default(), None).unwrap();
+        assert_eq!(p.rlimits[0].resource, libc::RLIMIT_NOFILE as c_int);
+        assert_eq!((p.rlimits[0].limit.rlim_cur, p.rlimits[0].limit.rlim_max), (1024, 4096));
+        assert_eq!(p.candidates, vec![cstring("/bin/sleep").unwrap()]);
+        assert_eq!((p.uid, p.gid, p.groups.clone()), (1000, 1000, vec![10]));
+        assert_eq!(p.oom_score_adj.as_ref().unwrap().to_str().unwrap(), "100");
+        let caps = p.caps.as_ref().unwrap();
+        let (_, held, _) = caps::current().unwrap();
+        assert_eq!(caps.bounding, CapSet(1 | 1 << 5).intersect(held));
+        // Ambient needs inheritable too, which is empty here.
+        assert_eq!(caps.ambient, CapSet(0));
+        assert!(p.warnings.iter().any(|w| w.contains("CAP_FAKE")));
+
+        let o = ProcessOverrides { args: vec!["id".into()], env: Some(vec!["PATH=/usr/bin".into()]), uid: Some(0), ..Default::default() };
+        let p = process_plan(&s, &o, None).unwrap();
+        assert_eq!(p.candidates, vec![cstring("/usr/bin/id").unwrap()]);
+        assert_eq!(p.uid, 0);
+        assert_eq!(p.gid, 1000);
+
+        let bad = spec(json!({"process": {"args": ["x"], "rlimits": [{"type": "RLIMIT_BOGUS", "hard": 1, "soft": 1}]}}));
+        assert!(process_plan(&bad, &ProcessOverrides::default(), None).unwrap_err().contains("RLIMIT_BOGUS"));
+    }
+
+    #[test]
+    fn errno_text_is_lower_case_strerror() {
+        assert_eq!(errno_text(libc::ENOENT), "no such file or directory");
+        assert_eq!(errno_text(libc::EACCES), "permission denied");
+    }
+}
