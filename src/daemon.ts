@@ -22,13 +22,12 @@ import { SandboxStore } from './sandbox/sandbox_store';
 import { GrpcServer } from './server/grpc_server';
 import { podEventSnapshot } from './server/container_events';
 import { buildRpcTable } from './server/rpc_table';
+import { containerStatsTarget, runningContainers } from './server/container_stats';
 import { podStatsTarget, readySandboxes } from './server/sandbox_stats';
 import { CriService } from './server/service';
-import { PodStatsCollector, procNetDev } from './stats/pod_stats';
+import { procNetDev } from './stats/pod_stats';
+import { StatsCollector } from './stats/stats_collector';
 import { packageVersion } from './version';
-
-/** How often pods' CPU counters are sampled in the background, as a baseline for usage rates. */
-const STATS_INTERVAL_MS = 10_000;
 
 /** Something with a start-up recovery pass and a clean shutdown, owned by the daemon. */
 export interface Subsystem {
@@ -163,12 +162,16 @@ export class Daemon {
     const { config, log, service } = this;
     service.events = new ContainerEvents({ snapshot: podEventSnapshot(service), log: log.child({ subsystem: 'events' }) });
 
-    const stats = new PodStatsCollector({
-      source: { cgroupStats: (p) => service.native.cgroupStats(p), readNetDev: procNetDev },
+    const stats = new StatsCollector({
+      readCgroups: (paths) => service.native.cgroupStatsBatch(paths),
+      readNetDev: procNetDev,
       log: log.child({ subsystem: 'stats' }),
     });
     service.stats = stats;
-    stats.startBackground(() => readySandboxes(service).map((s) => podStatsTarget(service, s)), STATS_INTERVAL_MS);
+    stats.startBackground(() => ({
+      pods: readySandboxes(service).map((s) => podStatsTarget(service, s)),
+      containers: runningContainers(service).map(containerStatsTarget),
+    }));
     this.subsystems.push({ name: 'stats', close: () => stats.close() });
 
     service.metrics.countRunning('pods', () => readySandboxes(service).length);

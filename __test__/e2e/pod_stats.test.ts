@@ -149,16 +149,16 @@ test('pod metrics use the described names and labels; resources updates reach th
 
   const { descriptors } = await c.call('listMetricDescriptors', {});
   const described = new Map(descriptors.map((d) => [d.name, d.labelKeys]));
-  t.deepEqual(described.get('container_network_receive_bytes_total'), ['id', 'name', 'interface']);
+  t.deepEqual(described.get('container_network_receive_bytes_total'), ['container', 'id', 'image', 'name', 'namespace', 'pod', 'interface']);
   const { podMetrics } = await c.call('listPodSandboxMetrics', {});
   t.deepEqual(podMetrics.map((p) => p.podSandboxId), [id]);
   const metrics = podMetrics[0]!.metrics;
   for (const m of metrics) t.is(m.labelValues.length, described.get(m.name)?.length ?? -1, m.name);
   const podCgroup = `/crisp-test-st-${t.context.tag}`;
   const workingSet = metrics.find((m) => m.name === 'container_memory_working_set_bytes')!;
-  t.deepEqual(workingSet.labelValues, [podCgroup, '']);
+  t.deepEqual(workingSet.labelValues, ['', podCgroup, '', '', 'e2e', 'metrics']);
   t.true(workingSet.value!.value > 0n);
-  t.truthy(metrics.find((m) => m.name === 'container_network_receive_bytes_total' && m.labelValues[2] === 'eth0'));
+  t.truthy(metrics.find((m) => m.name === 'container_network_receive_bytes_total' && m.labelValues[6] === 'eth0'));
   const streamed = [];
   for await (const chunk of c.stream('streamPodSandboxMetrics', {})) streamed.push(...chunk.podSandboxMetrics);
   t.deepEqual(streamed.map((p) => p.podSandboxId), [id]);

@@ -5,7 +5,9 @@ import { silentLogger } from '../../src/log';
 import { decodeCgroupStats } from '../../src/stats/cgroup_stats';
 import { METRIC_DESCRIPTORS, podSandboxMetricValues, toCriPodStats } from '../../src/stats/cri_stats';
 import { parseNetDev } from '../../src/stats/net_dev';
-import { CpuRateTracker, PodStatsCollector, type PodSample } from '../../src/stats/pod_stats';
+import { CpuRateTracker } from '../../src/stats/cgroup_sampler';
+import type { PodSample } from '../../src/stats/pod_stats';
+import { StatsCollector } from '../../src/stats/stats_collector';
 import { podTotalResources } from '../../src/server/sandbox_update_resources';
 
 // /proc/<pid>/net/dev of a pod network namespace with a CNI veth (captured), plus a second
@@ -77,32 +79,37 @@ test('collector: samples cgroup and network; host-network targets have no interf
   native.stats.set('/kubepods/podA', decodeCgroupStats(RAW_STATS));
   let now = 0n;
   const reads: number[] = [];
-  const collector = new PodStatsCollector({
-    source: {
-      cgroupStats: (p) => native.cgroupStats(p),
-      readNetDev: async (pid) => {
-        reads.push(pid);
-        return NET_DEV;
-      },
+  const collector = new StatsCollector({
+    readCgroups: (paths) => native.cgroupStatsBatch(paths),
+    readNetDev: async (pid) => {
+      reads.push(pid);
+      return NET_DEV;
     },
     log: silentLogger(),
     monotonicNs: () => now,
     wallNs: () => 1_700_000_000_000_000_000n,
   });
-  const first = await collector.sample({ cgroupPath: '/kubepods/podA', netnsPid: 42 });
+  const first = await collector.samplePod({ cgroupPath: '/kubepods/podA', netnsPid: 42 });
   t.is(first.usageNanoCores, undefined);
+  t.is(first.timestamp, 1_700_000_000_000_000_000n);
   t.deepEqual(first.interfaces?.map((i) => i.name), ['lo', 'eth0', 'net1']);
   t.deepEqual(reads, [42]);
   now = 10_000_000_000n;
   const later = decodeCgroupStats(RAW_STATS);
   later.cpu!.usageNanos += 5_000_000_000n;
   native.stats.set('/kubepods/podA', later);
-  const second = await collector.sample({ cgroupPath: '/kubepods/podA' });
+  const second = await collector.samplePod({ cgroupPath: '/kubepods/podA' });
   t.is(second.usageNanoCores, 500_000_000n, '5 s of CPU over 10 s');
   t.is(second.interfaces, undefined);
   t.deepEqual(reads, [42], 'no network read for a host-network pod');
-  const missing = await collector.sample({ cgroupPath: '/gone' });
+  const missing = await collector.samplePod({ cgroupPath: '/gone' });
   t.deepEqual(missing.cgroup, {});
+  native.statsFailures.set('/broken', 'EACCES');
+  const [ok, broken] = await collector.samplePods([{ cgroupPath: '/kubepods/podA' }, { cgroupPath: '/broken' }]);
+  t.false(ok instanceof Error);
+  t.true(broken instanceof Error);
+  t.regex((broken as Error).message, /stats of cgroup \/broken/);
+  await t.throwsAsync(collector.samplePod({ cgroupPath: '/broken' }), { message: /EACCES|injected/ });
   await collector.close();
 });
 
@@ -139,17 +146,25 @@ test('CRI pod stats: cpu, memory with available under the limit, eth0 as default
   t.is(u.network, undefined, 'host network: no network stats');
 });
 
+const POD_LABELS = { container: '', cgroupPath: '/kubepods/podA', image: '', name: '', namespace: 'ns', pod: 'web-0' };
+
 test('pod metrics: every value has a descriptor and as many labels as its keys', (t) => {
-  const metrics = podSandboxMetricValues('/kubepods/podA', sample());
+  const metrics = podSandboxMetricValues(POD_LABELS, sample());
   const byName = new Map(METRIC_DESCRIPTORS.map((d) => [d.name, d]));
   for (const m of metrics) {
     const d = byName.get(m.name);
     t.truthy(d, `${m.name} is described`);
     t.is(m.labelValues.length, d!.labelKeys.length, m.name);
-    t.is(m.labelValues[0], '/kubepods/podA');
+    const label = (key: string) => m.labelValues[d!.labelKeys.indexOf(key)];
+    t.is(label('id'), '/kubepods/podA');
+    t.is(label('pod'), 'web-0');
+    t.is(label('namespace'), 'ns');
+    t.is(label('container'), '', 'a pod-level series has no container');
+    t.is(m.timestamp, 123n, 'cached values carry their collection time');
   }
+  const base = METRIC_DESCRIPTORS[0]!.labelKeys.length;
   const value = (name: string, ...extra: string[]) =>
-    metrics.find((m) => m.name === name && extra.every((e, i) => m.labelValues[2 + i] === e))?.value?.value;
+    metrics.find((m) => m.name === name && extra.every((e, i) => m.labelValues[base + i] === e))?.value?.value;
   t.is(value('container_cpu_usage_seconds_total'), 90071992n);
   t.is(value('container_memory_working_set_bytes'), 30000000n);
   t.is(value('container_memory_failures_total', 'pgmajfault', 'hierarchy'), 5n);

@@ -55,6 +55,11 @@ export interface NativeAddon {
   cgroupRemove(path: string, options?: { kill?: boolean }): Promise<void>;
   /** Raw stats JSON; counters are decimal strings. */
   cgroupStats(path: string): Promise<string>;
+  /**
+   * `paths` is a JSON array of cgroup paths; resolves with a JSON array of the same length whose
+   * elements are `cgroupStats` documents or `{"error":{"code","message"}}`. One threadpool task.
+   */
+  cgroupStatsBatch(paths: string): Promise<string>;
   cgroupPids(path: string): Promise<string>;
   /** Unmounts and deletes every pinned namespace file in `dir`, then `dir`. Idempotent. */
   nsUnpinDir(dir: string): Promise<void>;
@@ -66,4 +71,12 @@ export interface NativeAddon {
    * namespace file), `EINVAL` (not a network namespace), other errno names.
    */
   netnsConnect(nsPath: string, port: number, timeoutMs: number): Promise<number>;
+  /** posix_spawn in a new session: stdin /dev/null, stdout+stderr appended to logPath, fd 3 a pipe whose read end is returned. */
+  spawnDetached(program: string, arg: string, logPath: string): { pid: number; readyFd: number };
+  /** waitpid(WNOHANG): true once the child has exited and was collected (or is not ours). */
+  reapChild(pid: number): boolean;
+  /** tmpfs with nosuid,nodev,noexec and the given data options. */
+  mountTmpfs(target: string, options: string): void;
+  /** Lazy unmount; not mounted or missing is fine. */
+  unmountPath(target: string): void;
 }

@@ -41,6 +41,25 @@ export class FakeNativeCore implements NativeCore {
   readonly cgroups = new Map<string, CgroupResources>();
   readonly unpinned: string[] = [];
 
+  /** The fake starts nothing: code that spawns monitors is tested against the real addon. */
+  spawnDetached(program: string): { pid: number; readyFd: number } {
+    throw new Error(`FakeNativeCore cannot start ${program}`);
+  }
+
+  reapChild(): boolean {
+    return true;
+  }
+
+  readonly mounts = new Set<string>();
+
+  mountTmpfs(target: string): void {
+    this.mounts.add(target);
+  }
+
+  unmountPath(target: string): void {
+    this.mounts.delete(target);
+  }
+
   cgroupResolvePath(parent: string, name: string): string {
     return `${parent.replace(/\/$/, '')}/${name}`;
   }
@@ -65,6 +84,20 @@ export class FakeNativeCore implements NativeCore {
 
   async cgroupStats(path: string): Promise<CgroupStats> {
     return structuredClone(this.stats.get(path) ?? {});
+  }
+
+  /** Paths of each `cgroupStatsBatch` call, in call order. */
+  readonly statsBatches: string[][] = [];
+  /** Paths whose stats read fails, with the errno name the addon would report. */
+  readonly statsFailures = new Map<string, string>();
+
+  async cgroupStatsBatch(paths: readonly string[]): Promise<Array<CgroupStats | Error>> {
+    this.statsBatches.push([...paths]);
+    return paths.map((path) => {
+      const code = this.statsFailures.get(path);
+      if (code) return fromNativeError(Object.assign(new Error(`read ${path}: injected ${code}`), { code }), `stats of cgroup ${path}`);
+      return structuredClone(this.stats.get(path) ?? {});
+    });
   }
 
   async unpinNamespaces(dir: string): Promise<void> {

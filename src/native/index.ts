@@ -1,6 +1,6 @@
 import * as path from 'node:path';
 import { CrispError, errorMessage, failedPrecondition, internal } from '../util/errors';
-import { type CgroupStats, decodeCgroupStats } from '../stats/cgroup_stats';
+import { type CgroupStats, decodeCgroupStats, decodeCgroupStatsBatch } from '../stats/cgroup_stats';
 import type { NativeAddon, RawMediaType, RawUnpackResult } from './addon';
 
 export type LayerMediaType = RawMediaType;
@@ -17,6 +17,12 @@ export interface NativeCore {
    * ResourceExhausted when the disk is full, Internal otherwise.
    */
   unpackLayer(blobPath: string, mediaType: LayerMediaType, dest: string): Promise<UnpackLayerResult>;
+  /** Starts `program arg` in its own session without forking the daemon (see crates/core/src/spawn.rs). */
+  spawnDetached(program: string, arg: string, logPath: string): { pid: number; readyFd: number };
+  /** Collects an exited child; true when it is gone (or not ours). */
+  reapChild(pid: number): boolean;
+  mountTmpfs(target: string, options: string): void;
+  unmountPath(target: string): void;
   /** The cgroupfs path of `name` under `parent` (a path or a systemd slice name). */
   cgroupResolvePath(parent: string, name: string): string;
   /** Creates (idempotently) a cgroup under `parent` with `resources` applied. */
@@ -27,6 +33,11 @@ export interface NativeCore {
   cgroupUpdate(path: string, resources: CgroupResources): Promise<void>;
   /** Usage counters of a cgroup; sections are absent for a missing cgroup or controller. */
   cgroupStats(path: string): Promise<CgroupStats>;
+  /**
+   * Usage counters of many cgroups in one threadpool task, in the order of `paths`. A cgroup that
+   * could not be read is a `CrispError` in its place; only a failure of the whole call rejects.
+   */
+  cgroupStatsBatch(paths: readonly string[]): Promise<Array<CgroupStats | Error>>;
   /** Releases the pinned namespace files in `dir` and the directory. Idempotent. */
   unpinNamespaces(dir: string): Promise<void>;
   /**
@@ -74,8 +85,13 @@ const REQUIRED_EXPORTS: ReadonlyArray<keyof NativeAddon> = [
   'cgroupUpdate',
   'cgroupRemove',
   'cgroupStats',
+  'cgroupStatsBatch',
   'nsUnpinDir',
   'netnsConnect',
+  'spawnDetached',
+  'reapChild',
+  'mountTmpfs',
+  'unmountPath',
 ];
 
 /** The error code the addon attached to an error, if any. */
@@ -157,6 +173,34 @@ class AddonCore implements NativeCore {
     return this.addon.coreVersion();
   }
 
+  spawnDetached(program: string, arg: string, logPath: string): { pid: number; readyFd: number } {
+    try {
+      return this.addon.spawnDetached(program, arg, logPath);
+    } catch (err) {
+      throw fromNativeError(err, `starting ${program}`);
+    }
+  }
+
+  reapChild(pid: number): boolean {
+    return this.addon.reapChild(pid);
+  }
+
+  mountTmpfs(target: string, options: string): void {
+    try {
+      this.addon.mountTmpfs(target, options);
+    } catch (err) {
+      throw fromNativeError(err, `mounting tmpfs on ${target}`);
+    }
+  }
+
+  unmountPath(target: string): void {
+    try {
+      this.addon.unmountPath(target);
+    } catch (err) {
+      throw fromNativeError(err, `unmounting ${target}`);
+    }
+  }
+
   cgroupResolvePath(parent: string, name: string): string {
     try {
       return this.addon.cgroupResolvePath(parent, name);
@@ -197,6 +241,17 @@ class AddonCore implements NativeCore {
       throw fromNativeError(err, `stats of cgroup ${path}`);
     }
     return decodeCgroupStats(text);
+  }
+
+  async cgroupStatsBatch(paths: readonly string[]): Promise<Array<CgroupStats | Error>> {
+    if (paths.length === 0) return [];
+    let text: string;
+    try {
+      text = await this.addon.cgroupStatsBatch(JSON.stringify(paths));
+    } catch (err) {
+      throw fromNativeError(err, `stats of ${paths.length} cgroups`);
+    }
+    return decodeCgroupStatsBatch(text, paths.length).map((r, i) => (r instanceof Error ? fromNativeError(r, `stats of cgroup ${paths[i]}`) : r));
   }
 
   async unpinNamespaces(dir: string): Promise<void> {

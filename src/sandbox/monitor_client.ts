@@ -169,59 +169,17 @@ export class MonitorClient {
   ) {
     socket.setEncoding('utf8');
     socket.on('data', (chunk: string) => this.onData(chunk));
-    socket.on('error', (err) => this.teardown(unavailable(socketPath, `connection failed: ${err.message}`)));
-    socket.on('close', () => this.teardown(unavailable(socketPath, 'the monitor closed the connection')));
+    socket.on('error', (err) => this.teardown(monitorUnavailable(socketPath, `connection failed: ${err.message}`)));
+    socket.on('close', () => this.teardown(monitorUnavailable(socketPath, 'the monitor closed the connection')));
   }
 
   /**
    * Connects to a monitor's control socket. Rejects with Unavailable when no monitor serves it
    * (missing socket, connection refused) and DeadlineExceeded when the connect hangs.
    */
-  static connect(socketPath: string, options: MonitorClientOptions = {}): Promise<MonitorClient> {
-    const connectTimeoutMs = options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
-    const requestTimeoutMs = options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
-    return new Promise<MonitorClient>((resolve, reject) => {
-      let dirFd: number | undefined;
-      let target = socketPath;
-      if (Buffer.byteLength(socketPath) > MAX_SOCKET_PATH_BYTES) {
-        // Too long for sun_path: reach the socket through an open descriptor of its directory.
-        try {
-          dirFd = fs.openSync(path.dirname(socketPath), fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
-        } catch (err) {
-          reject(unavailable(socketPath, `cannot open its directory: ${(err as Error).message}`));
-          return;
-        }
-        target = `/proc/self/fd/${dirFd}/${path.basename(socketPath)}`;
-      }
-      const socket = net.connect(target);
-      const done = (): void => {
-        clearTimeout(timer);
-        socket.removeAllListeners('connect');
-        socket.removeAllListeners('error');
-        if (dirFd !== undefined) fs.closeSync(dirFd);
-        dirFd = undefined;
-      };
-      const timer = setTimeout(() => {
-        done();
-        socket.destroy();
-        reject(new CrispError('DeadlineExceeded', `connecting to monitor socket ${socketPath} timed out after ${connectTimeoutMs} ms`));
-      }, connectTimeoutMs);
-      socket.once('connect', () => {
-        done();
-        resolve(new MonitorClient(socket, socketPath, requestTimeoutMs));
-      });
-      socket.once('error', (err: NodeJS.ErrnoException) => {
-        done();
-        socket.destroy();
-        const reason =
-          err.code === 'ENOENT'
-            ? 'the socket does not exist (monitor not running)'
-            : err.code === 'ECONNREFUSED'
-              ? 'connection refused (monitor not running)'
-              : err.message;
-        reject(unavailable(socketPath, reason, err));
-      });
-    });
+  static async connect(socketPath: string, options: MonitorClientOptions = {}): Promise<MonitorClient> {
+    const socket = await connectMonitorSocket(socketPath, options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS);
+    return new MonitorClient(socket, socketPath, options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS);
   }
 
   /** Whether the connection is gone; every call then fails with Unavailable. */
@@ -338,7 +296,7 @@ export class MonitorClient {
   }
 
   close(): void {
-    this.teardown(unavailable(this.socketPath, 'the client closed the connection'), true);
+    this.teardown(monitorUnavailable(this.socketPath, 'the client closed the connection'), true);
     this.socket.destroy();
   }
 
@@ -351,7 +309,7 @@ export class MonitorClient {
       if (line !== '') this.onLine(line);
     }
     if (this.buffer.length > MAX_LINE_CHARS) {
-      this.teardown(unavailable(this.socketPath, 'the monitor sent an oversized message'));
+      this.teardown(monitorUnavailable(this.socketPath, 'the monitor sent an oversized message'));
       this.socket.destroy();
     }
   }
@@ -361,7 +319,7 @@ export class MonitorClient {
     try {
       message = JSON.parse(line) as Record<string, unknown>;
     } catch {
-      this.teardown(unavailable(this.socketPath, `the monitor sent malformed JSON: ${line.slice(0, 200)}`));
+      this.teardown(monitorUnavailable(this.socketPath, `the monitor sent malformed JSON: ${line.slice(0, 200)}`));
       this.socket.destroy();
       return;
     }
@@ -384,8 +342,7 @@ export class MonitorClient {
       pending.resolve(response.result);
       return;
     }
-    const code = MONITOR_ERROR_CODES[response.error?.code ?? ''] ?? 'Internal';
-    pending.reject(new CrispError(code, `monitor ${pending.op}: ${response.error?.message ?? 'unknown error'}`));
+    pending.reject(monitorError(pending.op, response.error));
   }
 
   private teardown(err: CrispError, byClient = false): void {
@@ -402,6 +359,62 @@ export class MonitorClient {
   }
 }
 
-function unavailable(socketPath: string, reason: string, cause?: unknown): CrispError {
+/**
+ * Connects to a monitor's control socket. Rejects with Unavailable when no monitor serves it
+ * (missing socket, connection refused) and DeadlineExceeded when the connect hangs.
+ */
+export function connectMonitorSocket(socketPath: string, timeoutMs = DEFAULT_CONNECT_TIMEOUT_MS): Promise<net.Socket> {
+  return new Promise<net.Socket>((resolve, reject) => {
+    let dirFd: number | undefined;
+    let target = socketPath;
+    if (Buffer.byteLength(socketPath) > MAX_SOCKET_PATH_BYTES) {
+      // Too long for sun_path: reach the socket through an open descriptor of its directory.
+      try {
+        dirFd = fs.openSync(path.dirname(socketPath), fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+      } catch (err) {
+        reject(monitorUnavailable(socketPath, `cannot open its directory: ${(err as Error).message}`));
+        return;
+      }
+      target = `/proc/self/fd/${dirFd}/${path.basename(socketPath)}`;
+    }
+    const socket = net.connect(target);
+    const done = (): void => {
+      clearTimeout(timer);
+      socket.removeAllListeners('connect');
+      socket.removeAllListeners('error');
+      if (dirFd !== undefined) fs.closeSync(dirFd);
+      dirFd = undefined;
+    };
+    const timer = setTimeout(() => {
+      done();
+      socket.destroy();
+      reject(new CrispError('DeadlineExceeded', `connecting to monitor socket ${socketPath} timed out after ${timeoutMs} ms`));
+    }, timeoutMs);
+    socket.once('connect', () => {
+      done();
+      resolve(socket);
+    });
+    socket.once('error', (err: NodeJS.ErrnoException) => {
+      done();
+      socket.destroy();
+      const reason =
+        err.code === 'ENOENT'
+          ? 'the socket does not exist (monitor not running)'
+          : err.code === 'ECONNREFUSED'
+            ? 'connection refused (monitor not running)'
+            : err.message;
+      reject(monitorUnavailable(socketPath, reason, err));
+    });
+  });
+}
+
+/** The error a monitor answered `op` with, keeping its code. */
+export function monitorError(op: string, error: { code?: string; message?: string } | undefined): CrispError {
+  const code = MONITOR_ERROR_CODES[error?.code ?? ''] ?? 'Internal';
+  return new CrispError(code, `monitor ${op}: ${error?.message ?? 'unknown error'}`);
+}
+
+/** The error for a monitor that cannot be reached (or went away): Unavailable. */
+export function monitorUnavailable(socketPath: string, reason: string, cause?: unknown): CrispError {
   return new CrispError('Unavailable', `monitor at ${socketPath} is unavailable: ${reason}`, { cause });
 }

@@ -8,7 +8,9 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
+import * as net from 'node:net';
 import * as path from 'node:path';
+import type { Readable } from 'node:stream';
 import { CrispError, deadlineExceeded, errorMessage, internal, invalidArgument } from '../util/errors';
 import { writeJsonAtomic } from '../util/fsutil';
 
@@ -76,9 +78,17 @@ interface ReadyLine {
   stage?: string;
 }
 
+/** The native core's process primitives, when monitors are spawned without forking the daemon. */
+export interface MonitorSpawner {
+  spawnDetached(program: string, arg: string, logPath: string): { pid: number; readyFd: number };
+  reapChild(pid: number): boolean;
+}
+
 export interface SpawnMonitorOptions {
   /** How long to wait for the readiness line (default 10 s). */
   timeoutMs?: number;
+  /** posix_spawn via the native core instead of node's fork-based child_process. */
+  spawner?: MonitorSpawner;
 }
 
 const DEFAULT_READY_TIMEOUT_MS = 10_000;
@@ -138,10 +148,84 @@ export async function spawnMonitor(
   await writeJsonAtomic(path.join(bundleDir, MONITOR_CONFIG_FILE), config);
 
   const logPath = path.join(bundleDir, MONITOR_LOG_FILE);
+  const child = options.spawner ? nativeChild(options.spawner, monitorBinary, bundleDir, logPath) : await nodeChild(monitorBinary, bundleDir, logPath);
+
+  let line: string;
+  try {
+    line = await readReadyLine(child, timeoutMs);
+  } catch (err) {
+    await child.killAndReap();
+    if (err instanceof CrispError) throw err;
+    throw internal(`monitor for sandbox ${config.sandboxId}: ${errorMessage(err)}`, err);
+  }
+
+  let ready: ReadyLine;
+  try {
+    ready = JSON.parse(line) as ReadyLine;
+  } catch {
+    await child.killAndReap();
+    throw internal(`monitor for sandbox ${config.sandboxId} sent a malformed readiness line: ${line.slice(0, 200)}`);
+  }
+  if (!ready.ok || typeof ready.pid !== 'number') {
+    await child.killAndReap();
+    const stage = ready.stage ?? 'unknown';
+    const message = `monitor for sandbox ${config.sandboxId} failed at ${stage}: ${ready.error ?? 'no reason given'}`;
+    throw CALLER_STAGES.has(stage) ? invalidArgument(message) : internal(message);
+  }
+
+  // From here on the monitor lives on its own: nothing of ours keeps it (or our event loop)
+  // attached.
+  child.detach();
+  return {
+    pid: ready.pid,
+    initPid: ready.initPid,
+    namespaces: ready.namespaces ?? {},
+    startTime: await processStartTime(ready.pid),
+  };
+}
+
+/** A monitor process being started, however it was spawned. */
+interface StartingMonitor {
+  /** The readiness pipe (descriptor 3 in the child). */
+  ready: Readable;
+  /** Resolves if the child could not be started at all. */
+  failed: Promise<Error>;
+  killAndReap(): Promise<void>;
+  detach(): void;
+}
+
+/**
+ * posix_spawn through the native core: no fork of the daemon on the event loop. The monitor stays
+ * the daemon's child, so whoever sees it gone reaps it (PodRuntime does).
+ */
+function nativeChild(spawner: MonitorSpawner, binary: string, bundleDir: string, logPath: string): StartingMonitor {
+  const { pid, readyFd } = spawner.spawnDetached(binary, bundleDir, logPath);
+  const ready = new net.Socket({ fd: readyFd, readable: true, writable: false });
+  return {
+    ready,
+    failed: new Promise<Error>(() => undefined),
+    async killAndReap() {
+      ready.destroy();
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // Already gone.
+      }
+      for (const until = Date.now() + EXIT_WAIT_MS; !spawner.reapChild(pid) && Date.now() < until; ) {
+        await new Promise((r) => setTimeout(r, 5));
+      }
+    },
+    detach() {
+      ready.destroy();
+    },
+  };
+}
+
+async function nodeChild(binary: string, bundleDir: string, logPath: string): Promise<StartingMonitor> {
   const log = await fsp.open(logPath, 'a', 0o600);
   let child: ChildProcess;
   try {
-    child = spawn(monitorBinary, [bundleDir], {
+    child = spawn(binary, [bundleDir], {
       detached: true,
       cwd: '/',
       // The monitor and what it starts must not inherit the daemon's environment.
@@ -151,44 +235,18 @@ export async function spawnMonitor(
   } finally {
     await log.close();
   }
-
-  let line: string;
-  try {
-    line = await readReadyLine(child, timeoutMs);
-  } catch (err) {
-    await killAndReap(child);
-    if (err instanceof CrispError) throw err;
-    throw internal(`monitor for sandbox ${config.sandboxId}: ${errorMessage(err)}`, err);
-  }
-
-  let ready: ReadyLine;
-  try {
-    ready = JSON.parse(line) as ReadyLine;
-  } catch {
-    await killAndReap(child);
-    throw internal(`monitor for sandbox ${config.sandboxId} sent a malformed readiness line: ${line.slice(0, 200)}`);
-  }
-  if (!ready.ok || typeof ready.pid !== 'number') {
-    await killAndReap(child);
-    const stage = ready.stage ?? 'unknown';
-    const message = `monitor for sandbox ${config.sandboxId} failed at ${stage}: ${ready.error ?? 'no reason given'}`;
-    throw CALLER_STAGES.has(stage) ? invalidArgument(message) : internal(message);
-  }
-
-  // From here on the monitor lives on its own: nothing of ours keeps it (or our event loop)
-  // attached. While the daemon runs, node still reaps it when it exits.
-  child.unref();
   return {
-    pid: ready.pid,
-    initPid: ready.initPid,
-    namespaces: ready.namespaces ?? {},
-    startTime: await processStartTime(ready.pid),
+    ready: child.stdio[3] as Readable,
+    failed: new Promise<Error>((resolve) => child.once('error', (err) => resolve(new Error(`cannot start monitor: ${err.message}`)))),
+    killAndReap: () => killAndReap(child),
+    // While the daemon runs, node still reaps it when it exits.
+    detach: () => child.unref(),
   };
 }
 
-/** Reads the first line from the child's descriptor 3, failing on EOF, exit or timeout. */
-function readReadyLine(child: ChildProcess, timeoutMs: number): Promise<string> {
-  const pipe = child.stdio[3] as NodeJS.ReadableStream & { destroy(): void };
+/** Reads the first line from the child's descriptor 3, failing on EOF, spawn error or timeout. */
+function readReadyLine(child: StartingMonitor, timeoutMs: number): Promise<string> {
+  const pipe = child.ready;
   return new Promise<string>((resolve, reject) => {
     let buffer = '';
     let settled = false;
@@ -198,16 +256,14 @@ function readReadyLine(child: ChildProcess, timeoutMs: number): Promise<string> 
       clearTimeout(timer);
       pipe.removeAllListeners('data');
       pipe.destroy();
-      child.removeListener('error', onError);
       if (err) reject(err);
       else resolve(value as string);
     };
-    const onError = (err: Error): void => finish(new Error(`cannot start monitor: ${err.message}`));
     const timer = setTimeout(
       () => finish(deadlineExceeded(`monitor did not report readiness within ${timeoutMs} ms`)),
       timeoutMs,
     );
-    child.once('error', onError);
+    void child.failed.then((err) => finish(err));
     pipe.setEncoding('utf8');
     pipe.on('data', (chunk: string) => {
       buffer += chunk;

@@ -52,6 +52,7 @@ export interface PodFiles {
 }
 
 /** Writes the per-pod files containers bind-mount; returns their paths. */
+/** Written without fsync: a sandbox interrupted mid-create is undone, and state does not outlive a reboot. */
 export async function writePodFiles(
   dir: string,
   options: { hostname: string; hostNetwork: boolean; dns: DNSConfig | undefined },
@@ -63,9 +64,9 @@ export async function writePodFiles(
     hosts: path.join(dir, 'hosts'),
   };
   const hostname = options.hostNetwork ? os.hostname() : options.hostname;
-  await writeFileAtomic(files.hostname, `${hostname}\n`, 0o644);
-  await writeFileAtomic(files.resolvConf, renderResolvConf(options.dns, hostResolv), 0o644);
+  await writeFileAtomic(files.hostname, `${hostname}\n`, 0o644, { durable: false });
+  await writeFileAtomic(files.resolvConf, renderResolvConf(options.dns, hostResolv), 0o644, { durable: false });
   const hosts = options.hostNetwork ? fs.readFileSync('/etc/hosts', 'utf8') : renderHosts(hostname, []);
-  await writeFileAtomic(files.hosts, hosts, 0o644);
+  await writeFileAtomic(files.hosts, hosts, 0o644, { durable: false });
   return files;
 }

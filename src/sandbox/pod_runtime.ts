@@ -1,7 +1,5 @@
-import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { promisify } from 'node:util';
 import type { LinuxContainerResources } from '../generated/runtime/v1/api';
 import type { Logger } from '../log';
 import type { CgroupResources, NativeCore } from '../native';
@@ -11,12 +9,10 @@ import { MONITOR_NS_DIR, MONITOR_SOCKET_FILE, spawnMonitor } from './monitor_spa
 import type { SandboxNamespaces } from './sandbox_spec';
 import type { Sandbox } from './sandbox_store';
 
-const run = promisify(execFile);
-
 /** Where pods go when kubelet gives no cgroup_parent (crictl, tests). */
 export const DEFAULT_CGROUP_PARENT = '/crisp';
-/** /dev/shm of a pod, as containerd and Docker size it. */
-const SHM_SIZE = '64m';
+/** /dev/shm of a pod, as containerd and Docker size it (64 MiB). */
+const SHM_SIZE = '65536k';
 /** kubelet's oom_score_adj for infrastructure containers; clamped by the monitor when not allowed. */
 const SANDBOX_OOM_SCORE_ADJ = -998;
 const STOP_GRACE_MS = 10_000;
@@ -151,7 +147,7 @@ export class PodRuntime {
     if (spec.namespaces.ipc === 'pod') {
       const shm = this.shmPath(sandbox);
       fs.mkdirSync(shm, { recursive: true, mode: 0o1777 });
-      await run('mount', ['-t', 'tmpfs', '-o', `rw,nosuid,nodev,noexec,mode=1777,size=${SHM_SIZE}`, 'shm', shm]);
+      this.native.mountTmpfs(shm, `mode=1777,size=${SHM_SIZE}`);
     }
     const monitor = await spawnMonitor(
       sandbox.dir,
@@ -165,6 +161,7 @@ export class PodRuntime {
         logLevel: 'info',
       },
       this.monitorBinary,
+      { spawner: this.native },
     );
     return { pid: monitor.pid, startTime: monitor.startTime ?? 0 };
   }
@@ -197,7 +194,11 @@ export class PodRuntime {
 
   private async waitGone(pid: number, startTime: number | undefined): Promise<void> {
     for (let i = 0; i < 300; i++) {
-      if (!processRunning(pid, startTime)) return;
+      if (!processRunning(pid, startTime)) {
+        // Started by this daemon, the monitor is our child until reaped.
+        this.native.reapChild(pid);
+        return;
+      }
       if (i === 100) process.kill(pid, 'SIGKILL');
       await new Promise((r) => setTimeout(r, 10));
     }
@@ -208,8 +209,7 @@ export class PodRuntime {
   async release(sandbox: Sandbox): Promise<void> {
     await this.stop(sandbox);
     await this.native.unpinNamespaces(path.join(sandbox.dir, MONITOR_NS_DIR));
-    const shm = this.shmPath(sandbox);
-    if (isMountPoint(shm)) await run('umount', ['-l', shm]);
+    this.native.unmountPath(this.shmPath(sandbox));
     await this.native.cgroupRemove(this.cgroupPathFor(sandbox));
   }
 }
@@ -225,14 +225,4 @@ function processRunning(pid: number, startTime: number | undefined): boolean {
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   if (fields[0] === 'Z' || fields[0] === 'X') return false;
   return !startTime || Number(fields[19]) === startTime;
-}
-
-function isMountPoint(dir: string): boolean {
-  try {
-    const st = fs.statSync(dir);
-    const parent = fs.statSync(path.dirname(dir));
-    return st.dev !== parent.dev;
-  } catch {
-    return false;
-  }
 }

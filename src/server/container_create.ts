@@ -106,19 +106,17 @@ async function doCreate(svc: CriService, sandbox: Sandbox, config: ContainerConf
       cgroup: { version: cgroup.version, paths: cgroup.paths },
       readFileInImage: (p) => readFileInLayers(lowerDirs, p),
     });
-    await writeJsonAtomic(path.join(container.bundleDir, 'config.json'), spec, 0o600);
+    // Not fsynced: a crash before the container is created makes recovery undo it anyway.
+    await writeJsonAtomic(path.join(container.bundleDir, 'config.json'), spec, 0o600, { durable: false });
 
     const user = spec.process?.user;
-    await svc.containers.update(container, (r) => {
-      r.stage = 'setting up the process';
-      if (user) r.user = { uid: user.uid, gid: user.gid, additionalGids: user.additionalGids ?? [] };
-    });
     const monitor = await svc.pods.client(sandbox);
     cleanup.push('monitor process', () => svc.pods.killContainer(sandbox, id));
     const created = await monitor.request<{ pid: number }>('create', {
       containerId: id,
       bundleDir: container.bundleDir,
-      logPath,
+      // Without a log path from kubelet the output still has to be drained somewhere.
+      logPath: logPath || '/dev/null',
       tty: config.tty,
       stdin: config.stdin,
       stdinOnce: config.stdinOnce,
@@ -127,6 +125,7 @@ async function doCreate(svc: CriService, sandbox: Sandbox, config: ContainerConf
       r.state = 'created';
       r.pid = created.pid;
       r.stage = 'created';
+      if (user) r.user = { uid: user.uid, gid: user.gid, additionalGids: user.additionalGids ?? [] };
     });
     cleanup.release();
     svc.events.publishContainer(id, sandbox, ContainerEventType.CONTAINER_CREATED_EVENT);

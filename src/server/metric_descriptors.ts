@@ -1,4 +1,5 @@
 import type {
+  ContainerMetrics,
   ListMetricDescriptorsRequest,
   ListMetricDescriptorsResponse,
   ListPodSandboxMetricsRequest,
@@ -7,7 +8,10 @@ import type {
   StreamPodSandboxMetricsRequest,
   StreamPodSandboxMetricsResponse,
 } from '../generated/runtime/v1/api';
-import { METRIC_DESCRIPTORS, podSandboxMetricValues } from '../stats/cri_stats';
+import type { Container } from '../container/container_store';
+import type { Sandbox } from '../sandbox/sandbox_store';
+import { containerMetricValues, METRIC_DESCRIPTORS, type MetricLabels, podSandboxMetricValues } from '../stats/cri_stats';
+import { runningContainers, sampleContainers } from './container_stats';
 import type { CallContext } from './instrument';
 import { readySandboxes, samplePods } from './sandbox_stats';
 import type { CriService } from './service';
@@ -19,12 +23,47 @@ export async function listMetricDescriptors(_svc: CriService, _req: ListMetricDe
   return { descriptors: METRIC_DESCRIPTORS.map((d) => ({ ...d, labelKeys: [...d.labelKeys] })) };
 }
 
+function podLabels(sandbox: Sandbox, cgroupPath: string): MetricLabels {
+  const meta = sandbox.config.metadata;
+  return { container: '', cgroupPath, image: '', name: '', namespace: meta?.namespace ?? '', pod: meta?.name ?? '' };
+}
+
+function containerLabels(sandbox: Sandbox, c: Container): MetricLabels {
+  const meta = sandbox.config.metadata;
+  return {
+    container: c.config.metadata?.name ?? '',
+    cgroupPath: c.record.cgroupPath,
+    image: c.record.image,
+    name: c.id,
+    namespace: meta?.namespace ?? '',
+    pod: meta?.name ?? '',
+  };
+}
+
+/** Metrics of every ready pod and of its running containers: one batch of pods, one of containers. */
 async function metricsOf(svc: CriService, ctx: CallContext): Promise<PodSandboxMetrics[]> {
-  const sampled = await samplePods(svc, readySandboxes(svc), ctx);
-  return sampled.map(({ sandbox, target, sample }) => ({
+  const sandboxes = readySandboxes(svc);
+  const ids = new Set(sandboxes.map((s) => s.id));
+  const [pods, containers] = await Promise.all([
+    samplePods(svc, sandboxes, ctx),
+    sampleContainers(
+      svc,
+      runningContainers(svc).filter((c) => ids.has(c.record.sandboxId)),
+      ctx,
+    ),
+  ]);
+  const byPod = new Map<string, Array<(typeof containers)[number]>>();
+  for (const entry of containers) {
+    let list = byPod.get(entry.container.record.sandboxId);
+    if (!list) byPod.set(entry.container.record.sandboxId, (list = []));
+    list.push(entry);
+  }
+  return pods.map(({ sandbox, target, sample }) => ({
     podSandboxId: sandbox.id,
-    metrics: podSandboxMetricValues(target.cgroupPath, sample),
-    containerMetrics: [],
+    metrics: podSandboxMetricValues(podLabels(sandbox, target.cgroupPath), sample),
+    containerMetrics: (byPod.get(sandbox.id) ?? []).map(
+      ({ container, sample: cs }): ContainerMetrics => ({ containerId: container.id, metrics: containerMetricValues(containerLabels(sandbox, container), cs) }),
+    ),
   }));
 }
 

@@ -10,6 +10,7 @@ import { listContainers, streamContainers } from './container_list';
 import { removeContainer } from './container_remove';
 import { reopenContainerLog } from './container_reopen_log';
 import { startContainer } from './container_start';
+import { containerStats, listContainerStats, streamContainerStats } from './container_stats';
 import { containerStatus } from './container_status';
 import { stopContainer } from './container_stop';
 import { updateContainerResources } from './container_update_resources';
@@ -68,6 +69,9 @@ export function buildRpcTable(svc: CriService): RpcTable {
     ImageStatus: bind(imageStatus),
     RemoveImage: bind(removeImage),
     ImageFsInfo: bind(imageFsInfo),
+    ContainerStats: bind(containerStats),
+    ListContainerStats: bind(listContainerStats),
+    StreamContainerStats: bind(streamContainerStats),
     PodSandboxStats: bind(podSandboxStats),
     ListPodSandboxStats: bind(listPodSandboxStats),
     StreamPodSandboxStats: bind(streamPodSandboxStats),

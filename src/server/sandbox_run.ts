@@ -3,6 +3,7 @@ import * as fsp from 'node:fs/promises';
 import { ContainerEventType, PodSandboxConfig, type RunPodSandboxRequest, type RunPodSandboxResponse } from '../generated/runtime/v1/api';
 import { podIPs } from '../network/cni_result';
 import { writePodFiles } from '../sandbox/pod_files';
+import { DEFAULT_CGROUP_PARENT } from '../sandbox/pod_runtime';
 import { sandboxNamespaces, validateSandboxConfig, validateSysctls } from '../sandbox/sandbox_spec';
 import { type Sandbox, sandboxNameKey } from '../sandbox/sandbox_store';
 import { CleanupStack } from '../util/cleanup';
@@ -61,21 +62,19 @@ async function createSandbox(svc: CriService, config: PodSandboxConfig, handler:
     runtimeHandler: handler,
     hostNetwork: ns.network === 'node',
     ips: [],
-    resources: {},
-    stage: 'created record',
+    // What will be acquired is recorded up front, so that recovery after a crash knows what to release.
+    resources: {
+      cgroup: svc.pods.cgroupPathForName(config.linux?.cgroupParent || DEFAULT_CGROUP_PARENT, id),
+      pinned: true,
+      shmMounted: ns.ipc === 'pod',
+    },
+    stage: 'starting monitor',
   });
   cleanup.push('sandbox record', () => svc.sandboxes.delete(sandbox));
   try {
-    const stage = (name: string) => svc.sandboxes.update(sandbox, (r) => void (r.stage = name));
-
     await writePodFiles(sandbox.dir, { hostname: config.hostname || config.metadata!.name, hostNetwork: ns.network === 'node', dns: config.dnsConfig });
     if (config.logDirectory) await fsp.mkdir(config.logDirectory, { recursive: true, mode: 0o755 });
 
-    // What is acquired is recorded first, so that recovery after a crash knows to release it.
-    await svc.sandboxes.update(sandbox, (r) => {
-      r.resources = { cgroup: svc.pods.cgroupPathFor(sandbox), pinned: true, shmMounted: ns.ipc === 'pod' };
-      r.stage = 'starting monitor';
-    });
     cleanup.push('pod runtime', () => svc.pods.release(sandbox));
     const started = await svc.pods.start(sandbox, { namespaces: ns, sysctls });
     await svc.sandboxes.update(sandbox, (r) => {
@@ -85,15 +84,17 @@ async function createSandbox(svc: CriService, config: PodSandboxConfig, handler:
     failpoint('sandbox-after-monitor');
 
     if (ns.network === 'pod') {
-      await stage('setting up network');
-      await svc.sandboxes.update(sandbox, (r) => void (r.resources.network = true));
+      await svc.sandboxes.update(sandbox, (r) => {
+        r.resources.network = true;
+        r.stage = 'setting up network';
+      });
       cleanup.push('network', () => svc.cni.del(cniParams(sandbox)));
       const result = await svc.cni.add({ ...cniParams(sandbox), signal: ctx.signal });
-      const ips = podIPs(result);
-      await svc.sandboxes.update(sandbox, (r) => void (r.ips = ips));
+      sandbox.record.ips = podIPs(result);
     }
     failpoint('sandbox-after-network');
 
+    // The IPs are persisted with the final state: a crash before this undoes the network anyway.
     await svc.sandboxes.update(sandbox, (r) => {
       r.state = 'ready';
       r.stage = 'ready';

@@ -5,7 +5,6 @@ import {
   type PodSandboxAttributes,
   PodSandboxState,
   type PodSandboxStats,
-  type PodSandboxStatsFilter,
   type PodSandboxStatsRequest,
   type PodSandboxStatsResponse,
   type StreamPodSandboxStatsRequest,
@@ -14,15 +13,14 @@ import {
 import type { Sandbox } from '../sandbox/sandbox_store';
 import { toCriPodStats } from '../stats/cri_stats';
 import type { PodSample, PodStatsTarget } from '../stats/pod_stats';
-import { errorMessage, failedPrecondition, invalidArgument } from '../util/errors';
+import { errorMessage, failedPrecondition, internal, invalidArgument } from '../util/errors';
+import { containerStatsByPod, containerStatsOf, runningContainers } from './container_stats';
 import type { CallContext } from './instrument';
 import { matchesLabels } from './sandbox_list';
 import { criSandboxState } from './sandbox_status';
 import type { CriService } from './service';
 
 const STREAM_CHUNK = 100;
-/** Pods sampled at once: each sample occupies a libuv threadpool thread (4 by default). */
-const SAMPLE_CONCURRENCY = 2;
 
 /**
  * The cgroup that stands for the whole pod. With a cgroup_parent, that is kubelet's pod cgroup,
@@ -56,45 +54,58 @@ export function readySandboxes(svc: CriService, filter?: { id?: string; labelSel
 }
 
 /**
- * Samples each pod with bounded concurrency, in input order. A pod that fails (removed meanwhile,
- * for example) is left out rather than failing the whole list.
+ * Samples pods in one batch, in input order. A pod that fails (removed meanwhile, for example)
+ * is left out rather than failing the whole list.
  */
 export async function samplePods(svc: CriService, sandboxes: Sandbox[], ctx: CallContext): Promise<Array<{ sandbox: Sandbox; target: PodStatsTarget; sample: PodSample }>> {
-  const results: Array<{ sandbox: Sandbox; target: PodStatsTarget; sample: PodSample } | undefined> = new Array(sandboxes.length);
-  let next = 0;
-  const worker = async (): Promise<void> => {
-    while (next < sandboxes.length && !ctx.signal.aborted) {
-      const index = next++;
-      const sandbox = sandboxes[index]!;
-      try {
-        const target = podStatsTarget(svc, sandbox);
-        results[index] = { sandbox, target, sample: await svc.stats.sample(target) };
-      } catch (err) {
-        ctx.log.debug({ sandbox: sandbox.id.slice(0, 12), err: errorMessage(err) }, 'pod stats unavailable; skipped');
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(SAMPLE_CONCURRENCY, sandboxes.length) }, worker));
-  return results.filter((r) => r !== undefined);
+  const targets = sandboxes.map((s) => podStatsTarget(svc, s));
+  const samples = await svc.stats.samplePods(targets);
+  const out: Array<{ sandbox: Sandbox; target: PodStatsTarget; sample: PodSample }> = [];
+  samples.forEach((sample, i) => {
+    const sandbox = sandboxes[i]!;
+    if (sample instanceof Error) ctx.log.debug({ sandbox: sandbox.id.slice(0, 12), err: errorMessage(sample) }, 'pod stats unavailable; skipped');
+    else out.push({ sandbox, target: targets[i]!, sample });
+  });
+  return out;
 }
 
-async function statsOf(svc: CriService, filter: PodSandboxStatsFilter | undefined, ctx: CallContext): Promise<PodSandboxStats[]> {
-  const sampled = await samplePods(svc, readySandboxes(svc, filter), ctx);
-  return sampled.map(({ sandbox, sample }) => toCriPodStats(podAttributes(sandbox), sample));
+/**
+ * Pod stats with each pod's running containers under `linux.containers`. Pods and containers
+ * are sampled as two batches, whatever the number of pods.
+ */
+async function statsOf(svc: CriService, sandboxes: Sandbox[], ctx: CallContext): Promise<PodSandboxStats[]> {
+  const ids = new Set(sandboxes.map((s) => s.id));
+  const [pods, byPod] = await Promise.all([
+    samplePods(svc, sandboxes, ctx),
+    containerStatsByPod(
+      svc,
+      runningContainers(svc).filter((c) => ids.has(c.record.sandboxId)),
+      ctx,
+    ),
+  ]);
+  return pods.map(({ sandbox, sample }) => toCriPodStats(podAttributes(sandbox), sample, byPod.get(sandbox.id) ?? []));
 }
 
-export async function podSandboxStats(svc: CriService, req: PodSandboxStatsRequest, _ctx: CallContext): Promise<PodSandboxStatsResponse> {
+export async function podSandboxStats(svc: CriService, req: PodSandboxStatsRequest, ctx: CallContext): Promise<PodSandboxStatsResponse> {
   if (!req.podSandboxId) throw invalidArgument('pod sandbox id is empty');
   const sandbox = svc.sandboxes.resolve(req.podSandboxId);
   if (criSandboxState(svc, sandbox) !== PodSandboxState.SANDBOX_READY) {
     throw failedPrecondition(`pod sandbox ${sandbox.id} is not ready: it has no stats`);
   }
-  const sample = await svc.stats.sample(podStatsTarget(svc, sandbox));
-  return { stats: toCriPodStats(podAttributes(sandbox), sample) };
+  const [[sample], containers] = await Promise.all([
+    svc.stats.samplePods([podStatsTarget(svc, sandbox)]),
+    containerStatsOf(
+      svc,
+      runningContainers(svc).filter((c) => c.record.sandboxId === sandbox.id),
+      ctx,
+    ),
+  ]);
+  if (sample instanceof Error) throw internal(`stats of pod sandbox ${sandbox.id}: ${sample.message}`, sample);
+  return { stats: toCriPodStats(podAttributes(sandbox), sample!, containers) };
 }
 
 export async function listPodSandboxStats(svc: CriService, req: ListPodSandboxStatsRequest, ctx: CallContext): Promise<ListPodSandboxStatsResponse> {
-  return { stats: await statsOf(svc, req.filter, ctx) };
+  return { stats: await statsOf(svc, readySandboxes(svc, req.filter), ctx) };
 }
 
 export async function streamPodSandboxStats(
@@ -103,6 +114,6 @@ export async function streamPodSandboxStats(
   ctx: CallContext,
   send: (m: StreamPodSandboxStatsResponse) => Promise<void>,
 ): Promise<void> {
-  const stats = await statsOf(svc, req.filter, ctx);
+  const stats = await statsOf(svc, readySandboxes(svc, req.filter), ctx);
   for (let i = 0; i < stats.length; i += STREAM_CHUNK) await send({ podSandboxStats: stats.slice(i, i + STREAM_CHUNK) });
 }

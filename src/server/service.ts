@@ -10,7 +10,7 @@ import type { NativeCore } from '../native';
 import type { CniManager } from '../network/cni';
 import type { PodRuntime } from '../sandbox/pod_runtime';
 import type { SandboxStore } from '../sandbox/sandbox_store';
-import type { PodStatsCollector } from '../stats/pod_stats';
+import type { StatsCollector } from '../stats/stats_collector';
 import { KeyedLock } from '../util/keyed_lock';
 
 /** A condition reported by the Status RPC. */
@@ -43,7 +43,8 @@ export class CriService {
   /** GetContainerEvents fan-out; RPCs that change a pod or container publish here. */
   events!: ContainerEvents;
   metrics!: CriMetrics;
-  stats!: PodStatsCollector;
+  /** Cached, batched pod and container usage for the stats and metrics RPCs. */
+  stats!: StatsCollector;
   /** RunPodSandbox calls in flight, by pod name key, so kubelet's retries join them. */
   readonly sandboxCreates = new Map<string, Promise<string>>();
   readonly sandboxLocks = new KeyedLock();

@@ -1,57 +1,64 @@
+import * as crypto from 'node:crypto';
 import * as net from 'node:net';
-import type { Duplex } from 'node:stream';
+import * as path from 'node:path';
+import type { Duplex, Readable, Writable } from 'node:stream';
+import { finished } from 'node:stream/promises';
 import type { CriService } from '../server/service';
 import { processDefaults } from '../server/container_exec_sync';
-import { failedPrecondition, unimplemented } from '../util/errors';
+import { MONITOR_SOCKET_FILE } from '../sandbox/monitor_spawn';
+import { type MonitorStream, openAttachStream, openExecStream } from '../sandbox/monitor_stream';
+import { CrispError, failedPrecondition, unavailable } from '../util/errors';
 import type { AttachCall, ExecCall, StreamingBackend, StreamingIO } from './types';
 
 /** How long a port-forward connect inside the pod may take before the stream reports an error. */
 const PORT_FORWARD_CONNECT_TIMEOUT_MS = 5000;
 
 /**
- * Runs streaming sessions against crisp's pods: exec through the pod monitor, port-forward through
- * a socket the native core connects inside the pod's network namespace.
+ * Runs streaming sessions against crisp's pods: exec and attach over a stream connection to the
+ * pod's monitor, port-forward through a socket the native core connects inside the pod's network
+ * namespace.
  */
 export class CrispStreamingBackend implements StreamingBackend {
   constructor(private readonly svc: CriService) {}
 
-  private runningContainer(containerId: string) {
+  private async runningContainer(containerId: string) {
     const c = this.svc.containers.resolve(containerId);
+    await this.svc.exits.reconcile(c);
     if (c.state !== 'running') throw failedPrecondition(`container ${c.id} is not running`);
-    return c;
+    const sandbox = this.svc.sandboxes.resolve(c.record.sandboxId);
+    return { c, socketPath: path.join(sandbox.dir, MONITOR_SOCKET_FILE) };
   }
 
   async exec(call: ExecCall, io: StreamingIO): Promise<{ exitCode: number }> {
-    const c = this.runningContainer(call.containerId);
-    await this.svc.exits.reconcile(c);
-    if (call.tty || call.stdin) {
-      throw unimplemented('interactive exec (tty or stdin) is not supported by crisp yet; non-interactive commands are');
+    const { c, socketPath } = await this.runningContainer(call.containerId);
+    const stream = await openExecStream(socketPath, {
+      containerId: c.id,
+      execId: crypto.randomBytes(8).toString('hex'),
+      process: { args: call.cmd, ...processDefaults(c) },
+      tty: call.tty,
+      stdin: io.stdin !== undefined,
+      stdout: io.stdout !== undefined,
+      // A terminal's output is all stdout.
+      stderr: io.stderr !== undefined && !call.tty,
+    });
+    const exitCode = await connect(stream, io, call.signal);
+    if (exitCode === undefined) {
+      if (call.signal.aborted) throw new CrispError('Aborted', 'the client went away');
+      throw unavailable(`the monitor of container ${c.id} went away before the command finished`);
     }
-    const sandbox = this.svc.sandboxes.resolve(c.record.sandboxId);
-    const defaults = processDefaults(c);
-    const client = await this.svc.pods.client(sandbox);
-    const execId = `stream-${Date.now().toString(36)}`;
-    const onAbort = (): void => {
-      client.request('signal', { containerId: c.id, execId, signal: 9 }).catch(() => undefined);
-    };
-    call.signal.addEventListener('abort', onAbort, { once: true });
-    try {
-      const reply = await client.request<{ exitCode: number; stdout: string; stderr: string }>(
-        'exec',
-        { containerId: c.id, execId, process: { args: call.cmd, ...defaults }, tty: false, stdin: false, timeoutMs: 0 },
-        24 * 3600 * 1000,
-      );
-      if (io.stdout) io.stdout.write(Buffer.from(reply.stdout, 'base64'));
-      if (io.stderr) io.stderr.write(Buffer.from(reply.stderr, 'base64'));
-      return { exitCode: reply.exitCode };
-    } finally {
-      call.signal.removeEventListener('abort', onAbort);
-    }
+    return { exitCode };
   }
 
-  async attach(call: AttachCall, _io: StreamingIO): Promise<void> {
-    this.runningContainer(call.containerId);
-    throw unimplemented('attach is not supported by crisp yet');
+  async attach(call: AttachCall, io: StreamingIO): Promise<void> {
+    const { c, socketPath } = await this.runningContainer(call.containerId);
+    const stream = await openAttachStream(socketPath, {
+      containerId: c.id,
+      stdin: io.stdin !== undefined,
+      stdout: io.stdout !== undefined,
+      stderr: io.stderr !== undefined,
+    });
+    // Done when the container exits (the monitor reports it) or the client leaves.
+    await connect(stream, io, call.signal);
   }
 
   async portForward(podSandboxId: string, port: number, conn: Duplex, signal: AbortSignal): Promise<void> {
@@ -86,4 +93,45 @@ export class CrispStreamingBackend implements StreamingBackend {
       socket.on('close', () => done());
     });
   }
+}
+
+/**
+ * Wires the client's streams to a monitor stream session until the monitor reports the exit
+ * (resolving with it once all output is handed on) or the session ends otherwise (undefined).
+ * An abort closes the session, which makes the monitor kill an exec or detach an attach.
+ */
+async function connect(stream: MonitorStream, io: StreamingIO, signal: AbortSignal): Promise<number | undefined> {
+  // Output a departed client will never take must not keep the call waiting.
+  let clientGone!: () => void;
+  const aborted = new Promise<void>((resolve) => (clientGone = resolve));
+  const onAbort = (): void => {
+    stream.close();
+    clientGone();
+  };
+  signal.addEventListener('abort', onAbort, { once: true });
+  if (signal.aborted) onAbort();
+  const outputs = Promise.all([forward(stream.stdout, io.stdout), forward(stream.stderr, io.stderr)]);
+  io.stdin?.pipe(stream.stdin);
+  if (io.tty && io.resize) {
+    const resize = io.resize;
+    void (async () => {
+      for await (const size of resize) stream.resize(size.width, size.height);
+    })().catch(() => undefined);
+  }
+  try {
+    const code = await stream.exit;
+    await Promise.race([outputs, aborted]);
+    return code;
+  } finally {
+    signal.removeEventListener('abort', onAbort);
+    io.stdin?.unpipe(stream.stdin);
+    stream.close();
+  }
+}
+
+/** Hands a session's output to the client's stream (or drops it); resolves once it has ended. */
+async function forward(from: Readable, to: Writable | undefined): Promise<void> {
+  if (to) from.pipe(to, { end: false });
+  else from.resume();
+  await finished(from).catch(() => undefined);
 }

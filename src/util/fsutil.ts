@@ -3,17 +3,26 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import * as crypto from 'node:crypto';
 
+export interface WriteOptions {
+  /**
+   * fsync file and directory (the default): the write survives a machine crash. Files that are
+   * regenerated or whose owner is undone after a crash anyway only need the atomic rename.
+   */
+  durable?: boolean;
+}
+
 /**
  * Replaces `file` with `data` so that a crash at any point leaves either the old or the new content:
  * write a temp file in the same directory, fsync it, rename over the target, fsync the directory.
  */
-export async function writeFileAtomic(file: string, data: string | Uint8Array, mode = 0o600): Promise<void> {
+export async function writeFileAtomic(file: string, data: string | Uint8Array, mode = 0o600, options: WriteOptions = {}): Promise<void> {
+  const durable = options.durable ?? true;
   const dir = path.dirname(file);
   const tmp = path.join(dir, `.${path.basename(file)}.${crypto.randomBytes(4).toString('hex')}.tmp`);
   const handle = await fsp.open(tmp, 'wx', mode);
   try {
     await handle.writeFile(data);
-    await handle.sync();
+    if (durable) await handle.sync();
   } catch (err) {
     await handle.close().catch(() => undefined);
     await fsp.rm(tmp, { force: true });
@@ -26,7 +35,7 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array, m
     await fsp.rm(tmp, { force: true });
     throw err;
   }
-  await syncDir(dir);
+  if (durable) await syncDir(dir);
 }
 
 export async function syncDir(dir: string): Promise<void> {
@@ -38,8 +47,8 @@ export async function syncDir(dir: string): Promise<void> {
   }
 }
 
-export async function writeJsonAtomic(file: string, value: unknown, mode = 0o600): Promise<void> {
-  await writeFileAtomic(file, JSON.stringify(value, bigintReplacer), mode);
+export async function writeJsonAtomic(file: string, value: unknown, mode = 0o600, options: WriteOptions = {}): Promise<void> {
+  await writeFileAtomic(file, JSON.stringify(value, bigintReplacer), mode, options);
 }
 
 /** JSON cannot carry bigint; state files store them as decimal strings. */

@@ -10,3 +10,4 @@ pub mod ns;
 pub mod sys;
 pub mod container;
 pub mod netns_connect;
+pub mod spawn;

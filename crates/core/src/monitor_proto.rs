@@ -8,6 +8,8 @@
 //!   send [`RequestEnvelope`]s (`{"id":1,"op":"status"}`); the monitor answers each with a
 //!   [`Response`] carrying the same id, in any order, and pushes [`Event`]s (objects with an
 //!   `"event"` key and no `"id"`) to connections that sent `subscribe`.
+//! * Streams: `exec_stream` and `attach` turn the connection that sent them into a stream
+//!   session (see [`frame`]). They must be the first request on a connection of their own.
 //!
 //! Field names are camelCase (they are read by TypeScript); operation and event names are
 //! snake_case.
@@ -205,11 +207,19 @@ pub enum Request {
     Start(ContainerRef),
     Signal(SignalRequest),
     Exec(ExecRequest),
+    /// Runs a process in the container wired to this connection (see [`frame`]).
+    ExecStream(ExecStreamRequest),
+    /// Connects this connection to the container's main process (see [`frame`]).
     Attach(AttachRequest),
     ReopenLog(ContainerRef),
 }
 
 impl Request {
+    /// Whether the request turns its connection into a stream session.
+    pub fn is_stream(&self) -> bool {
+        matches!(self, Request::ExecStream(_) | Request::Attach(_))
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Request::Status => "status",
@@ -219,6 +229,7 @@ impl Request {
             Request::Start(_) => "start",
             Request::Signal(_) => "signal",
             Request::Exec(_) => "exec",
+            Request::ExecStream(_) => "exec_stream",
             Request::Attach(_) => "attach",
             Request::ReopenLog(_) => "reopen_log",
         }
@@ -294,12 +305,36 @@ pub struct ExecRequest {
     pub timeout_ms: u64,
 }
 
+/// An interactive exec. Once the process has exec'd its program the monitor answers with an
+/// [`ExecStreamReply`] and the connection carries [`frame`]s: the process's output, then its
+/// exit. Set-up failures are answered with an error, and the connection is closed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecStreamRequest {
+    pub container_id: String,
+    pub exec_id: String,
+    pub process: ProcessSpec,
+    /// Give the process a terminal (stdin, stdout and stderr); its output is all stdout.
+    #[serde(default)]
+    pub tty: bool,
+    /// Forward stdin frames; without it the process reads EOF (or, with a terminal, nothing).
+    #[serde(default)]
+    pub stdin: bool,
+    /// Forward the stream; a stream nobody asked for goes to /dev/null (without a terminal).
+    #[serde(default)]
+    pub stdout: bool,
+    #[serde(default)]
+    pub stderr: bool,
+}
+
+/// Attaches to a running container's main process: its output is sent as frames (besides
+/// going to the CRI log) and stdin frames reach its stdin. Answered with an empty result; an
+/// exit frame follows when the container exits. Asking for stdin when the container was not
+/// created with stdin (or stdinOnce already closed it) is a failed precondition.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AttachRequest {
     pub container_id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exec_id: Option<String>,
     #[serde(default)]
     pub stdin: bool,
     #[serde(default)]
@@ -335,8 +370,8 @@ impl Response {
 #[serde(untagged)]
 pub enum Reply {
     Status(StatusReply),
-    Attach(AttachReply),
     Exec(ExecReply),
+    ExecStream(ExecStreamReply),
     Start(StartReply),
     Create(CreateReply),
     Empty(Empty),
@@ -371,6 +406,14 @@ pub struct ExecReply {
     pub timed_out: bool,
     /// Output beyond the per-stream cap was dropped.
     pub truncated: bool,
+}
+
+/// `exec_stream`: the process has exec'd its program; frames follow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecStreamReply {
+    /// In the node's PID namespace.
+    pub pid: i32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -436,13 +479,6 @@ pub enum MonitorState {
     ShuttingDown,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AttachReply {
-    /// A socket to connect to for the attached streams.
-    pub socket_path: String,
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -487,6 +523,77 @@ pub struct ExitEvent {
 
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+/// The binary framing of a stream session, used in both directions once the monitor has
+/// answered `exec_stream` or `attach`: `[kind: u8][length: u32 big-endian][payload]`.
+///
+/// * [`STDIN`](frame::STDIN) (daemon → monitor): bytes for the process's stdin; an empty payload
+///   closes it (EOF; with a terminal, stdin cannot be half-closed, so the terminal is hung up, as
+///   containerd does). For attach, only a `stdinOnce` container's stdin is closed, and only by
+///   the first session that had stdin.
+/// * [`STDOUT`](frame::STDOUT), [`STDERR`](frame::STDERR) (monitor → daemon): output.
+/// * [`RESIZE`](frame::RESIZE) (daemon → monitor): the terminal size, `[width: u16][height: u16]`
+///   big-endian (columns, rows); ignored without a terminal.
+/// * [`EXIT`](frame::EXIT) (monitor → daemon): `{"exitCode":n}` (128 + signal when killed), after
+///   the last output frame; the monitor then closes the connection. For attach it is the
+///   container's exit.
+///
+/// Closing the connection ends the session: an exec'd process is killed (its session and process
+/// group), an attach detaches. Each side stops reading while the other's data backs up, so
+/// neither buffers more than about [`MAX_PAYLOAD`](frame::MAX_PAYLOAD) twice over.
+pub mod frame {
+    pub const STDIN: u8 = 0;
+    pub const STDOUT: u8 = 1;
+    pub const STDERR: u8 = 2;
+    pub const RESIZE: u8 = 3;
+    pub const EXIT: u8 = 4;
+
+    pub const HEADER_LEN: usize = 5;
+    /// The largest payload either side sends or accepts.
+    pub const MAX_PAYLOAD: usize = 1 << 20;
+
+    /// Appends one frame to `out`; payloads longer than [`MAX_PAYLOAD`] are split.
+    pub fn encode(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
+        let mut chunks = payload.chunks(MAX_PAYLOAD);
+        let first = chunks.next().unwrap_or(&[]);
+        for chunk in std::iter::once(first).chain(chunks) {
+            out.push(kind);
+            out.extend_from_slice(&(chunk.len() as u32).to_be_bytes());
+            out.extend_from_slice(chunk);
+        }
+    }
+
+    /// The first complete frame in `buf`: (kind, payload range, bytes consumed). `Ok(None)` while
+    /// incomplete; an error for a payload over [`MAX_PAYLOAD`].
+    pub fn decode(buf: &[u8]) -> Result<Option<(u8, std::ops::Range<usize>, usize)>, String> {
+        if buf.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+        if len > MAX_PAYLOAD {
+            return Err(format!("frame of {} bytes exceeds the {}-byte limit", len, MAX_PAYLOAD));
+        }
+        if buf.len() < HEADER_LEN + len {
+            return Ok(None);
+        }
+        Ok(Some((buf[0], HEADER_LEN..HEADER_LEN + len, HEADER_LEN + len)))
+    }
+
+    /// A resize payload: (width, height).
+    pub fn decode_resize(payload: &[u8]) -> Option<(u16, u16)> {
+        match payload {
+            [w0, w1, h0, h1] => Some((u16::from_be_bytes([*w0, *w1]), u16::from_be_bytes([*h0, *h1]))),
+            _ => None,
+        }
+    }
+}
+
+/// The payload of an exit frame.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamExit {
+    pub exit_code: i32,
 }
 
 #[cfg(test)]
@@ -724,5 +831,42 @@ mod tests {
         assert_eq!(serde_json::to_string(&ok).unwrap(), r#"{"ok":true,"pid":1,"initPid":2}"#);
         let failed = Ready { ok: false, error: Some("boom".into()), stage: Some("unshare".into()), ..Default::default() };
         assert_eq!(serde_json::to_string(&failed).unwrap(), r#"{"ok":false,"error":"boom","stage":"unshare"}"#);
+    }
+
+    #[test]
+    fn stream_requests_and_frames() {
+        let r: RequestEnvelope = serde_json::from_str(
+            r#"{"id":1,"op":"exec_stream","containerId":"c","execId":"e","process":{"args":["sh"]},"tty":true,"stdin":true,"stdout":true}"#,
+        )
+        .unwrap();
+        assert!(r.request.is_stream());
+        let Request::ExecStream(e) = r.request else { panic!("not exec_stream") };
+        assert_eq!((e.tty, e.stdin, e.stdout, e.stderr), (true, true, true, false));
+        let r: RequestEnvelope = serde_json::from_str(r#"{"id":2,"op":"attach","containerId":"c","stdin":true}"#).unwrap();
+        assert_eq!(r.request, Request::Attach(AttachRequest { container_id: "c".into(), stdin: true, stdout: false, stderr: false }));
+        assert!(!Request::Status.is_stream());
+        assert_eq!(serde_json::to_value(Response::ok(1, Reply::ExecStream(ExecStreamReply { pid: 9 }))).unwrap()["result"], json!({"pid": 9}));
+        assert_eq!(serde_json::to_string(&StreamExit { exit_code: 3 }).unwrap(), r#"{"exitCode":3}"#);
+
+        let mut buf = Vec::new();
+        frame::encode(&mut buf, frame::STDOUT, b"hi");
+        frame::encode(&mut buf, frame::STDIN, b"");
+        assert_eq!(buf, [1, 0, 0, 0, 2, b'h', b'i', 0, 0, 0, 0, 0]);
+        assert_eq!(frame::decode(&buf[..6]), Ok(None));
+        let (kind, range, used) = frame::decode(&buf).unwrap().unwrap();
+        assert_eq!((kind, &buf[range], used), (frame::STDOUT, &b"hi"[..], 7));
+        assert_eq!(frame::decode(&buf[7..]), Ok(Some((frame::STDIN, 5..5, 5))));
+        assert!(frame::decode(&[0, 0x7f, 0, 0, 0]).is_err());
+
+        let big = vec![7u8; frame::MAX_PAYLOAD + 3];
+        let mut out = Vec::new();
+        frame::encode(&mut out, frame::STDERR, &big);
+        assert_eq!(out.len(), big.len() + 2 * frame::HEADER_LEN);
+        let (_, first, used) = frame::decode(&out).unwrap().unwrap();
+        assert_eq!(first.len(), frame::MAX_PAYLOAD);
+        assert_eq!(frame::decode(&out[used..]).unwrap().unwrap().1.len(), 3);
+
+        assert_eq!(frame::decode_resize(&[0, 120, 0, 40]), Some((120, 40)));
+        assert_eq!(frame::decode_resize(&[0, 120, 0]), None);
     }
 }

@@ -4,7 +4,8 @@
 //! Everything is driven by the server's epoll loop: each container contributes a status pipe
 //! (set-up progress from its child, EOF once it exec'd) and its output descriptors, each exec a
 //! status pipe and its output pipes. Replies to `create`, `start` and `exec` are sent when the
-//! child reports, never by blocking the loop.
+//! child reports, never by blocking the loop. Interactive execs and attached clients (stream
+//! sessions) are in `streams`.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -21,14 +22,15 @@ use crisp_core::container::plan::{self, ContainerPlan, ProcessOverrides};
 use crisp_core::container::pty;
 use crisp_core::container::spec::Spec;
 use crisp_core::monitor_proto::{
-    self, ContainerInfo, ContainerRef, ContainerState, CreateReply, CreateRequest, ErrorCode, Event, ExecReply,
-    ExecRequest, ExitEvent, ExitRecord, Reply, Response, SignalRequest, StartReply,
+    self, frame, ContainerInfo, ContainerRef, ContainerState, CreateReply, CreateRequest, ErrorCode, Event, ExecReply,
+    ExecRequest, ExecStreamReply, ExitEvent, ExitRecord, ProcessSpec, Reply, Response, SignalRequest, StartReply,
 };
 use crisp_core::sys::{self, ExitStatus, EPOLLIN};
 
 use crate::base64;
 use crate::log;
 use crate::server::Server;
+use crate::streams::{self, Attached, Input, STREAM_PAUSE_BYTES};
 
 /// Epoll tokens at and above this belong to container and exec descriptors.
 pub const FD_TOKEN_BASE: u64 = 1 << 40;
@@ -36,7 +38,7 @@ pub const FD_TOKEN_BASE: u64 = 1 << 40;
 const EXEC_OUTPUT_CAP: usize = 16 << 20;
 /// How long an exec's output may stay open after its process exited (background children
 /// holding the pipes) before the reply goes out without the rest.
-const EXEC_DRAIN_MS: u64 = 1_000;
+pub(crate) const EXEC_DRAIN_MS: u64 = 1_000;
 /// Bytes read from one descriptor per wakeup, so one chatty container cannot starve the loop.
 const READ_BUDGET: usize = 1 << 20;
 
@@ -53,11 +55,11 @@ pub enum Phase {
 }
 
 /// A pending reply: (connection token, request id).
-type Waiter = (u64, u64);
+pub(crate) type Waiter = (u64, u64);
 
-struct Output {
-    fd: OwnedFd,
-    token: u64,
+pub(crate) struct Output {
+    pub(crate) fd: OwnedFd,
+    pub(crate) token: u64,
     stream: Stream,
     splitter: LineSplitter,
 }
@@ -86,12 +88,12 @@ impl LogFile {
 }
 
 pub struct Container {
-    id: String,
+    pub(crate) id: String,
     bundle: PathBuf,
     /// Needed by exec while the container runs.
     spec: Option<Spec>,
     pid: libc::pid_t,
-    phase: Phase,
+    pub(crate) phase: Phase,
     /// Kept until the process exec'd, to explain set-up failures.
     plan: Option<ContainerPlan>,
     status: Option<(OwnedFd, u64)>,
@@ -99,9 +101,18 @@ pub struct Container {
     gate: Option<OwnedFd>,
     waiter: Option<Waiter>,
     log: LogFile,
-    outputs: Vec<Output>,
-    /// Write end of stdin (pipe) or the pty master, for attach.
-    _stdin: Option<OwnedFd>,
+    pub(crate) outputs: Vec<Output>,
+    pub(crate) tty: bool,
+    /// Created with stdin: attached clients may write to it.
+    pub(crate) stdin: bool,
+    /// Close stdin once the first attached client that had stdin is done with it.
+    pub(crate) stdin_once: bool,
+    /// The write end of the stdin pipe, or a duplicate of the terminal's master; None without
+    /// stdin, and once closed.
+    pub(crate) input: Option<Input>,
+    pub(crate) attached: Vec<Attached>,
+    /// The attached connection whose stdin counts for stdinOnce.
+    pub(crate) stdin_owner: Option<u64>,
     cgroup: Option<CgroupPaths>,
     oom_baseline: Option<u64>,
     started_at_ms: Option<u64>,
@@ -109,32 +120,58 @@ pub struct Container {
     exit: Option<ExitRecord>,
 }
 
-struct ExecSession {
-    container_id: String,
+pub(crate) struct ExecSession {
+    pub(crate) container_id: String,
     exec_id: String,
-    pid: libc::pid_t,
+    pub(crate) pid: libc::pid_t,
+    /// Where the reply to the request goes (for a stream exec: its `ok` or set-up error).
     waiter: Waiter,
     status: Option<(OwnedFd, u64)>,
     status_buf: Vec<u8>,
     /// Kept until the process exec'd, to explain set-up failures.
     plan: Option<plan::ExecPlan>,
-    outputs: Vec<(OwnedFd, u64, Stream)>,
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-    truncated: bool,
+    pub(crate) outputs: Vec<ExecOutput>,
     deadline_ms: Option<u64>,
     timed_out: bool,
-    exited: Option<ExitStatus>,
-    drain_deadline_ms: Option<u64>,
+    pub(crate) exited: Option<ExitStatus>,
+    pub(crate) drain_deadline_ms: Option<u64>,
     failed: Option<(ErrorCode, String)>,
+    pub(crate) sink: ExecSink,
+}
+
+pub(crate) struct ExecOutput {
+    pub(crate) fd: OwnedFd,
+    pub(crate) token: u64,
+    pub(crate) stream: Stream,
+    /// In the epoll set; a stream exec's output is left out while its client catches up.
+    pub(crate) registered: bool,
+}
+
+/// Where an exec's output goes.
+pub(crate) enum ExecSink {
+    /// ExecSync: collected for the reply.
+    Capture { stdout: Vec<u8>, stderr: Vec<u8>, truncated: bool },
+    /// Interactive: forwarded as frames on the session's connection.
+    Stream(streams::ExecStream),
+}
+
+/// How an exec's standard descriptors are wired.
+pub(crate) struct ExecIo {
+    pub(crate) tty: bool,
+    pub(crate) stdin: bool,
+    pub(crate) stdout: bool,
+    pub(crate) stderr: bool,
+    pub(crate) stream: bool,
 }
 
 #[derive(Clone, Debug)]
 pub enum FdRole {
     ContainerStatus(String),
     ContainerOutput(String),
+    ContainerInput(String),
     ExecStatus(u64),
     ExecOutput(u64),
+    ExecInput(u64),
 }
 
 #[derive(Clone, Debug)]
@@ -148,9 +185,9 @@ pub enum PidRole {
 /// The container-related state the server carries.
 #[derive(Default)]
 pub struct Containers {
-    containers: HashMap<String, Container>,
-    execs: HashMap<u64, ExecSession>,
-    fd_roles: HashMap<u64, FdRole>,
+    pub(crate) containers: HashMap<String, Container>,
+    pub(crate) execs: HashMap<u64, ExecSession>,
+    pub(crate) fd_roles: HashMap<u64, FdRole>,
     pid_roles: HashMap<libc::pid_t, PidRole>,
     next_token: u64,
     next_exec: u64,
@@ -185,7 +222,13 @@ impl Containers {
     pub fn next_deadline_ms(&self) -> Option<u64> {
         self.execs
             .values()
-            .flat_map(|e| [if e.exited.is_none() && !e.timed_out { e.deadline_ms } else { None }, e.drain_deadline_ms])
+            .flat_map(|e| {
+                let held_back = matches!(&e.sink, ExecSink::Stream(s) if s.paused);
+                [
+                    if e.exited.is_none() && !e.timed_out { e.deadline_ms } else { None },
+                    if held_back { None } else { e.drain_deadline_ms },
+                ]
+            })
             .flatten()
             .min()
     }
@@ -194,7 +237,7 @@ impl Containers {
         token >= FD_TOKEN_BASE
     }
 
-    fn token(&mut self, role: FdRole) -> u64 {
+    pub(crate) fn token(&mut self, role: FdRole) -> u64 {
         let t = self.next_token;
         self.next_token += 1;
         self.fd_roles.insert(t, role);
@@ -202,7 +245,7 @@ impl Containers {
     }
 }
 
-fn err(id: u64, code: ErrorCode, message: impl Into<String>) -> Option<Response> {
+pub(crate) fn err(id: u64, code: ErrorCode, message: impl Into<String>) -> Option<Response> {
     Some(Response::err(id, code, message))
 }
 
@@ -340,7 +383,8 @@ impl Server {
             stdout = stdin;
             stderr = stdin;
             child_ends.push(slave);
-            stdin_keep = Some(master.try_clone()?);
+            // A separate descriptor for input, so it can wait for room on its own.
+            stdin_keep = if req.stdin { Some(master.try_clone()?) } else { None };
             outputs.push((master, Stream::Stdout));
         } else {
             let (out_r, out_w) = sys::pipe_cloexec()?;
@@ -356,6 +400,8 @@ impl Server {
             outputs.push((err_r, Stream::Stderr));
             if req.stdin {
                 let (in_r, in_w) = sys::pipe_cloexec()?;
+                // Only the monitor's end: the container reads its stdin blocking.
+                sys::set_nonblocking(in_w.as_raw_fd())?;
                 stdin = in_r.as_raw_fd();
                 child_ends.push(in_r);
                 stdin_keep = Some(in_w);
@@ -386,6 +432,10 @@ impl Server {
         }
         let cgroup = spec.crisp_cgroup.clone();
         let oom_baseline = oom_kills(cgroup.as_ref());
+        let input = stdin_keep.map(|fd| {
+            let token = self.ctrs.token(FdRole::ContainerInput(id.clone()));
+            Input::new(fd, token)
+        });
         self.ctrs.pid_roles.insert(pid, PidRole::Container(id.clone()));
         self.ctrs.containers.insert(
             id.clone(),
@@ -402,7 +452,12 @@ impl Server {
                 waiter: Some(waiter),
                 log: LogFile { path: PathBuf::from(&req.log_path), file: Some(log_file) },
                 outputs: outs,
-                _stdin: stdin_keep,
+                tty,
+                stdin: req.stdin,
+                stdin_once: req.stdin_once,
+                input,
+                attached: Vec::new(),
+                stdin_owner: None,
                 cgroup,
                 oom_baseline,
                 started_at_ms: None,
@@ -485,16 +540,28 @@ impl Server {
     }
 
     pub(crate) fn exec_in_container(&mut self, token: u64, id: u64, req: ExecRequest) -> Option<Response> {
-        if self.shutting_down() {
-            return err(id, ErrorCode::FailedPrecondition, "the pod is shutting down");
+        let plan = match self.exec_plan(&req.container_id, &req.process) {
+            Ok(p) => p,
+            Err((code, message)) => return err(id, code, message),
+        };
+        let io = ExecIo { tty: req.tty, stdin: false, stdout: true, stderr: true, stream: false };
+        match self.spawn_exec(&req.container_id, &req.exec_id, req.timeout_ms, plan, (token, id), io) {
+            Ok(_) => None,
+            Err(e) => err(id, ErrorCode::Internal, format!("exec in container {}: {}", req.container_id, e)),
         }
-        let Some(c) = self.ctrs.containers.get(&req.container_id) else {
-            return err(id, ErrorCode::NotFound, format!("container {} not found", req.container_id));
+    }
+
+    /// The plan for a process exec'd into a running container.
+    pub(crate) fn exec_plan(&self, container_id: &str, p: &ProcessSpec) -> Result<plan::ExecPlan, (ErrorCode, String)> {
+        if self.shutting_down() {
+            return Err((ErrorCode::FailedPrecondition, "the pod is shutting down".into()));
+        }
+        let Some(c) = self.ctrs.containers.get(container_id) else {
+            return Err((ErrorCode::NotFound, format!("container {} not found", container_id)));
         };
         let (Phase::Running, Some(spec)) = (c.phase, c.spec.as_ref()) else {
-            return err(id, ErrorCode::FailedPrecondition, format!("container {} is not running", req.container_id));
+            return Err((ErrorCode::FailedPrecondition, format!("container {} is not running", container_id)));
         };
-        let p = &req.process;
         let overrides = ProcessOverrides {
             args: p.args.clone(),
             env: Some(p.env.clone()),
@@ -504,48 +571,68 @@ impl Server {
             additional_gids: (p.uid.is_some() || p.gid.is_some() || !p.additional_gids.is_empty()).then(|| p.additional_gids.clone()),
         };
         if overrides.args.is_empty() {
-            return err(id, ErrorCode::InvalidArgument, "exec needs a command");
+            return Err((ErrorCode::InvalidArgument, "exec needs a command".into()));
         }
         // The container is our unreaped child, so its PID cannot have been reused.
-        let plan = match plan::exec_plan(spec, c.pid, &overrides) {
-            Ok(p) => p,
-            Err(e) => return err(id, ErrorCode::InvalidArgument, format!("exec in container {}: {}", req.container_id, e)),
-        };
-        match self.spawn_exec(&req, plan, (token, id)) {
-            Ok(()) => None,
-            Err(e) => err(id, ErrorCode::Internal, format!("exec in container {}: {}", req.container_id, e)),
-        }
+        plan::exec_plan(spec, c.pid, &overrides).map_err(|e| (ErrorCode::InvalidArgument, format!("exec in container {}: {}", container_id, e)))
     }
 
-    fn spawn_exec(&mut self, req: &ExecRequest, plan: plan::ExecPlan, waiter: Waiter) -> io::Result<()> {
+    /// Forks the exec'd process; returns the session's key. A stream exec's output is watched
+    /// only once its reply went out (the process exec'd), so no frame precedes the reply.
+    pub(crate) fn spawn_exec(
+        &mut self,
+        container_id: &str,
+        exec_id: &str,
+        timeout_ms: u64,
+        plan: plan::ExecPlan,
+        waiter: Waiter,
+        wiring: ExecIo,
+    ) -> io::Result<u64> {
         let mut child_ends: Vec<OwnedFd> = Vec::new();
         let mut outputs: Vec<(OwnedFd, Stream)> = Vec::new();
+        let mut input: Option<OwnedFd> = None;
         let (stdin, stdout, stderr);
-        if req.tty {
+        if wiring.tty {
             let (master, slave) = pty::open_pair()?;
             stdin = slave.as_raw_fd();
             stdout = stdin;
             stderr = stdin;
             child_ends.push(slave);
+            if wiring.stream && wiring.stdin {
+                input = Some(master.try_clone()?);
+            }
             outputs.push((master, Stream::Stdout));
         } else {
-            let (out_r, out_w) = sys::pipe_cloexec()?;
-            let (err_r, err_w) = sys::pipe_cloexec()?;
-            // ExecSync has no input: stdin reads EOF.
             let null = open_dev_null()?;
-            stdin = null.as_raw_fd();
-            stdout = out_w.as_raw_fd();
-            stderr = err_w.as_raw_fd();
-            child_ends.extend([out_w, err_w, null]);
-            for fd in [&out_r, &err_r] {
-                sys::set_nonblocking(fd.as_raw_fd())?;
+            let null_fd = null.as_raw_fd();
+            child_ends.push(null);
+            let mut output = |wanted: bool, stream: Stream| -> io::Result<RawFd> {
+                if !wanted {
+                    return Ok(null_fd);
+                }
+                let (r, w) = sys::pipe_cloexec()?;
+                sys::set_nonblocking(r.as_raw_fd())?;
+                let fd = w.as_raw_fd();
+                child_ends.push(w);
+                outputs.push((r, stream));
+                Ok(fd)
+            };
+            stdout = output(wiring.stdout, Stream::Stdout)?;
+            stderr = output(wiring.stderr, Stream::Stderr)?;
+            if wiring.stream && wiring.stdin {
+                let (r, w) = sys::pipe_cloexec()?;
+                sys::set_nonblocking(w.as_raw_fd())?;
+                stdin = r.as_raw_fd();
+                child_ends.push(r);
+                input = Some(w);
+            } else {
+                // ExecSync has no input: stdin reads EOF.
+                stdin = null_fd;
             }
-            outputs.push((out_r, Stream::Stdout));
-            outputs.push((err_r, Stream::Stderr));
         }
         let (status_r, status_w) = sys::pipe_cloexec()?;
         sys::set_nonblocking(status_r.as_raw_fd())?;
-        let io = ChildIo { stdin, stdout, stderr, tty: req.tty, status: status_w.as_raw_fd(), gate: -1 };
+        let io = ChildIo { stdin, stdout, stderr, tty: wiring.tty, status: status_w.as_raw_fd(), gate: -1 };
         let pid = launch::spawn_exec(&plan, &io)?;
         drop(child_ends);
         drop(status_w);
@@ -557,33 +644,40 @@ impl Server {
         let mut outs = Vec::new();
         for (fd, stream) in outputs {
             let token = self.ctrs.token(FdRole::ExecOutput(key));
-            self.epoll.add(fd.as_raw_fd(), EPOLLIN, token)?;
-            outs.push((fd, token, stream));
+            let registered = !wiring.stream;
+            if registered {
+                self.epoll.add(fd.as_raw_fd(), EPOLLIN, token)?;
+            }
+            outs.push(ExecOutput { fd, token, stream, registered });
         }
+        let sink = if wiring.stream {
+            let input = input.map(|fd| Input::new(fd, self.ctrs.token(FdRole::ExecInput(key))));
+            ExecSink::Stream(streams::ExecStream::new(waiter.0, wiring.tty, wiring.stdout, wiring.stderr, input))
+        } else {
+            ExecSink::Capture { stdout: Vec::new(), stderr: Vec::new(), truncated: false }
+        };
         self.ctrs.pid_roles.insert(pid, PidRole::Exec(key));
         self.ctrs.execs.insert(
             key,
             ExecSession {
-                container_id: req.container_id.clone(),
-                exec_id: req.exec_id.clone(),
+                container_id: container_id.to_owned(),
+                exec_id: exec_id.to_owned(),
                 pid,
                 waiter,
                 status: Some((status_r, status_token)),
                 status_buf: Vec::new(),
                 plan: Some(plan),
                 outputs: outs,
-                stdout: Vec::new(),
-                stderr: Vec::new(),
-                truncated: false,
-                deadline_ms: (req.timeout_ms > 0).then(|| sys::monotonic_ms() + req.timeout_ms),
+                deadline_ms: (timeout_ms > 0).then(|| sys::monotonic_ms() + timeout_ms),
                 timed_out: false,
                 exited: None,
                 drain_deadline_ms: None,
                 failed: None,
+                sink,
             },
         );
-        log!(Debug, "exec {} in container {} started as pid {}", req.exec_id, req.container_id, pid);
-        Ok(())
+        log!(Debug, "exec {} in container {} started as pid {}", exec_id, container_id, pid);
+        Ok(key)
     }
 
     // ---- events ---------------------------------------------------------------------------
@@ -600,6 +694,8 @@ impl Server {
                 self.drain_exec_output(key, Some(token));
                 self.maybe_finish_exec(key);
             }
+            Some(FdRole::ExecInput(key)) => self.exec_input_writable(key),
+            Some(FdRole::ContainerInput(id)) => self.container_input_writable(&id),
             None => {}
         }
     }
@@ -639,7 +735,10 @@ impl Server {
                 let _ = sys::kill(-e.pid, libc::SIGKILL);
                 let _ = sys::kill(e.pid, libc::SIGKILL);
             }
-            if e.drain_deadline_ms.is_some_and(|d| now >= d) {
+            // Output held back for a slow client is not abandoned: its deadline starts over when
+            // the client catches up.
+            let held_back = matches!(&e.sink, ExecSink::Stream(s) if s.paused);
+            if !held_back && e.drain_deadline_ms.is_some_and(|d| now >= d) {
                 self.close_exec_outputs(key);
                 self.maybe_finish_exec(key);
             }
@@ -760,6 +859,9 @@ impl Server {
         for out in std::mem::take(&mut c.outputs) {
             self.unregister(&out.fd, out.token);
         }
+        if let Some(input) = c.input.take() {
+            input.close(&self.epoll, &mut self.ctrs.fd_roles);
+        }
         c.gate = None;
     }
 
@@ -769,10 +871,11 @@ impl Server {
         }
     }
 
-    fn drain_container_output(&mut self, id: &str, only: Option<u64>) {
+    pub(crate) fn drain_container_output(&mut self, id: &str, only: Option<u64>) {
         let Some(c) = self.ctrs.containers.get_mut(id) else { return };
         let mut records = Vec::new();
         let mut closed = Vec::new();
+        let mut forward: Vec<(Stream, Vec<u8>)> = Vec::new();
         let timestamp = crilog::now_timestamp();
         for (i, out) in c.outputs.iter_mut().enumerate() {
             if only.is_some_and(|t| t != out.token) {
@@ -787,7 +890,11 @@ impl Server {
                 out.splitter.finish(&mut emit);
                 closed.push(i);
             }
+            if !data.is_empty() && !c.attached.is_empty() {
+                forward.push((stream, data));
+            }
         }
+        // The log first: an attached client never holds it back.
         c.log.write(&records);
         for i in closed.into_iter().rev() {
             let out = c.outputs.remove(i);
@@ -797,6 +904,9 @@ impl Server {
         if c.phase == Phase::Exited && c.outputs.is_empty() {
             // Nothing can write to the log any more.
             c.log.file = None;
+        }
+        for (stream, data) in forward {
+            self.forward_to_attached(id, stream, &data);
         }
     }
 
@@ -838,7 +948,7 @@ impl Server {
         c.gate = None;
         c.plan = None;
         c.spec = None;
-        c._stdin = None;
+        let input = c.input.take();
         if c.outputs.is_empty() {
             c.log.file = None;
         }
@@ -859,6 +969,10 @@ impl Server {
             exited_at_ms: finished,
             oom_killed: oom,
         }));
+        if let Some(input) = input {
+            input.close(&self.epoll, &mut self.ctrs.fd_roles);
+        }
+        self.end_attach_sessions(id, record.exit_code);
     }
 
     fn drain_exec_status(&mut self, key: u64) {
@@ -879,73 +993,139 @@ impl Server {
                 let _ = self.epoll.delete(fd.as_raw_fd());
                 self.ctrs.fd_roles.remove(&token);
             }
-            if let Some(e) = self.ctrs.execs.get_mut(&key) {
-                e.plan = None;
+            e.plan = None;
+            // EOF without an error: the program was exec'd, so a stream session begins.
+            let begins = e.failed.is_none() && matches!(&e.sink, ExecSink::Stream(st) if !st.established && st.conn.is_some());
+            if begins {
+                self.establish_exec_stream(key);
             }
         }
     }
 
-    fn drain_exec_output(&mut self, key: u64, only: Option<u64>) {
+    pub(crate) fn drain_exec_output(&mut self, key: u64, only: Option<u64>) {
+        let Some(e) = self.ctrs.execs.get(&key) else { return };
+        // A stream exec reads no more than its connection has room for.
+        let conn = match &e.sink {
+            ExecSink::Stream(st) if st.established => st.conn,
+            _ => None,
+        };
+        let mut room = match conn {
+            Some(conn) => STREAM_PAUSE_BYTES.saturating_sub(self.conn_backlog(conn).unwrap_or(0)),
+            None => usize::MAX,
+        };
         let Some(e) = self.ctrs.execs.get_mut(&key) else { return };
         let mut closed = Vec::new();
-        for (i, (fd, token, stream)) in e.outputs.iter().enumerate() {
-            if only.is_some_and(|t| t != *token) {
+        let mut frames: Vec<(u8, Vec<u8>)> = Vec::new();
+        for (i, out) in e.outputs.iter().enumerate() {
+            if only.is_some_and(|t| t != out.token) || (conn.is_some() && !out.registered) {
                 continue;
             }
-            let mut data = Vec::new();
-            let (_, eof) = read_available(fd.as_raw_fd(), &mut data, READ_BUDGET);
-            let sink = if *stream == Stream::Stdout { &mut e.stdout } else { &mut e.stderr };
-            let room = EXEC_OUTPUT_CAP.saturating_sub(sink.len());
-            if data.len() > room {
-                e.truncated = true;
+            let budget = room.min(READ_BUDGET);
+            if budget == 0 {
+                break;
             }
-            sink.extend_from_slice(&data[..data.len().min(room)]);
+            let mut data = Vec::new();
+            let (n, eof) = read_available(out.fd.as_raw_fd(), &mut data, budget);
+            room = room.saturating_sub(n);
+            match &mut e.sink {
+                ExecSink::Capture { stdout, stderr, truncated } => {
+                    let sink = if out.stream == Stream::Stdout { stdout } else { stderr };
+                    let cap = EXEC_OUTPUT_CAP.saturating_sub(sink.len());
+                    if data.len() > cap {
+                        *truncated = true;
+                    }
+                    sink.extend_from_slice(&data[..data.len().min(cap)]);
+                }
+                ExecSink::Stream(st) => {
+                    // Output nobody asked for (a terminal's, without stdout) is read and dropped.
+                    if !data.is_empty() && st.forwards(out.stream) {
+                        frames.push((if out.stream == Stream::Stdout { frame::STDOUT } else { frame::STDERR }, data));
+                    }
+                }
+            }
             if eof {
                 closed.push(i);
             }
         }
         for i in closed.into_iter().rev() {
-            let (fd, token, _) = e.outputs.remove(i);
-            let _ = self.epoll.delete(fd.as_raw_fd());
-            self.ctrs.fd_roles.remove(&token);
+            let out = e.outputs.remove(i);
+            if out.registered {
+                let _ = self.epoll.delete(out.fd.as_raw_fd());
+            }
+            self.ctrs.fd_roles.remove(&out.token);
+        }
+        if let Some(conn) = conn {
+            for (kind, data) in frames {
+                self.send_frame(conn, kind, &data);
+            }
+            if self.conn_backlog(conn).is_some_and(|b| b >= STREAM_PAUSE_BYTES) {
+                self.pause_exec_output(key);
+            }
         }
     }
 
-    fn close_exec_outputs(&mut self, key: u64) {
+    pub(crate) fn close_exec_outputs(&mut self, key: u64) {
         let Some(e) = self.ctrs.execs.get_mut(&key) else { return };
-        for (fd, token, _) in std::mem::take(&mut e.outputs) {
-            let _ = self.epoll.delete(fd.as_raw_fd());
-            self.ctrs.fd_roles.remove(&token);
+        for out in std::mem::take(&mut e.outputs) {
+            if out.registered {
+                let _ = self.epoll.delete(out.fd.as_raw_fd());
+            }
+            self.ctrs.fd_roles.remove(&out.token);
         }
         e.drain_deadline_ms = None;
     }
 
     /// Replies once the process is reaped and its output and status pipes are done.
-    fn maybe_finish_exec(&mut self, key: u64) {
+    pub(crate) fn maybe_finish_exec(&mut self, key: u64) {
         let Some(e) = self.ctrs.execs.get(&key) else { return };
         let Some(status) = e.exited else { return };
         if e.status.is_some() || !e.outputs.is_empty() {
             return;
         }
         let Some(mut e) = self.ctrs.execs.remove(&key) else { return };
-        let response = match e.failed.take() {
-            Some((code, message)) => Response::err(e.waiter.1, code, format!("exec in container {}: {}", e.container_id, message)),
-            None => Response::ok(
-                e.waiter.1,
-                Reply::Exec(ExecReply {
-                    exit_code: status.code(),
-                    stdout: base64::encode(&e.stdout),
-                    stderr: base64::encode(&e.stderr),
-                    timed_out: e.timed_out,
-                    truncated: e.truncated,
-                }),
-            ),
-        };
         log!(Debug, "exec {} in container {} finished: {}", e.exec_id, e.container_id, status_text(status));
-        self.reply(e.waiter, response);
+        let failure = e
+            .failed
+            .take()
+            .map(|(code, message)| Response::err(e.waiter.1, code, format!("exec in container {}: {}", e.container_id, message)));
+        match e.sink {
+            ExecSink::Capture { stdout, stderr, truncated } => {
+                let response = failure.unwrap_or_else(|| {
+                    Response::ok(
+                        e.waiter.1,
+                        Reply::Exec(ExecReply {
+                            exit_code: status.code(),
+                            stdout: base64::encode(&stdout),
+                            stderr: base64::encode(&stderr),
+                            timed_out: e.timed_out,
+                            truncated,
+                        }),
+                    )
+                });
+                self.reply(e.waiter, response);
+            }
+            ExecSink::Stream(st) => self.finish_exec_stream(e.waiter, st, status, failure),
+        }
     }
 
-    fn reply(&mut self, waiter: Waiter, response: Response) {
+    /// The stream exec's program runs: reply, and start forwarding its output.
+    fn establish_exec_stream(&mut self, key: u64) {
+        let Some(e) = self.ctrs.execs.get_mut(&key) else { return };
+        let ExecSink::Stream(st) = &mut e.sink else { return };
+        st.established = true;
+        let (waiter, pid) = (e.waiter, e.pid);
+        for out in e.outputs.iter_mut() {
+            match self.epoll.add(out.fd.as_raw_fd(), EPOLLIN, out.token) {
+                Ok(()) => out.registered = true,
+                Err(err) => log!(Warn, "exec {}: watching its output: {}", e.exec_id, err),
+            }
+        }
+        self.reply(waiter, Response::ok(waiter.1, Reply::ExecStream(ExecStreamReply { pid })));
+        // Frames the client sent ahead of the reply.
+        self.process_frames(waiter.0);
+    }
+
+    pub(crate) fn reply(&mut self, waiter: Waiter, response: Response) {
         self.send(waiter.0, &response);
     }
 }

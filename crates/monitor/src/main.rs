@@ -11,6 +11,7 @@ mod init;
 mod log;
 mod server;
 mod setup;
+mod streams;
 
 use std::os::fd::RawFd;
 use std::path::PathBuf;

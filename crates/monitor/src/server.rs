@@ -15,6 +15,7 @@ use crisp_core::sys::{self, Epoll, EpollEvent, SignalFd, EPOLLERR, EPOLLHUP, EPO
 use crate::containers::Containers;
 use crate::log;
 use crate::setup::Sandbox;
+use crate::streams::{Session, STREAM_INBUF_LIMIT, STREAM_RESUME_BYTES};
 
 /// Grace period for children when the monitor itself is asked to stop with SIGTERM/SIGINT.
 const SIGNAL_SHUTDOWN_GRACE_MS: u64 = 10_000;
@@ -40,6 +41,20 @@ struct Conn {
     want_write: bool,
     /// The epoll events the connection is registered for; 0 when not registered.
     interest: u32,
+    /// Request lines read so far: a stream request must be the first.
+    requests: u64,
+    /// The first request asked for a stream session; if it is refused, the connection closes.
+    stream_requested: bool,
+    /// The stream session the connection carries; its input is then frames, not lines.
+    session: Option<Session>,
+}
+
+impl Conn {
+    /// A stream connection stops reading while its unprocessed frames fill the input buffer
+    /// (the process's stdin is not keeping up).
+    fn wants_read(&self) -> bool {
+        !self.read_closed && (self.session.is_none() || self.inbuf.len() < STREAM_INBUF_LIMIT)
+    }
 }
 
 struct ShutdownState {
@@ -61,6 +76,9 @@ pub struct Server {
     next_token: u64,
     shutdown: Option<ShutdownState>,
     pub(crate) ctrs: Containers,
+    /// Connections to look at once the current events are handled: ones found closed deep
+    /// inside other work, whose stream sessions are ended from the top of the loop.
+    unsettled: Vec<u64>,
 }
 
 /// Binds the control socket with mode 0600. A socket file left by a dead monitor is replaced;
@@ -119,6 +137,7 @@ impl Server {
             next_token: FIRST_CONN_TOKEN,
             shutdown: None,
             ctrs: Containers::new(),
+            unsettled: Vec::new(),
         })
     }
 
@@ -140,6 +159,11 @@ impl Server {
                 }
             }
             self.on_container_timers();
+            while !self.unsettled.is_empty() {
+                for token in std::mem::take(&mut self.unsettled) {
+                    self.maybe_close(token);
+                }
+            }
             if self.shutdown.is_some() && self.advance_shutdown() {
                 self.finish();
                 return 0;
@@ -235,6 +259,9 @@ impl Server {
                             read_closed: false,
                             want_write: false,
                             interest: EPOLLIN | EPOLLRDHUP,
+                            requests: 0,
+                            stream_requested: false,
+                            session: None,
                         },
                     );
                 }
@@ -249,8 +276,9 @@ impl Server {
     }
 
     fn on_conn(&mut self, token: u64, events: u32) {
-        if events & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP) != 0 {
-            self.read_conn(token);
+        let hangup = events & (EPOLLHUP | EPOLLERR | EPOLLRDHUP) != 0;
+        if hangup || events & EPOLLIN != 0 {
+            self.read_conn(token, hangup);
         }
         if events & EPOLLOUT != 0 {
             self.flush_conn(token);
@@ -258,12 +286,14 @@ impl Server {
         self.maybe_close(token);
     }
 
-    fn read_conn(&mut self, token: u64) {
-        let mut lines: Vec<Vec<u8>> = Vec::new();
+    /// Reads what the peer sent and handles it: request lines, or frames once the connection
+    /// carries a stream session. After a hangup everything left is read, paused or not, to
+    /// reach the EOF.
+    fn read_conn(&mut self, token: u64, hangup: bool) {
         {
             let Some(conn) = self.conns.get_mut(&token) else { return };
             let mut buf = [0u8; 8192];
-            loop {
+            while hangup || conn.wants_read() {
                 match conn.stream.read(&mut buf) {
                     Ok(0) => {
                         conn.read_closed = true;
@@ -271,7 +301,7 @@ impl Server {
                     }
                     Ok(n) => {
                         conn.inbuf.extend_from_slice(&buf[..n]);
-                        if conn.inbuf.len() > monitor_proto::MAX_LINE_BYTES {
+                        if conn.session.is_none() && conn.inbuf.len() > monitor_proto::MAX_LINE_BYTES {
                             break; // judged below, once complete lines are taken out
                         }
                     }
@@ -284,25 +314,47 @@ impl Server {
                     }
                 }
             }
-            while let Some(pos) = conn.inbuf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = conn.inbuf.drain(..=pos).collect();
-                lines.push(line);
-            }
-            if conn.inbuf.len() > monitor_proto::MAX_LINE_BYTES {
-                log!(Warn, "control connection {} sent an oversized request; closing", token);
-                conn.inbuf.clear();
-                conn.read_closed = true;
-            }
         }
-        for line in lines {
+        // One line at a time: a stream request switches the rest of the input to frames.
+        loop {
+            let line = {
+                let Some(conn) = self.conns.get_mut(&token) else { return };
+                if conn.session.is_some() {
+                    break;
+                }
+                match conn.inbuf.iter().position(|&b| b == b'\n') {
+                    Some(pos) => conn.inbuf.drain(..=pos).collect::<Vec<u8>>(),
+                    None => {
+                        if conn.inbuf.len() > monitor_proto::MAX_LINE_BYTES {
+                            log!(Warn, "control connection {} sent an oversized request; closing", token);
+                            conn.inbuf.clear();
+                            conn.read_closed = true;
+                        }
+                        break;
+                    }
+                }
+            };
             let line = trim_line(&line);
             if line.is_empty() {
                 continue;
             }
+            if let Some(conn) = self.conns.get_mut(&token) {
+                conn.requests += 1;
+            }
             if let Some(response) = self.handle_line(token, line) {
+                let failed_stream = !response.ok && self.conns.get(&token).is_some_and(|c| c.stream_requested && c.session.is_none());
                 self.send(token, &response);
+                if failed_stream {
+                    // The peer expects frames after this reply; there will be none.
+                    self.close_conn_after_flush(token);
+                    return;
+                }
             }
         }
+        if self.conns.get(&token).is_some_and(|c| c.session.is_some()) {
+            self.process_frames(token);
+        }
+        self.refresh_conn(token);
     }
 
     /// Parses and executes one request; None when the reply is deferred (shutdown).
@@ -319,6 +371,13 @@ impl Server {
             Err(e) => return Some(Response::err(id, ErrorCode::InvalidArgument, format!("invalid request: {}", e))),
         };
         log!(Debug, "request {} {} on connection {}", id, request.name(), token);
+        if request.is_stream() {
+            let conn = self.conns.get_mut(&token)?;
+            conn.stream_requested = true;
+            if conn.requests != 1 || conn.subscribed {
+                return Some(Response::err(id, ErrorCode::InvalidArgument, format!("{} must be the first request on its own connection", request.name())));
+            }
+        }
         match request {
             Request::Status => Some(Response::ok(id, Reply::Status(self.status()))),
             Request::Subscribe => {
@@ -335,12 +394,9 @@ impl Server {
             Request::Start(req) => self.start_container(token, id, req),
             Request::Signal(req) => self.signal_container(id, req),
             Request::Exec(req) => self.exec_in_container(token, id, req),
+            Request::ExecStream(req) => self.exec_stream(token, id, req),
+            Request::Attach(req) => self.attach(token, id, req),
             Request::ReopenLog(req) => self.reopen_log(id, req),
-            other => Some(Response::err(
-                id,
-                ErrorCode::Unimplemented,
-                format!("operation {} is not supported by this monitor", other.name()),
-            )),
         }
     }
 
@@ -372,6 +428,75 @@ impl Server {
         self.flush_conn(token);
     }
 
+    /// Appends one frame to a stream connection's output and writes what it can.
+    pub(crate) fn send_frame(&mut self, token: u64, kind: u8, payload: &[u8]) {
+        let Some(conn) = self.conns.get_mut(&token) else { return };
+        if conn.read_closed && conn.session.is_none() {
+            return; // closing: nothing more goes out after the exit frame
+        }
+        monitor_proto::frame::encode(&mut conn.outbuf, kind, payload);
+        self.flush_conn(token);
+    }
+
+    /// Bytes queued for the peer of a connection; None once it is gone.
+    pub(crate) fn conn_backlog(&self, token: u64) -> Option<usize> {
+        self.conns.get(&token).map(|c| c.outbuf.len())
+    }
+
+    pub(crate) fn bind_session(&mut self, token: u64, session: Session) {
+        if let Some(conn) = self.conns.get_mut(&token) {
+            conn.session = Some(session);
+        }
+    }
+
+    pub(crate) fn conn_session(&self, token: u64) -> Option<&Session> {
+        self.conns.get(&token).and_then(|c| c.session.as_ref())
+    }
+
+    /// Takes the next complete frame a stream connection sent: (kind, payload). A malformed
+    /// frame ends the session as if the client had left.
+    pub(crate) fn next_frame(&mut self, token: u64) -> Option<(u8, Vec<u8>)> {
+        let conn = self.conns.get_mut(&token)?;
+        if conn.read_closed {
+            return None;
+        }
+        match monitor_proto::frame::decode(&conn.inbuf) {
+            Ok(Some((kind, range, used))) => {
+                let payload = conn.inbuf[range].to_vec();
+                conn.inbuf.drain(..used);
+                Some((kind, payload))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                log!(Warn, "stream connection {}: {}; closing", token, e);
+                conn.read_closed = true;
+                conn.inbuf.clear();
+                None
+            }
+        }
+    }
+
+    /// Ends a connection's stream session from the monitor's side: what is queued is still
+    /// delivered, then the connection closes.
+    pub(crate) fn close_conn_after_flush(&mut self, token: u64) {
+        let Some(conn) = self.conns.get_mut(&token) else { return };
+        conn.session = None;
+        conn.read_closed = true;
+        conn.inbuf.clear();
+        self.flush_conn(token);
+        self.maybe_close(token);
+    }
+
+    /// Re-registers a connection for what it waits on now; one that is done is closed from
+    /// the top of the loop.
+    pub(crate) fn refresh_conn(&mut self, token: u64) {
+        let Some(conn) = self.conns.get_mut(&token) else { return };
+        Self::update_interest(&self.epoll, token, conn);
+        if conn.read_closed {
+            self.unsettled.push(token);
+        }
+    }
+
     pub(crate) fn publish(&mut self, event: &Event) {
         let tokens: Vec<u64> = self.conns.iter().filter(|(_, c)| c.subscribed).map(|(t, _)| *t).collect();
         for token in tokens {
@@ -393,17 +518,32 @@ impl Server {
                     // The peer is gone; nothing more can be delivered.
                     conn.outbuf.clear();
                     conn.read_closed = true;
+                    self.unsettled.push(token);
                 }
             }
         }
         conn.want_write = !conn.outbuf.is_empty();
         Self::update_interest(&self.epoll, token, conn);
+        // An exec whose output was held back while this connection's queue was full goes on.
+        let drained_exec = match conn.session {
+            Some(Session::Exec(key)) if conn.outbuf.len() <= STREAM_RESUME_BYTES => Some(key),
+            _ => None,
+        };
+        if let Some(key) = drained_exec {
+            self.resume_exec_output(key);
+        }
     }
 
     /// Re-registers a connection for what it currently waits on: requests (until the peer
     /// stops sending) and buffer space (while replies are pending).
     fn update_interest(epoll: &Epoll, token: u64, conn: &mut Conn) {
-        let events = if conn.read_closed { 0 } else { EPOLLIN | EPOLLRDHUP } | if conn.want_write { EPOLLOUT } else { 0 };
+        // A paused stream connection still watches for its peer leaving.
+        let read = match (conn.read_closed, conn.wants_read()) {
+            (true, _) => 0,
+            (false, true) => EPOLLIN | EPOLLRDHUP,
+            (false, false) => EPOLLRDHUP,
+        };
+        let events = read | if conn.want_write { EPOLLOUT } else { 0 };
         if events == conn.interest {
             return;
         }
@@ -421,12 +561,19 @@ impl Server {
         }
     }
 
-    fn maybe_close(&mut self, token: u64) {
+    pub(crate) fn maybe_close(&mut self, token: u64) {
         let waiting = self.shutdown.as_ref().is_some_and(|s| s.waiters.iter().any(|(t, _)| *t == token));
         let Some(conn) = self.conns.get_mut(&token) else { return };
         if !conn.read_closed {
             return;
         }
+        if let Some(session) = conn.session.take() {
+            // The client left (or broke the framing): nothing more can reach it.
+            conn.outbuf.clear();
+            conn.want_write = false;
+            self.stream_client_left(token, session);
+        }
+        let Some(conn) = self.conns.get_mut(&token) else { return };
         if conn.outbuf.is_empty() && !waiting {
             if let Some(conn) = self.conns.remove(&token) {
                 if conn.interest != 0 {

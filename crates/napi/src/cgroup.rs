@@ -23,6 +23,7 @@ pub fn register(env: Env, exports: Value) -> Result<(), JsError> {
     js::register(env, exports, "cgroupUpdate", update)?;
     js::register(env, exports, "cgroupRemove", remove)?;
     js::register(env, exports, "cgroupStats", stats)?;
+    js::register(env, exports, "cgroupStatsBatch", stats_batch)?;
     js::register(env, exports, "cgroupPids", pids)?;
     Ok(())
 }
@@ -154,6 +155,29 @@ fn stats(env: Env, args: &Args) -> Result<Value, JsError> {
     let mgr = manager(&path)?;
     js::promise(env, "crisp.cgroupStats", move || {
         mgr.stats().map(|s| JsonText(json::stats_exact(&s))).map_err(to_js)
+    })
+}
+
+/// `cgroupStatsBatch(paths: string): Promise<string>` — `paths` is a JSON array of cgroup paths;
+/// resolves with a JSON array of the same length and order whose elements are what `cgroupStats`
+/// resolves with, or `{"error": {"code", "message"}}` for a cgroup that could not be read (a
+/// missing cgroup is not an error: its sections are null). One threadpool task reads them all,
+/// so a node's worth of containers costs one queue slot rather than one per cgroup.
+fn stats_batch(env: Env, args: &Args) -> Result<Value, JsError> {
+    let text = args.string(0, "paths")?;
+    let paths = json::parse_paths(&text).map_err(|e| JsError::invalid_arg_value(format!("The \"paths\" argument: {e}")))?;
+    let system = system()?;
+    js::promise(env, "crisp.cgroupStatsBatch", move || {
+        let results: Vec<Result<cgroup::Stats, (String, String)>> = paths
+            .iter()
+            .map(|path| {
+                system.manager(path).and_then(|mgr| mgr.stats()).map_err(|e| {
+                    let err = to_js(e);
+                    (err.code.to_string(), err.message)
+                })
+            })
+            .collect();
+        Ok(JsonText(json::stats_batch(&results)))
     })
 }
 

@@ -8,9 +8,10 @@ mod image;
 mod js;
 mod net;
 mod ns;
+mod proc;
 mod sys;
 
-const AREAS: &[js::RegisterArea] = &[image::register, cgroup::register, ns::register, net::register];
+const AREAS: &[js::RegisterArea] = &[image::register, cgroup::register, ns::register, net::register, proc::register];
 
 /// Module entry point node looks up when it loads the addon.
 ///

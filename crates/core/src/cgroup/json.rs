@@ -20,12 +20,35 @@ pub fn created(path: &str, paths: &CgroupPaths) -> String {
     json!({ "path": path, "version": paths.version, "paths": paths.paths }).to_string()
 }
 
-/// Stats with every counter as a decimal string: CPU nanoseconds outgrow the integers a JSON
-/// reader using doubles (JavaScript) represents exactly.
+/// Stats with every number as a decimal string: CPU nanoseconds outgrow the integers a JSON
+/// reader using doubles (JavaScript) represents exactly. Fractions (pressure averages) are
+/// strings too, for one rule on the reading side.
 pub fn stats_exact(stats: &Stats) -> String {
     let mut value = serde_json::to_value(stats).unwrap_or(Value::Null);
     integers_to_strings(&mut value);
     value.to_string()
+}
+
+/// A JSON array of cgroup paths.
+pub fn parse_paths(text: &str) -> Result<Vec<String>> {
+    serde_json::from_str(text).map_err(|e| Error::InvalidArgument(format!("invalid cgroup path list: {}", e)))
+}
+
+/// Stats of several cgroups, in order: each element is what [`stats_exact`] gives, or
+/// `{"error":{"code":"<code>","message":"…"}}` for a cgroup that could not be read.
+pub fn stats_batch(results: &[std::result::Result<Stats, (String, String)>]) -> String {
+    let items: Vec<Value> = results
+        .iter()
+        .map(|r| match r {
+            Ok(stats) => {
+                let mut value = serde_json::to_value(stats).unwrap_or(Value::Null);
+                integers_to_strings(&mut value);
+                value
+            }
+            Err((code, message)) => json!({ "error": { "code": code, "message": message } }),
+        })
+        .collect();
+    Value::Array(items).to_string()
 }
 
 /// `[pid, ...]`.
@@ -55,6 +78,7 @@ mod tests {
             cpu: Some(CpuStats { usage_nanos: u64::MAX, user_nanos: None, ..Default::default() }),
             memory: None,
             pids: Some(PidsStats { current: 3, limit: None }),
+            pressure: None,
         };
         let v: Value = serde_json::from_str(&stats_exact(&stats)).unwrap();
         assert_eq!(v["cpu"]["usageNanos"], "18446744073709551615");
@@ -62,6 +86,28 @@ mod tests {
         assert_eq!(v["cpu"]["nrPeriods"], "0");
         assert_eq!(v["pids"], json!({"current": "3", "limit": null}));
         assert_eq!(v["memory"], Value::Null);
+    }
+
+    #[test]
+    fn batch_keeps_order_and_reports_errors_in_place() {
+        use crate::cgroup::stats::{Pressure, PressureLine, PressureStats};
+        let line = PressureLine { avg10: 0.22, avg60: 4.68, avg300: 100.0, total_micros: 657_134_968 };
+        let with_pressure = Stats {
+            pressure: Some(PressureStats { cpu: Some(Pressure { some: Some(line), full: None }), memory: None, io: None }),
+            ..Default::default()
+        };
+        let text = stats_batch(&[Ok(with_pressure), Err(("EACCES".into(), "read memory.stat: denied".into())), Ok(Stats::default())]);
+        let v: Value = serde_json::from_str(&text).unwrap();
+        let some = &v[0]["pressure"]["cpu"]["some"];
+        assert_eq!(some["avg10"], "0.22");
+        assert_eq!(some["avg300"], "100.0");
+        assert_eq!(some["totalMicros"], "657134968");
+        assert_eq!(v[0]["pressure"]["cpu"]["full"], Value::Null);
+        assert_eq!(v[1], json!({"error": {"code": "EACCES", "message": "read memory.stat: denied"}}));
+        assert_eq!(v[2]["cpu"], Value::Null);
+        assert_eq!(stats_batch(&[]), "[]");
+        assert_eq!(parse_paths(r#"["/a","/b/c"]"#).unwrap(), vec!["/a", "/b/c"]);
+        assert!(matches!(parse_paths(r#"["/a",1]"#), Err(Error::InvalidArgument(_))));
     }
 
     #[test]

@@ -5,12 +5,14 @@ use std::collections::BTreeMap;
 use serde_derive::Serialize;
 
 /// Raw counters of one cgroup. A section is absent when its controller is not available.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Stats {
     pub cpu: Option<CpuStats>,
     pub memory: Option<MemoryStats>,
     pub pids: Option<PidsStats>,
+    /// Pressure stall information; only v2 keeps it per cgroup.
+    pub pressure: Option<PressureStats>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -41,6 +43,8 @@ pub struct MemoryStats {
     /// None when unlimited.
     pub limit_bytes: Option<u64>,
     pub swap_usage_bytes: Option<u64>,
+    /// Swap the cgroup may use; None when unlimited or unknown.
+    pub swap_limit_bytes: Option<u64>,
     /// v1 only: the high-water mark of usage.
     pub max_usage_bytes: Option<u64>,
     /// OOM kills inside the cgroup, when the kernel reports them.
@@ -53,6 +57,35 @@ pub struct PidsStats {
     pub current: u64,
     /// None when unlimited.
     pub limit: Option<u64>,
+}
+
+/// The v2 `cpu.pressure`, `memory.pressure` and `io.pressure` files of one cgroup.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PressureStats {
+    pub cpu: Option<Pressure>,
+    pub memory: Option<Pressure>,
+    pub io: Option<Pressure>,
+}
+
+/// One pressure file: `some` (at least one task stalled) and `full` (all non-idle tasks
+/// stalled; absent from cpu.pressure before Linux 5.13).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pressure {
+    pub some: Option<PressureLine>,
+    pub full: Option<PressureLine>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PressureLine {
+    /// Share of wall time stalled over the last 10 s, 60 s and 300 s, in percent.
+    pub avg10: f64,
+    pub avg60: f64,
+    pub avg300: f64,
+    /// Cumulative stall time in microseconds, the kernel's unit.
+    pub total_micros: u64,
 }
 
 /// v1 reports "no limit" as the largest page-aligned counter (0x7FFFFFFFFFFFF000 with 4 KiB
@@ -132,6 +165,7 @@ pub struct V1MemoryFiles<'a> {
     pub stat: &'a str,
     pub max_usage_in_bytes: Option<&'a str>,
     pub memsw_usage_in_bytes: Option<&'a str>,
+    pub memsw_limit_in_bytes: Option<&'a str>,
     pub oom_control: Option<&'a str>,
 }
 
@@ -140,6 +174,9 @@ pub fn v1_memory(files: &V1MemoryFiles<'_>) -> Option<MemoryStats> {
     let usage = parse_u64(files.usage_in_bytes)?;
     let stat = parse_flat_keyed(files.stat);
     let inactive_file = get(&stat, "total_inactive_file");
+    let limit = files.limit_in_bytes.and_then(parse_v1_limit).flatten();
+    // memsw limits memory + swap together: the swap allowance is what exceeds the memory limit.
+    let memsw_limit = files.memsw_limit_in_bytes.and_then(parse_v1_limit).flatten();
     Some(MemoryStats {
         usage_bytes: usage,
         working_set_bytes: usage.saturating_sub(inactive_file),
@@ -147,9 +184,13 @@ pub fn v1_memory(files: &V1MemoryFiles<'_>) -> Option<MemoryStats> {
         cache_bytes: get(&stat, "total_cache"),
         page_faults: get(&stat, "total_pgfault"),
         major_page_faults: get(&stat, "total_pgmajfault"),
-        limit_bytes: files.limit_in_bytes.and_then(parse_v1_limit).flatten(),
+        limit_bytes: limit,
         // memsw counts memory + swap; the swap share is the difference.
         swap_usage_bytes: files.memsw_usage_in_bytes.and_then(parse_u64).map(|sw| sw.saturating_sub(usage)),
+        swap_limit_bytes: match (memsw_limit, limit) {
+            (Some(sw), Some(mem)) => Some(sw.saturating_sub(mem)),
+            _ => None,
+        },
         max_usage_bytes: files.max_usage_in_bytes.and_then(parse_u64),
         oom_kills: files.oom_control.and_then(|c| parse_flat_keyed(c).get("oom_kill").copied()),
     })
@@ -161,6 +202,7 @@ pub struct V2MemoryFiles<'a> {
     pub max: Option<&'a str>,
     pub stat: &'a str,
     pub swap_current: Option<&'a str>,
+    pub swap_max: Option<&'a str>,
     pub events: Option<&'a str>,
 }
 
@@ -176,6 +218,7 @@ pub fn v2_memory(files: &V2MemoryFiles<'_>) -> Option<MemoryStats> {
         major_page_faults: get(&stat, "pgmajfault"),
         limit_bytes: files.max.and_then(parse_v2_limit).flatten(),
         swap_usage_bytes: files.swap_current.and_then(parse_u64),
+        swap_limit_bytes: files.swap_max.and_then(parse_v2_limit).flatten(),
         max_usage_bytes: None,
         oom_kills: files.events.and_then(|c| parse_flat_keyed(c).get("oom_kill").copied()),
     })
@@ -184,6 +227,56 @@ pub fn v2_memory(files: &V2MemoryFiles<'_>) -> Option<MemoryStats> {
 /// pids.current and pids.max (same format on v1 and v2).
 pub fn pids(current: &str, max: Option<&str>) -> Option<PidsStats> {
     Some(PidsStats { current: parse_u64(current)?, limit: max.and_then(parse_v2_limit).flatten() })
+}
+
+/// A v2 pressure file:
+///
+/// ```text
+/// some avg10=0.22 avg60=4.68 avg300=18.83 total=657134968
+/// full avg10=0.00 avg60=0.00 avg300=0.00 total=0
+/// ```
+///
+/// Unknown lines and keys are skipped (the kernel may add some); a line missing one of the four
+/// values is dropped. None when neither line is usable.
+pub fn parse_pressure(contents: &str) -> Option<Pressure> {
+    let mut out = Pressure::default();
+    for line in contents.lines() {
+        let mut fields = line.split_whitespace();
+        let slot = match fields.next() {
+            Some("some") => &mut out.some,
+            Some("full") => &mut out.full,
+            _ => continue,
+        };
+        let (mut avg10, mut avg60, mut avg300, mut total) = (None, None, None, None);
+        for field in fields {
+            let Some((key, value)) = field.split_once('=') else { continue };
+            match key {
+                "avg10" => avg10 = parse_percent(value),
+                "avg60" => avg60 = parse_percent(value),
+                "avg300" => avg300 = parse_percent(value),
+                "total" => total = value.parse().ok(),
+                _ => {}
+            }
+        }
+        if let (Some(avg10), Some(avg60), Some(avg300), Some(total_micros)) = (avg10, avg60, avg300, total) {
+            *slot = Some(PressureLine { avg10, avg60, avg300, total_micros });
+        }
+    }
+    (out.some.is_some() || out.full.is_some()).then_some(out)
+}
+
+fn parse_percent(value: &str) -> Option<f64> {
+    value.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0)
+}
+
+/// The three pressure files of a v2 cgroup (None where a file is absent or unreadable).
+pub fn pressure(cpu: Option<&str>, memory: Option<&str>, io: Option<&str>) -> Option<PressureStats> {
+    let stats = PressureStats {
+        cpu: cpu.and_then(parse_pressure),
+        memory: memory.and_then(parse_pressure),
+        io: io.and_then(parse_pressure),
+    };
+    (stats.cpu.is_some() || stats.memory.is_some() || stats.io.is_some()).then_some(stats)
 }
 
 #[cfg(test)]
@@ -298,6 +391,7 @@ workingset_refault_anon 0
             stat: V1_MEMORY_STAT,
             max_usage_in_bytes: Some("170000000\n"),
             memsw_usage_in_bytes: Some("160004096\n"),
+            memsw_limit_in_bytes: Some("9223372036854771712\n"),
             oom_control: Some(V1_OOM_CONTROL),
         })
         .unwrap();
@@ -308,6 +402,7 @@ workingset_refault_anon 0
         assert_eq!((m.page_faults, m.major_page_faults), (5_011_931, 1731));
         assert_eq!(m.limit_bytes, None);
         assert_eq!(m.swap_usage_bytes, Some(4096));
+        assert_eq!(m.swap_limit_bytes, None, "no memory limit: no swap allowance to report");
         assert_eq!(m.max_usage_bytes, Some(170_000_000));
         assert_eq!(m.oom_kills, Some(2));
     }
@@ -320,10 +415,12 @@ workingset_refault_anon 0
             stat: "total_inactive_file 5000\n",
             max_usage_in_bytes: None,
             memsw_usage_in_bytes: None,
+            memsw_limit_in_bytes: Some("12288\n"),
             oom_control: None,
         })
         .unwrap();
         assert_eq!(m.working_set_bytes, 0);
+        assert_eq!(m.swap_limit_bytes, Some(8192), "memsw 12 KiB over a 4 KiB memory limit");
         assert_eq!(m.limit_bytes, Some(4096));
         assert_eq!(m.oom_kills, None);
     }
@@ -335,6 +432,7 @@ workingset_refault_anon 0
             max: Some("268435456\n"),
             stat: V2_MEMORY_STAT,
             swap_current: Some("0\n"),
+            swap_max: Some("1073741824\n"),
             events: Some(V2_MEMORY_EVENTS),
         })
         .unwrap();
@@ -345,9 +443,63 @@ workingset_refault_anon 0
         assert_eq!((m.page_faults, m.major_page_faults), (48_213, 12));
         assert_eq!(m.limit_bytes, Some(256 << 20));
         assert_eq!(m.swap_usage_bytes, Some(0));
+        assert_eq!(m.swap_limit_bytes, Some(1 << 30));
         assert_eq!(m.oom_kills, Some(1));
-        let unlimited = v2_memory(&V2MemoryFiles { current: "1", max: Some("max\n"), stat: "", swap_current: None, events: None }).unwrap();
+        let unlimited = v2_memory(&V2MemoryFiles {
+            current: "1",
+            max: Some("max\n"),
+            stat: "",
+            swap_current: None,
+            swap_max: Some("max\n"),
+            events: None,
+        })
+        .unwrap();
         assert_eq!(unlimited.limit_bytes, None);
+        assert_eq!(unlimited.swap_limit_bytes, None);
+    }
+
+    // Captured from a v2 cgroup on Linux 6.x: cpu.pressure carries a `full` line since 5.13.
+    const V2_CPU_PRESSURE: &str = "\
+some avg10=0.22 avg60=4.68 avg300=18.83 total=657134968
+full avg10=0.00 avg60=0.00 avg300=0.00 total=0
+";
+    const V2_MEMORY_PRESSURE: &str = "\
+some avg10=12.50 avg60=3.01 avg300=0.75 total=9021344
+full avg10=10.05 avg60=2.40 avg300=0.60 total=7710093
+";
+    // cpu.pressure before 5.13: `some` only.
+    const V2_CPU_PRESSURE_OLD: &str = "some avg10=100.00 avg60=99.97 avg300=88.10 total=18446744073709551615\n";
+
+    #[test]
+    fn pressure_files_parse_some_and_full() {
+        let cpu = parse_pressure(V2_CPU_PRESSURE).unwrap();
+        assert_eq!(cpu.some, Some(PressureLine { avg10: 0.22, avg60: 4.68, avg300: 18.83, total_micros: 657_134_968 }));
+        assert_eq!(cpu.full, Some(PressureLine { avg10: 0.0, avg60: 0.0, avg300: 0.0, total_micros: 0 }));
+        let memory = parse_pressure(V2_MEMORY_PRESSURE).unwrap();
+        assert_eq!(memory.some.as_ref().unwrap().avg10, 12.5);
+        assert_eq!(memory.full.as_ref().unwrap().total_micros, 7_710_093);
+        let old = parse_pressure(V2_CPU_PRESSURE_OLD).unwrap();
+        assert_eq!(old.some.as_ref().unwrap().total_micros, u64::MAX);
+        assert_eq!(old.some.as_ref().unwrap().avg10, 100.0);
+        assert_eq!(old.full, None);
+    }
+
+    #[test]
+    fn pressure_skips_unknown_and_incomplete_lines() {
+        let p = parse_pressure("some avg10=1.00 avg60=2.00 avg300=3.00 total=4 extra=5\nfull avg10=1.00 total=9\nnew avg10=0.00\n").unwrap();
+        assert_eq!(p.some.unwrap().total_micros, 4);
+        assert_eq!(p.full, None, "a line missing averages is dropped");
+        assert_eq!(parse_pressure(""), None);
+        assert_eq!(parse_pressure("some avg10=x avg60=0.00 avg300=0.00 total=1\n"), None);
+        assert_eq!(parse_pressure("some avg10=-1.00 avg60=0.00 avg300=0.00 total=1\n"), None);
+    }
+
+    #[test]
+    fn pressure_of_a_cgroup_needs_one_readable_file() {
+        assert_eq!(pressure(None, None, None), None);
+        assert_eq!(pressure(Some("garbage"), None, None), None);
+        let p = pressure(Some(V2_CPU_PRESSURE), None, Some(V2_MEMORY_PRESSURE)).unwrap();
+        assert!(p.cpu.is_some() && p.memory.is_none() && p.io.is_some());
     }
 
     #[test]
@@ -360,6 +512,6 @@ workingset_refault_anon 0
     #[test]
     fn stats_serialize_in_camel_case() {
         let s = Stats { pids: Some(PidsStats { current: 1, limit: None }), ..Default::default() };
-        assert_eq!(serde_json::to_string(&s).unwrap(), r#"{"cpu":null,"memory":null,"pids":{"current":1,"limit":null}}"#);
+        assert_eq!(serde_json::to_string(&s).unwrap(), r#"{"cpu":null,"memory":null,"pids":{"current":1,"limit":null},"pressure":null}"#);
     }
 }

@@ -281,6 +281,7 @@ impl CgroupManager for V1Manager {
                 let limit = fsutil::read_optional(&dir.join("memory.limit_in_bytes"))?;
                 let max_usage = fsutil::read_optional(&dir.join("memory.max_usage_in_bytes"))?;
                 let memsw = fsutil::read_optional(&dir.join("memory.memsw.usage_in_bytes"))?;
+                let memsw_limit = fsutil::read_optional(&dir.join("memory.memsw.limit_in_bytes"))?;
                 let oom = fsutil::read_optional(&dir.join("memory.oom_control"))?;
                 s.memory = stats::v1_memory(&V1MemoryFiles {
                     usage_in_bytes: &usage,
@@ -288,6 +289,7 @@ impl CgroupManager for V1Manager {
                     stat: &stat,
                     max_usage_in_bytes: max_usage.as_deref(),
                     memsw_usage_in_bytes: memsw.as_deref(),
+                    memsw_limit_in_bytes: memsw_limit.as_deref(),
                     oom_control: oom.as_deref(),
                 });
             }

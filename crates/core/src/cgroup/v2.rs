@@ -238,12 +238,14 @@ impl CgroupManager for V2Manager {
             let stat = fsutil::read(&self.file("memory.stat"))?;
             let max = fsutil::read_optional(&self.file("memory.max"))?;
             let swap = fsutil::read_optional(&self.file("memory.swap.current"))?;
+            let swap_max = fsutil::read_optional(&self.file("memory.swap.max"))?;
             let events = fsutil::read_optional(&self.file("memory.events"))?;
             s.memory = stats::v2_memory(&V2MemoryFiles {
                 current: &current,
                 max: max.as_deref(),
                 stat: &stat,
                 swap_current: swap.as_deref(),
+                swap_max: swap_max.as_deref(),
                 events: events.as_deref(),
             });
         }
@@ -251,6 +253,14 @@ impl CgroupManager for V2Manager {
             let max = fsutil::read_optional(&self.file("pids.max"))?;
             s.pids = stats::pids(&current, max.as_deref());
         }
+        // Pressure files fail to read (EOPNOTSUPP) when the kernel runs with psi=0; that only
+        // means there is no pressure to report.
+        let pressure_file = |name: &str| fsutil::read_optional(&self.file(name)).ok().flatten();
+        s.pressure = stats::pressure(
+            pressure_file("cpu.pressure").as_deref(),
+            pressure_file("memory.pressure").as_deref(),
+            pressure_file("io.pressure").as_deref(),
+        );
         Ok(s)
     }
 }

@@ -1,0 +1,195 @@
+//! Starting helper processes without forking the daemon. Node's child_process forks the whole
+//! daemon (hundreds of MB of address space) on the event loop for every spawn; posix_spawn (a
+//! vfork-style clone in glibc) costs a fraction of that, which matters for the per-pod monitor
+//! started on every RunPodSandbox.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::Path;
+use std::ptr::null_mut;
+
+/// glibc's POSIX_SPAWN_SETSID (not exported by the libc crate version in use).
+const POSIX_SPAWN_SETSID: libc::c_int = 0x80;
+
+/// A process started in its own session, with stdin on /dev/null, stdout and stderr appended to
+/// `log_path`, and descriptor 3 the write end of a pipe whose read end is returned (the child's
+/// readiness channel). Signal mask and dispositions are reset, since the daemon ignores SIGPIPE.
+pub struct Spawned {
+    pub pid: libc::pid_t,
+    pub ready: OwnedFd,
+}
+
+fn cstr(s: &str) -> io::Result<CString> {
+    CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "string contains a NUL byte"))
+}
+
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(rc))
+    }
+}
+
+pub fn spawn_detached(program: &Path, args: &[&str], log_path: &Path) -> io::Result<Spawned> {
+    let program_c = cstr(program.to_str().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "program path is not UTF-8"))?)?;
+    let mut argv_c = vec![program_c.clone()];
+    for a in args {
+        argv_c.push(cstr(a)?);
+    }
+    let mut argv: Vec<*mut libc::c_char> = argv_c.iter().map(|c| c.as_ptr() as *mut libc::c_char).collect();
+    argv.push(null_mut());
+    let log_c = cstr(log_path.to_str().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "log path is not UTF-8"))?)?;
+    let devnull = cstr("/dev/null")?;
+
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: fds is a valid two-element array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 just returned these descriptors; each is owned exactly once here.
+    let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    use std::os::fd::AsRawFd;
+
+    // SAFETY: the attribute and file-action objects are initialised before use and destroyed on
+    // every path; every pointer passed refers to a live CString or array above.
+    unsafe {
+        let mut actions: libc::posix_spawn_file_actions_t = std::mem::zeroed();
+        check(libc::posix_spawn_file_actions_init(&mut actions))?;
+        let mut attr: libc::posix_spawnattr_t = std::mem::zeroed();
+        if let Err(e) = check(libc::posix_spawnattr_init(&mut attr)) {
+            libc::posix_spawn_file_actions_destroy(&mut actions);
+            return Err(e);
+        }
+        let result = (|| -> io::Result<libc::pid_t> {
+            check(libc::posix_spawn_file_actions_addopen(&mut actions, 0, devnull.as_ptr(), libc::O_RDONLY, 0))?;
+            check(libc::posix_spawn_file_actions_addopen(
+                &mut actions,
+                1,
+                log_c.as_ptr(),
+                libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT,
+                0o640,
+            ))?;
+            check(libc::posix_spawn_file_actions_adddup2(&mut actions, 1, 2))?;
+            // dup2 clears close-on-exec on the new descriptor 3.
+            check(libc::posix_spawn_file_actions_adddup2(&mut actions, write_end.as_raw_fd(), 3))?;
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            check(libc::posix_spawnattr_setsigmask(&mut attr, &empty))?;
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            check(libc::posix_spawnattr_setsigdefault(&mut attr, &all))?;
+            let flags = libc::POSIX_SPAWN_SETSIGMASK | libc::POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSID;
+            check(libc::posix_spawnattr_setflags(&mut attr, flags as libc::c_short))?;
+            let mut pid: libc::pid_t = 0;
+            // The monitor and what it starts must not inherit the daemon's environment.
+            let path_env = cstr("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")?;
+            let envp = [path_env.as_ptr() as *mut libc::c_char, null_mut()];
+            check(libc::posix_spawn(&mut pid, program_c.as_ptr(), &actions, &attr, argv.as_ptr(), envp.as_ptr()))?;
+            Ok(pid)
+        })();
+        libc::posix_spawnattr_destroy(&mut attr);
+        libc::posix_spawn_file_actions_destroy(&mut actions);
+        let pid = result?;
+        drop(write_end);
+        Ok(Spawned { pid, ready: read_end })
+    }
+}
+
+/// Collects the exit status of a child that has exited; Ok(false) while it still runs.
+pub fn reap(pid: libc::pid_t) -> io::Result<bool> {
+    let mut status = 0;
+    // SAFETY: status is a valid out pointer.
+    let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    match rc {
+        0 => Ok(false),
+        r if r == pid => Ok(true),
+        _ => {
+            let err = io::Error::last_os_error();
+            // Not our child (re-adopted after a restart) or already collected.
+            if err.raw_os_error() == Some(libc::ECHILD) {
+                Ok(true)
+            } else {
+                Err(err)
+            }
+        }
+    }
+}
+
+/// Mounts a tmpfs (a pod's /dev/shm) with the usual nosuid,nodev,noexec flags.
+pub fn mount_tmpfs(target: &Path, options: &str) -> io::Result<()> {
+    let target_c = cstr(target.to_str().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path is not UTF-8"))?)?;
+    let fstype = cstr("tmpfs")?;
+    // The source name shows in mountinfo; "shm" as containerd and CRI-O name a pod's /dev/shm.
+    let source = cstr("shm")?;
+    let data = cstr(options)?;
+    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    // SAFETY: all pointers refer to live NUL-terminated strings.
+    let rc = unsafe { libc::mount(source.as_ptr(), target_c.as_ptr(), fstype.as_ptr(), flags, data.as_ptr().cast()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Detaches a mount; a path that is not mounted (EINVAL) or gone (ENOENT) is fine.
+pub fn unmount(target: &Path) -> io::Result<()> {
+    let target_c = cstr(target.to_str().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path is not UTF-8"))?)?;
+    // SAFETY: target_c is a live NUL-terminated string.
+    let rc = unsafe { libc::umount2(target_c.as_ptr(), libc::MNT_DETACH) };
+    if rc != 0 {
+        let err = io::Error::last_os_error();
+        if !matches!(err.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn spawned_process_gets_the_ready_pipe_on_fd3_and_a_new_session() {
+        let dir = std::env::temp_dir().join(format!("crisp-spawn-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("log");
+        let script = "echo ready >&3; echo logged; cut -d' ' -f6 /proc/$$/stat >&3";
+        let spawned = spawn_detached(Path::new("/bin/sh"), &["-c", script], &log).unwrap();
+        let mut out = String::new();
+        std::fs::File::from(spawned.ready).read_to_string(&mut out).unwrap();
+        let mut lines = out.lines();
+        assert_eq!(lines.next(), Some("ready"));
+        let sid: i32 = lines.next().map(|s| s.trim().parse().unwrap_or(-1)).unwrap_or(spawned.pid);
+        assert_eq!(sid, spawned.pid, "the child leads its own session");
+        for _ in 0..200 {
+            if reap(spawned.pid).unwrap() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "logged\n");
+        assert!(reap(spawned.pid).unwrap(), "an already collected child counts as gone");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn tmpfs_mount_and_idempotent_unmount() {
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("crisp-tmpfs-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        mount_tmpfs(&dir, "mode=1777,size=1m").unwrap();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(mounts.contains(dir.to_str().unwrap()));
+        unmount(&dir).unwrap();
+        unmount(&dir).unwrap();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mounts.contains(dir.to_str().unwrap()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

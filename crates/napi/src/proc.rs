@@ -1,0 +1,61 @@
+//! Process and mount exports for the pod runtime: starting the per-pod monitor with posix_spawn
+//! (no fork of the daemon), reaping it, and a pod's /dev/shm tmpfs.
+//!
+//! Error codes: an errno name (`ENOENT`, `EPERM`, ...) or `EIO`.
+
+use std::os::fd::IntoRawFd;
+use std::path::Path;
+
+use crisp_core::spawn;
+use crisp_core::unpack::errno_name;
+
+use crate::js::{self, Args, Env, JsError, Value};
+
+pub fn register(env: Env, exports: Value) -> Result<(), JsError> {
+    js::register(env, exports, "spawnDetached", spawn_detached)?;
+    js::register(env, exports, "reapChild", reap_child)?;
+    js::register(env, exports, "mountTmpfs", mount_tmpfs)?;
+    js::register(env, exports, "unmountPath", unmount_path)?;
+    Ok(())
+}
+
+fn io_error(what: &str, e: std::io::Error) -> JsError {
+    JsError::new(e.raw_os_error().map_or("EIO", errno_name), format!("{what}: {e}"))
+}
+
+/// `spawnDetached(program: string, arg: string, logPath: string): {pid: number, readyFd: number}`
+/// — synchronous: posix_spawn returns as soon as the child exists. The caller owns `readyFd`.
+fn spawn_detached(env: Env, args: &Args) -> Result<Value, JsError> {
+    let program = args.path(0, "program")?;
+    let arg = args.string(1, "arg")?;
+    let log_path = args.path(2, "logPath")?;
+    let spawned = spawn::spawn_detached(Path::new(&program), &[&arg], Path::new(&log_path))
+        .map_err(|e| io_error(&format!("spawn {program}"), e))?;
+    let out = env.object()?;
+    out.set_number("pid", f64::from(spawned.pid))?;
+    out.set_number("readyFd", f64::from(spawned.ready.into_raw_fd()))?;
+    Ok(out.raw())
+}
+
+/// `reapChild(pid: number): boolean` — true once the child has exited and been collected (or is
+/// not a child of this process).
+fn reap_child(env: Env, args: &Args) -> Result<Value, JsError> {
+    let pid = args.number(0, "pid")?;
+    let done = spawn::reap(pid as libc::pid_t).map_err(|e| io_error("waitpid", e))?;
+    env.boolean(done)
+}
+
+/// `mountTmpfs(target: string, options: string): void` (nosuid,nodev,noexec).
+fn mount_tmpfs(env: Env, args: &Args) -> Result<Value, JsError> {
+    let target = args.path(0, "target")?;
+    let options = args.string(1, "options")?;
+    spawn::mount_tmpfs(Path::new(&target), &options).map_err(|e| io_error(&format!("mount tmpfs on {target}"), e))?;
+    env.undefined()
+}
+
+/// `unmountPath(target: string): void` — lazy unmount; not mounted or missing is fine.
+fn unmount_path(env: Env, args: &Args) -> Result<Value, JsError> {
+    let target = args.path(0, "target")?;
+    spawn::unmount(Path::new(&target)).map_err(|e| io_error(&format!("unmount {target}"), e))?;
+    env.undefined()
+}

@@ -1,0 +1,237 @@
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import type { Logger } from '../log';
+import { errorMessage } from '../util/errors';
+
+/** Space a directory tree occupies. */
+export interface DiskUsage {
+  /** Allocated bytes (st_blocks × 512), each hard-linked inode counted once. */
+  bytes: bigint;
+  /** Distinct inodes, the root included. */
+  inodes: bigint;
+}
+
+const BLOCK_UNIT = 512n;
+
+function isMissing(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException | null)?.code;
+  return code === 'ENOENT' || code === 'ENOTDIR';
+}
+
+/**
+ * Measures `root` the way du and containerd's snapshotter usage do: allocated blocks rather than
+ * apparent sizes (sparse files cost what they occupy), hard links once. The walk stays on
+ * root's filesystem, and entries that vanish mid-walk (the container is writing) are skipped.
+ * It issues one filesystem request at a time per walker, so measuring a large layer never
+ * floods the libuv threadpool that cgroup reads and RPCs share. Undefined if `root` is gone.
+ */
+export async function diskUsage(root: string, walkers = 2): Promise<DiskUsage | undefined> {
+  let rootStat;
+  try {
+    rootStat = await fsp.lstat(root, { bigint: true });
+  } catch (err) {
+    if (isMissing(err)) return undefined;
+    throw err;
+  }
+  let bytes = rootStat.blocks * BLOCK_UNIT;
+  let inodes = 1n;
+  if (!rootStat.isDirectory()) return { bytes, inodes };
+  const device = rootStat.dev;
+  const linked = new Set<bigint>();
+  const dirs: string[] = [root];
+  let busy = 0;
+  // Idle walkers park here until another walker finds a directory or finishes one.
+  let parked: Array<() => void> = [];
+  const wake = (): void => {
+    const waiting = parked;
+    parked = [];
+    for (const resume of waiting) resume();
+  };
+
+  let failed = false;
+
+  const walk = async (): Promise<void> => {
+    while (!failed) {
+      const dir = dirs.pop();
+      if (dir === undefined) {
+        // Another walker may still find subdirectories: wait for it rather than quit early.
+        if (busy === 0) {
+          wake();
+          return;
+        }
+        await new Promise<void>((resolve) => parked.push(resolve));
+        continue;
+      }
+      busy++;
+      try {
+        let names: string[];
+        try {
+          names = await fsp.readdir(dir);
+        } catch (err) {
+          if (isMissing(err)) continue;
+          throw err;
+        }
+        for (const name of names) {
+          const child = path.join(dir, name);
+          let st;
+          try {
+            st = await fsp.lstat(child, { bigint: true });
+          } catch (err) {
+            if (isMissing(err)) continue;
+            throw err;
+          }
+          if (st.dev !== device) continue;
+          if (st.nlink > 1n && !st.isDirectory()) {
+            if (linked.has(st.ino)) continue;
+            linked.add(st.ino);
+          }
+          bytes += st.blocks * BLOCK_UNIT;
+          inodes++;
+          if (st.isDirectory()) {
+            dirs.push(child);
+            wake();
+          }
+        }
+      } catch (err) {
+        failed = true;
+        throw err;
+      } finally {
+        busy--;
+        wake();
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, walkers) }, walk));
+  return { bytes, inodes };
+}
+
+export interface LayerTarget {
+  /** Container id. */
+  id: string;
+  /** The writable layer's directory (overlayfs upperdir). */
+  dir: string;
+}
+
+export interface LayerUsageSample {
+  /** Wall-clock time of the measurement, nanoseconds since the epoch. */
+  timestamp: bigint;
+  usage: DiskUsage;
+}
+
+interface LayerEntry {
+  dir: string;
+  sample?: LayerUsageSample;
+  /** Monotonic time the last measurement finished. */
+  measuredAt?: bigint;
+  /** How long the last walk took: big layers are walked less often. */
+  walkNs: bigint;
+  pending?: Promise<void>;
+}
+
+export interface LayerUsageCacheOptions {
+  log: Logger;
+  measure?: (dir: string) => Promise<DiskUsage | undefined>;
+  monotonicNs?: () => bigint;
+  wallNs?: () => bigint;
+  /** A measurement older than this is redone (default 5 s). */
+  refreshNs?: bigint;
+  /**
+   * A layer is re-measured no sooner than this many times its last walk took, so a container
+   * with millions of files costs a bounded share of time.
+   */
+  costFactor?: bigint;
+}
+
+/**
+ * Writable-layer usage per container, measured off the request path: the background pass
+ * re-walks layers whose measurement is due, and a request is served the last measurement
+ * (kicking off a new one if it is due). Only a layer never measured is walked while the request
+ * waits, so the first stats call for a new container still reports its layer.
+ */
+export class LayerUsageCache {
+  private readonly entries = new Map<string, LayerEntry>();
+  private readonly measure: (dir: string) => Promise<DiskUsage | undefined>;
+  private readonly monotonicNs: () => bigint;
+  private readonly wallNs: () => bigint;
+  private readonly refreshNs: bigint;
+  private readonly costFactor: bigint;
+
+  constructor(private readonly options: LayerUsageCacheOptions) {
+    this.measure = options.measure ?? ((dir) => diskUsage(dir));
+    this.monotonicNs = options.monotonicNs ?? (() => process.hrtime.bigint());
+    this.wallNs = options.wallNs ?? (() => BigInt(Date.now()) * 1_000_000n);
+    this.refreshNs = options.refreshNs ?? 5_000_000_000n;
+    this.costFactor = options.costFactor ?? 20n;
+  }
+
+  /** The latest measurement of each target's layer, by container id (absent: never measurable). */
+  async get(targets: readonly LayerTarget[]): Promise<Map<string, LayerUsageSample>> {
+    const now = this.monotonicNs();
+    const waits: Promise<void>[] = [];
+    for (const target of targets) {
+      const entry = this.entry(target);
+      if (!entry.sample) waits.push(this.remeasure(target.id, entry));
+      else if (this.due(entry, now)) void this.remeasure(target.id, entry);
+    }
+    await Promise.all(waits);
+    const out = new Map<string, LayerUsageSample>();
+    for (const target of targets) {
+      const sample = this.entries.get(target.id)?.sample;
+      if (sample) out.set(target.id, sample);
+    }
+    return out;
+  }
+
+  /** Re-measures the due layers among `targets`, one at a time, and forgets all others. */
+  async refresh(targets: readonly LayerTarget[], shouldStop: () => boolean = () => false): Promise<void> {
+    const ids = new Set(targets.map((t) => t.id));
+    for (const id of this.entries.keys()) if (!ids.has(id)) this.entries.delete(id);
+    for (const target of targets) {
+      if (shouldStop()) return;
+      const entry = this.entry(target);
+      if (this.due(entry, this.monotonicNs())) await this.remeasure(target.id, entry);
+    }
+  }
+
+  /** Walks still running (for a clean shutdown). */
+  async settle(): Promise<void> {
+    await Promise.all([...this.entries.values()].map((e) => e.pending));
+  }
+
+  get size(): number {
+    return this.entries.size;
+  }
+
+  private entry(target: LayerTarget): LayerEntry {
+    let entry = this.entries.get(target.id);
+    if (!entry || entry.dir !== target.dir) {
+      entry = { dir: target.dir, walkNs: 0n };
+      this.entries.set(target.id, entry);
+    }
+    return entry;
+  }
+
+  private due(entry: LayerEntry, now: bigint): boolean {
+    if (entry.measuredAt === undefined) return true;
+    const interval = entry.walkNs * this.costFactor > this.refreshNs ? entry.walkNs * this.costFactor : this.refreshNs;
+    return now - entry.measuredAt >= interval;
+  }
+
+  private remeasure(id: string, entry: LayerEntry): Promise<void> {
+    entry.pending ??= (async () => {
+      const started = this.monotonicNs();
+      try {
+        const usage = await this.measure(entry.dir);
+        if (usage) entry.sample = { timestamp: this.wallNs(), usage };
+      } catch (err) {
+        this.options.log.debug({ container: id.slice(0, 12), dir: entry.dir, err: errorMessage(err) }, 'writable layer usage unavailable');
+      } finally {
+        const finished = this.monotonicNs();
+        entry.measuredAt = finished;
+        entry.walkNs = finished - started;
+        entry.pending = undefined;
+      }
+    })();
+    return entry.pending;
+  }
+}
