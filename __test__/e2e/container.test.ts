@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -382,4 +383,62 @@ test('streaming: Exec over SPDY with exit codes; PortForward into the pod networ
   data.end();
   t.is((await echoed).toString(), 'ping through the pod\n', 'reached the server listening on localhost inside the pod');
   t.is((await readAll(error)).toString(), '');
+});
+
+test('containers of a pod share its network and IPC namespaces, not the host\'s', async (t) => {
+  const env = await setup(t, { linux: { cgroupParent: CGROUP_PARENT } });
+  // Both run at once: namespace inode numbers are reused once a namespace is gone.
+  const script = 'for n in net ipc mnt; do readlink /proc/self/ns/$n; done; sleep 1';
+  const [idA, idB] = [await run(env, containerConfig(t, script)), await run(env, containerConfig(t, script))];
+  const a = await waitExited(env, idA);
+  const b = await waitExited(env, idB);
+  const [netA, ipcA, mntA] = logText(a.logPath).trim().split('\n');
+  const [netB, ipcB, mntB] = logText(b.logPath).trim().split('\n');
+  t.is(netA, netB, 'same network namespace');
+  t.is(ipcA, ipcB, 'same IPC namespace');
+  t.not(mntA, mntB, 'each container has its own mount namespace');
+  t.not(netA, fs.readlinkSync('/proc/self/ns/net'));
+  t.not(ipcA, fs.readlinkSync('/proc/self/ns/ipc'));
+});
+
+test('mount propagation: private, host-to-container (rslave) and bidirectional (rshared)', async (t) => {
+  const env = await setup(t, { linux: { cgroupParent: CGROUP_PARENT, securityContext: { privileged: true } } });
+  const host = fs.mkdtempSync(path.join('/tmp', 'crisp-test-prop-'));
+  // The host side must be a shared mount for host-to-container and bidirectional propagation.
+  execFileSync('mount', ['--bind', host, host]);
+  execFileSync('mount', ['--make-shared', host]);
+  t.teardown(() => {
+    for (const sub of ['sub', 'inner']) {
+      try {
+        execFileSync('umount', ['-l', path.join(host, sub)]);
+      } catch {
+        // Not mounted.
+      }
+    }
+    execFileSync('umount', ['-l', host]);
+    fs.rmSync(host, { recursive: true, force: true });
+  });
+  fs.mkdirSync(path.join(host, 'sub'));
+  fs.mkdirSync(path.join(host, 'inner'));
+  const watch = 'while [ ! -e /mnt/h/ready ]; do sleep 0.1; done; ls /mnt/h/sub; echo end';
+  const mount = (propagation: number) => ({ mounts: [{ containerPath: '/mnt/h', hostPath: host, propagation }] });
+  const priv = await run(env, containerConfig(t, watch, mount(0)));
+  const slave = await run(env, containerConfig(t, watch, mount(1)));
+  const shared = await run(
+    env,
+    containerConfig(t, 'mount -t tmpfs tmpfs /mnt/h/inner && touch /mnt/h/inner/from-container && exec sleep 60', {
+      ...mount(2),
+      linux: { securityContext: { privileged: true } },
+    }),
+  );
+  // Both watchers are up once their processes run; then a mount appears on the host side.
+  await new Promise((r) => setTimeout(r, 300));
+  execFileSync('mount', ['-t', 'tmpfs', 'tmpfs', path.join(host, 'sub')]);
+  fs.writeFileSync(path.join(host, 'sub', 'from-host'), 'x');
+  fs.writeFileSync(path.join(host, 'ready'), '');
+  t.is(logText((await waitExited(env, priv)).logPath), 'end\n', 'a private mount does not see mounts made on the host later');
+  t.is(logText((await waitExited(env, slave)).logPath), 'from-host\nend\n', 'rslave sees the host\'s new mount');
+  for (let i = 0; i < 100 && !fs.existsSync(path.join(host, 'inner', 'from-container')); i++) await new Promise((r) => setTimeout(r, 50));
+  t.true(fs.existsSync(path.join(host, 'inner', 'from-container')), 'rshared: the container\'s mount shows on the host');
+  await env.c.call('stopContainer', { containerId: shared, timeout: 0n });
 });

@@ -79,6 +79,15 @@ export function mountsUnder(dir: string): string[] {
  * Unmounts everything under `dir`. Lazy (detached) unmounts: a mount still held by a dying
  * process must not stop the cleanup; the kernel frees it when the last user goes.
  */
+/**
+ * A runtime's state directory on tmpfs, as /run is on a systemd host (this machine's /run is not):
+ * both runtimes keep their runtime state there in production, and fsync on tmpfs costs nothing.
+ */
+export async function mountStateTmpfs(dir: string): Promise<void> {
+  fs.mkdirSync(dir, { recursive: true, mode: 0o711 });
+  await run('mount', ['-t', 'tmpfs', '-o', 'mode=0711,nosuid,nodev', 'tmpfs', dir]);
+}
+
 export async function unmountUnder(dir: string): Promise<void> {
   for (let round = 0; round < 5; round++) {
     const points = mountsUnder(dir);

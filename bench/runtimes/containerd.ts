@@ -7,7 +7,7 @@ import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CriClient } from '../../src/client/cri_client';
-import { removeCgroupTree, run, unmountUnder } from '../env/host';
+import { mountStateTmpfs, removeCgroupTree, run, unmountUnder } from '../env/host';
 import { killAll, listProcesses, type ProcInfo, withDescendants } from '../env/proc';
 import { removeAllPods } from '../cri';
 import { type BenchRuntime, exited, OutputTail, type RuntimeVersion, spawnDaemon, stopProcess, waitForReady, waitForSocket } from './runtime';
@@ -119,6 +119,7 @@ export class ContainerdRuntime implements BenchRuntime {
   }
 
   async start(): Promise<void> {
+    await mountStateTmpfs(this.state);
     fs.mkdirSync(this.logRoot, { recursive: true });
     fs.writeFileSync(this.configFile, this.config());
     this.shimSocketsBefore = new Set(fs.existsSync(SHIM_SOCKET_DIR) ? fs.readdirSync(SHIM_SOCKET_DIR) : []);

@@ -14,8 +14,11 @@ export class ContainerExits {
   constructor(private readonly svc: CriService) {}
 
   /** Records the exit if the monitor has written one; returns whether the container has exited. */
-  async reconcile(container: Container): Promise<boolean> {
+  async reconcile(container: Container, force = false): Promise<boolean> {
     if (container.state === 'exited') return true;
+    // With the monitor's events flowing, a running container's exit is pushed to us: no need to
+    // look at the disk on every status call.
+    if (!force && container.state === 'running' && this.svc.pods.connected(container.record.sandboxId)) return false;
     const exit = await readExitRecord(container);
     if (!exit) return false;
     await this.svc.containerLocks.run(container.id, async () => {
@@ -42,7 +45,7 @@ export class ContainerExits {
   onExit(containerId: string): void {
     const container = this.svc.containers.get(containerId);
     if (!container) return;
-    this.reconcile(container).catch((err: unknown) =>
+    this.reconcile(container, true).catch((err: unknown) =>
       this.svc.log.error({ container: containerId, err: errorMessage(err) }, 'recording a container exit failed'),
     );
   }
@@ -61,7 +64,7 @@ export class ContainerExits {
       const timer = setTimeout(() => {
         set.delete(wake);
         // The event may have been missed (monitor reconnect): look at the record once more.
-        this.reconcile(container).then(resolve, () => resolve(false));
+        this.reconcile(container, true).then(resolve, () => resolve(false));
       }, timeoutMs);
       set.add(wake);
     });

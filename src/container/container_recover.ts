@@ -17,7 +17,7 @@ export async function recoverContainers(svc: CriService): Promise<void> {
         await svc.containers.delete(c);
         continue;
       }
-      if (await svc.exits.reconcile(c)) continue;
+      if (await svc.exits.reconcile(c, true)) continue;
       if (!sandbox || !svc.pods.alive(sandbox)) {
         await svc.containers.update(c, (r) => {
           r.state = 'exited';

@@ -16,6 +16,7 @@ const SHM_SIZE = '65536k';
 /** kubelet's oom_score_adj for infrastructure containers; clamped by the monitor when not allowed. */
 const SANDBOX_OOM_SCORE_ADJ = -998;
 const STOP_GRACE_MS = 10_000;
+const LIVENESS_TTL_MS = 1000;
 
 /** CRI resources to cgroup file units; zero means "not set" in CRI. */
 export function cgroupResources(r: LinuxContainerResources | undefined): CgroupResources {
@@ -38,6 +39,8 @@ export function cgroupResources(r: LinuxContainerResources | undefined): CgroupR
  * namespaces under `<sandbox dir>/ns/` and will parent the pod's containers.
  */
 export class PodRuntime {
+  private readonly liveness = new Map<string, { pid: number | undefined; at: number; alive: boolean }>();
+  private readonly connectedClients = new Set<string>();
   /** One connection per pod's monitor, subscribed to its events, opened on first use. */
   private readonly clients = new Map<string, Promise<MonitorClient>>();
   /** Receives every event a pod's monitor pushes (container exits). */
@@ -56,9 +59,12 @@ export class PodRuntime {
       pending = (async () => {
         const client = await MonitorClient.connect(path.join(sandbox.dir, MONITOR_SOCKET_FILE));
         client.onClose(() => {
+          this.connectedClients.delete(sandbox.id);
+          this.liveness.delete(sandbox.id);
           if (this.clients.get(sandbox.id) === pending) this.clients.delete(sandbox.id);
         });
         await client.onEvent((event) => this.onMonitorEvent?.(sandbox.id, event));
+        if (!client.closed) this.connectedClients.add(sandbox.id);
         return client;
       })();
       pending.catch(() => {
@@ -171,8 +177,28 @@ export class PodRuntime {
    * its pid exists, is not a zombie, and started when the recorded monitor did (not a reused pid).
    */
   alive(sandbox: Sandbox): boolean {
+    const now = Date.now();
+    const cached = this.liveness.get(sandbox.id);
+    // List and status calls ask for every pod every second; /proc is read at most once a second
+    // per pod, and a lost monitor connection invalidates the answer at once.
+    if (cached && cached.pid === sandbox.record.resources.monitorPid && now - cached.at < LIVENESS_TTL_MS) return cached.alive;
     const { monitorPid, monitorStartTime } = sandbox.record.resources;
-    return monitorPid !== undefined && processRunning(monitorPid, monitorStartTime);
+    const alive = monitorPid !== undefined && processRunning(monitorPid, monitorStartTime);
+    this.liveness.set(sandbox.id, { pid: monitorPid, at: now, alive });
+    return alive;
+  }
+
+  /**
+   * Whether this daemon holds a live, subscribed connection to the pod's monitor: container exits
+   * then arrive as events, and nothing has to be read from disk to know a container still runs.
+   */
+  connected(sandboxId: string): boolean {
+    return this.connectedClients.has(sandboxId);
+  }
+
+  /** Forgets what alive() knows about a pod, so the next call looks again. */
+  forgetLiveness(sandboxId: string): void {
+    this.liveness.delete(sandboxId);
   }
 
   /** Stops everything the monitor parents and the monitor itself. Idempotent. */
@@ -193,6 +219,7 @@ export class PodRuntime {
   }
 
   private async waitGone(pid: number, startTime: number | undefined): Promise<void> {
+    for (const [id, entry] of this.liveness) if (entry.pid === pid) this.liveness.delete(id);
     for (let i = 0; i < 300; i++) {
       if (!processRunning(pid, startTime)) {
         // Started by this daemon, the monitor is our child until reaped.

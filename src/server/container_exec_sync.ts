@@ -22,8 +22,18 @@ interface ProcessDefaults {
   additionalGids: number[];
 }
 
+const defaultsCache = new WeakMap<Container, ProcessDefaults>();
+
 /** The main process's environment, directory and user: exec'd commands run as the container does. */
 export function processDefaults(c: Container): ProcessDefaults {
+  const cached = defaultsCache.get(c);
+  if (cached) return cached;
+  const defaults = readProcessDefaults(c);
+  defaultsCache.set(c, defaults);
+  return defaults;
+}
+
+function readProcessDefaults(c: Container): ProcessDefaults {
   const spec = JSON.parse(fs.readFileSync(path.join(c.bundleDir, 'config.json'), 'utf8')) as {
     process?: { env?: string[]; cwd?: string; user?: { uid?: number; gid?: number; additionalGids?: number[] } };
   };

@@ -34,7 +34,7 @@ export async function startContainer(svc: CriService, req: StartContainerRequest
   });
   svc.events.publishContainer(container.id, svc.sandboxes.resolve(container.record.sandboxId), ContainerEventType.CONTAINER_STARTED_EVENT);
   // The process may already have exited between exec and now.
-  await svc.exits.reconcile(container);
+  await svc.exits.reconcile(container, true);
   ctx.log.info({ container: container.id.slice(0, 12) }, 'container started');
   return {};
 }

@@ -402,6 +402,9 @@ unsafe fn early(p: &ProcessPlan, io: &ChildIo) {
 unsafe fn rootfs(r: &RootfsPlan, io: &ChildIo) {
     // Before anything is mounted: nothing may propagate back to the host.
     check!(io, Stage::RootPropagation, 0, mount_raw(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), r.root_propagation, std::ptr::null()));
+    if let Some(parent) = &r.rootfs_parent_private {
+        check!(io, Stage::RootPropagation, 1, mount_raw(std::ptr::null(), parent.as_ptr(), std::ptr::null(), libc::MS_PRIVATE, std::ptr::null()));
+    }
     if let Some(dir) = &r.overlay_chdir {
         check!(io, Stage::Overlay, 0, unsafe { libc::chdir(dir.as_ptr()) });
     }
@@ -482,12 +485,20 @@ unsafe fn rootfs(r: &RootfsPlan, io: &ChildIo) {
     // pivot_root(".", ".") stacks the old root on top of the new one; detaching it leaves the
     // container with no reference to the host's mounts. The old root is made a slave first so
     // the detach cannot propagate anywhere.
+    // The old root is reached through a descriptor opened before the pivot: after pivot_root(".",
+    // ".") the working directory is still the new root, and changing its propagation would turn
+    // the container's own mounts (bidirectional volumes) into slaves.
+    let old_root = check!(io, Stage::Pivot, 0, unsafe { libc::open(c"/".as_ptr(), libc::O_DIRECTORY | libc::O_RDONLY | libc::O_CLOEXEC) });
     check!(io, Stage::Pivot, 0, unsafe { libc::fchdir(root) });
     check!(io, Stage::Pivot, 1, unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) } as c_int);
+    check!(io, Stage::Pivot, 2, unsafe { libc::fchdir(old_root) });
     check!(io, Stage::Pivot, 2, mount_raw(std::ptr::null(), c".".as_ptr(), std::ptr::null(), libc::MS_SLAVE | libc::MS_REC, std::ptr::null()));
     check!(io, Stage::Pivot, 3, unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) });
     check!(io, Stage::Pivot, 4, unsafe { libc::chdir(c"/".as_ptr()) });
-    unsafe { libc::close(root) };
+    unsafe {
+        libc::close(old_root);
+        libc::close(root);
+    }
 
     // From here on paths resolve inside the container's root.
     for (i, p) in r.readonly_paths.iter().enumerate() {

@@ -135,6 +135,10 @@ impl RootfsOp {
 pub struct RootfsPlan {
     /// Propagation applied to the whole new mount namespace before anything is mounted.
     pub root_propagation: c_ulong,
+    /// With shared root propagation (bidirectional volumes), the mount holding `<bundle>/rootfs`
+    /// is made private (non-recursively), as runc does, so the rootfs overlay and the mounts on it
+    /// never propagate back to the host while shared volumes keep their peer groups.
+    pub rootfs_parent_private: Option<CString>,
     /// Directory to chdir into so the overlay's options fit in a page (relative layer paths).
     pub overlay_chdir: Option<CString>,
     pub overlay_data: CString,
@@ -485,6 +489,38 @@ fn overlay_data(rootfs: &super::spec::CrispRootfs) -> Result<(Option<CString>, C
     Ok((Some(cstring(common.as_os_str().as_bytes())?), cstring(short)?))
 }
 
+/// Unescapes the octal sequences (`\040` for a space) mountinfo uses in paths.
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+            out.push((bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The mount point (from /proc/self/mountinfo text) of the mount that contains `path`.
+pub(crate) fn mount_point_containing(mountinfo: &str, path: &Path) -> String {
+    let target = path.to_string_lossy();
+    let mut best = String::from("/");
+    for line in mountinfo.lines() {
+        let Some(field) = line.split(' ').nth(4) else { continue };
+        let point = unescape_mountinfo(field);
+        let contains = point == "/" || target == point.as_str() || target.starts_with(&format!("{}/", point));
+        if contains && point.len() >= best.len() {
+            best = point;
+        }
+    }
+    best
+}
+
 fn rootfs_plan(spec: &Spec, bundle: &Path, warnings: &mut Vec<String>) -> Result<RootfsPlan, String> {
     let rootfs = spec.crisp_rootfs.as_ref().ok_or("crispRootfs is missing")?;
     let (overlay_chdir, overlay_data) = overlay_data(rootfs)?;
@@ -492,9 +528,13 @@ fn rootfs_plan(spec: &Spec, bundle: &Path, warnings: &mut Vec<String>) -> Result
         Some(p) => mounts::propagation_flag(p).ok_or_else(|| format!("unknown rootfsPropagation {:?}", p))?,
         None => libc::MS_PRIVATE | libc::MS_REC,
     };
-    // The host never sees the container's mounts, whatever the spec says: shared propagation
-    // of the root would push them back out.
-    let root_propagation = if root_propagation & libc::MS_SHARED != 0 { libc::MS_SLAVE | libc::MS_REC } else { root_propagation };
+    let rootfs_dir = bundle.join("rootfs");
+    let rootfs_parent_private = if root_propagation & libc::MS_SHARED != 0 {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("read mountinfo: {}", e))?;
+        Some(cstring(mount_point_containing(&mountinfo, &rootfs_dir).as_bytes())?)
+    } else {
+        None
+    };
 
     let mut ops = Vec::new();
     let mut dev_tmpfs = false;
@@ -557,9 +597,10 @@ fn rootfs_plan(spec: &Spec, bundle: &Path, warnings: &mut Vec<String>) -> Result
     };
     Ok(RootfsPlan {
         root_propagation,
+        rootfs_parent_private,
         overlay_chdir,
         overlay_data,
-        rootfs_dir: cstring(bundle.join("rootfs").as_os_str().as_bytes())?,
+        rootfs_dir: cstring(rootfs_dir.as_os_str().as_bytes())?,
         ops,
         cwd: if clean_destination(&spec.process.cwd) == "/" { None } else { Some(RootPath::new(&spec.process.cwd)?) },
         readonly_paths: paths(&spec.linux.readonly_paths)?,
@@ -827,10 +868,25 @@ mod tests {
     }
 
     #[test]
-    fn shared_root_propagation_is_downgraded() {
+    fn shared_root_propagation_keeps_peers_but_privatises_the_rootfs_parent() {
         let s = spec(json!({"linux": {"rootfsPropagation": "rshared"}}));
         let plan = rootfs_plan(&s, Path::new("/b"), &mut Vec::new()).unwrap();
-        assert_eq!(plan.root_propagation, libc::MS_SLAVE | libc::MS_REC);
+        assert_eq!(plan.root_propagation, libc::MS_SHARED | libc::MS_REC);
+        assert!(plan.rootfs_parent_private.is_some());
+        let plain = rootfs_plan(&spec(json!({})), Path::new("/b"), &mut Vec::new()).unwrap();
+        assert!(plain.rootfs_parent_private.is_none());
+    }
+
+    #[test]
+    fn mount_point_lookup_picks_the_longest_containing_mount() {
+        let info = "22 1 8:1 / / rw - ext4 /dev/vda rw\n\
+                    30 22 0:5 / /run rw - tmpfs tmpfs rw\n\
+                    31 30 0:6 / /run/crisp\\040x rw - tmpfs tmpfs rw\n\
+                    32 30 0:7 / /runner rw - tmpfs tmpfs rw\n";
+        assert_eq!(mount_point_containing(info, Path::new("/run/crisp x/containers/a/rootfs")), "/run/crisp x");
+        assert_eq!(mount_point_containing(info, Path::new("/run/crisp/containers")), "/run");
+        assert_eq!(mount_point_containing(info, Path::new("/runnerx/a")), "/");
+        assert_eq!(mount_point_containing(info, Path::new("/var/lib")), "/");
     }
 
     #[test]
