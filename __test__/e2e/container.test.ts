@@ -442,3 +442,18 @@ test('mount propagation: private, host-to-container (rslave) and bidirectional (
   t.true(fs.existsSync(path.join(host, 'inner', 'from-container')), 'rshared: the container\'s mount shows on the host');
   await env.c.call('stopContainer', { containerId: shared, timeout: 0n });
 });
+
+test('ImageFsInfo reports the image filesystem and the containers\' writable layers', async (t) => {
+  const env = await setup(t);
+  const before = await env.c.call('imageFsInfo', {});
+  t.is(before.containerFilesystems[0].fsId?.mountpoint, path.join(env.d.root, 'containers'));
+  const id = await run(env, containerConfig(t, 'head -c 6000000 /dev/zero > /big; echo written; exec sleep 60'));
+  for (let i = 0; i < 100; i++) {
+    const st = (await env.c.call('containerStatus', { containerId: id })).status!;
+    if (fs.existsSync(st.logPath) && fs.readFileSync(st.logPath, 'utf8').includes('written')) break;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  const after = await env.c.call('imageFsInfo', {});
+  t.true(after.containerFilesystems[0].usedBytes!.value >= before.containerFilesystems[0].usedBytes!.value + 6_000_000n);
+  t.true(after.imageFilesystems[0].usedBytes!.value > 0n);
+});

@@ -170,7 +170,17 @@ test('env: default PATH, HOSTNAME, image env, then config env overriding in plac
     'LANG=C.UTF-8',
     'POD_IP=10.0.0.5',
     'EMPTY=',
+    'HOME=/root',
   ]);
+});
+
+test('env: HOME comes from the user\'s passwd entry unless set, "/" for a uid without one', async (t) => {
+  const nginx = await buildSpec(input({ image: { config: imageConfig({ User: 'nginx' }), lowerDirs: ['/l'] } }));
+  t.true(nginx.process.env.includes('HOME=/nonexistent'));
+  const unknown = await buildSpec(input({ image: { config: imageConfig({ User: '4242' }), lowerDirs: ['/l'] } }));
+  t.true(unknown.process.env.includes('HOME=/'));
+  const preset = await buildSpec(input({ image: { config: imageConfig({ Env: ['HOME=/data'] }), lowerDirs: ['/l'] } }));
+  t.deepEqual(preset.process.env.filter((e) => e.startsWith('HOME=')), ['HOME=/data']);
 });
 
 test('env: image PATH replaces the default; host-network pods without a hostname get the node name', async (t) => {
@@ -180,7 +190,7 @@ test('env: image PATH replaces the default; host-network pods without a hostname
       sandboxConfig: podConfig({ hostname: '' }),
     }),
   );
-  t.deepEqual(spec.process.env, ['PATH=/opt/bin', 'HOSTNAME=node-1']);
+  t.deepEqual(spec.process.env, ['PATH=/opt/bin', 'HOSTNAME=node-1', 'HOME=/root']);
 });
 
 test('working dir: config, else image, else /; relative config dir is rejected', async (t) => {

@@ -127,6 +127,14 @@ class ImageAccounts {
  *   the user name, plus the security context's supplemental_groups; sorted, without duplicates.
  */
 export async function resolveUser(req: UserRequest, read: ImageFileReader): Promise<OciUser> {
+  return (await resolveUserWithHome(req, read)).user;
+}
+
+/**
+ * As resolveUser, plus the user's home directory from /etc/passwd ("/" when the uid has no
+ * entry), which becomes HOME when neither the image nor the config sets it, as runc does.
+ */
+export async function resolveUserWithHome(req: UserRequest, read: ImageFileReader): Promise<{ user: OciUser; home: string }> {
   const accounts = new ImageAccounts(read);
   const fromRequest = requestedUserString(req);
   const spec = fromRequest ?? (req.imageUser || '0');
@@ -140,12 +148,14 @@ export async function resolveUser(req: UserRequest, read: ImageFileReader): Prom
   let uid: number;
   let gid: number;
   let username: string | undefined;
+  let home = '/';
   const numericUid = parseId(userPart);
   if (numericUid !== undefined) {
     uid = numericUid;
     const entry = (await accounts.users()).find((u) => u.uid === uid);
     username = entry?.name;
     gid = entry?.gid ?? 0;
+    home = entry?.home || '/';
   } else {
     if (/^-?\d+$/.test(userPart)) throw invalidArgument(`invalid user "${spec}" in ${source}: uid out of range`);
     const entry = (await accounts.users()).find((u) => u.name === userPart);
@@ -153,6 +163,7 @@ export async function resolveUser(req: UserRequest, read: ImageFileReader): Prom
     uid = entry.uid;
     gid = entry.gid;
     username = entry.name;
+    home = entry.home || '/';
   }
 
   if (groupPart !== undefined) {
@@ -179,5 +190,5 @@ export async function resolveUser(req: UserRequest, read: ImageFileReader): Prom
   }
   for (const g of req.supplementalGroups) gids.add(checkRequestedId(g, 'supplemental group'));
 
-  return { uid, gid, additionalGids: [...gids].sort((a, b) => a - b) };
+  return { user: { uid, gid, additionalGids: [...gids].sort((a, b) => a - b) }, home };
 }

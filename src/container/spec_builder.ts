@@ -21,7 +21,7 @@ import type { ImageConfig } from '../image/image_manager';
 import { errorMessage, invalidArgument, unimplemented } from '../util/errors';
 import { capabilitiesUpTo, KNOWN_CAPABILITIES, resolveCapabilities } from './capabilities';
 import { resolveProcessArgs } from './command';
-import { resolveUser } from './image_user';
+import { resolveUserWithHome } from './image_user';
 import { resolveProcPaths } from './masked_paths';
 import { defaultSeccompProfile, loadSeccompProfile, selectSeccompProfile, type LinuxSeccomp } from './seccomp_profile';
 import {
@@ -163,7 +163,7 @@ export async function buildSpec(input: SpecInput): Promise<OciSpec> {
   const resources = config.linux?.resources;
   if (resources) spec.process.oomScoreAdj = Number(resources.oomScoreAdj);
 
-  spec.process.user = await resolveUser(
+  const resolved = await resolveUserWithHome(
     {
       runAsUser: security?.runAsUser?.value,
       runAsUsername: security?.runAsUsername,
@@ -174,7 +174,9 @@ export async function buildSpec(input: SpecInput): Promise<OciSpec> {
     },
     input.readFileInImage,
   );
+  spec.process.user = resolved.user;
   applyOpts(spec, withUser(spec.process.user));
+  if (!spec.process.env.some((e) => e.startsWith('HOME='))) spec.process.env.push(`HOME=${resolved.home}`);
 
   // Namespaces.
   applyNamespaces(spec, input, privileged);
