@@ -1,4 +1,5 @@
 import * as fs from 'node:fs';
+import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import type { LinuxContainerResources } from '../generated/runtime/v1/api';
 import type { Logger } from '../log';
@@ -17,6 +18,11 @@ const SHM_SIZE = '65536k';
 const SANDBOX_OOM_SCORE_ADJ = -998;
 const STOP_GRACE_MS = 10_000;
 const LIVENESS_TTL_MS = 1000;
+/** How long a monitor that answered shutdown may take to close its connection. */
+const EXIT_CLOSE_WAIT_MS = 1000;
+/** After shutdown, when a monitor that has not exited is killed, and when we stop waiting. */
+const EXIT_KILL_AFTER_MS = 1000;
+const EXIT_GIVE_UP_MS = 3000;
 
 /** CRI resources to cgroup file units; zero means "not set" in CRI. */
 export function cgroupResources(r: LinuxContainerResources | undefined): CgroupResources {
@@ -41,6 +47,8 @@ export function cgroupResources(r: LinuxContainerResources | undefined): CgroupR
 export class PodRuntime {
   private readonly liveness = new Map<string, { pid: number | undefined; at: number; alive: boolean }>();
   private readonly connectedClients = new Set<string>();
+  /** Where primeCgroupMigration() writes: unknown yet, or null when it cannot. */
+  private migrationPrimeFile: string | null | undefined;
   /** One connection per pod's monitor, subscribed to its events, opened on first use. */
   private readonly clients = new Map<string, Promise<MonitorClient>>();
   /** Receives every event a pod's monitor pushes (container exits). */
@@ -87,6 +95,23 @@ export class PodRuntime {
     const all = [...this.clients.values()];
     this.clients.clear();
     for (const pending of all) (await pending.catch(() => undefined))?.close();
+  }
+
+  /**
+   * Starts taking the kernel's cgroup migration lock, without moving anything: the daemon's own
+   * pid is written to the cgroup it is in. The first migration after an idle spell waits a full
+   * RCU grace period (5-15 ms) for that lock; one already in progress or just finished lets the
+   * next one through at once. Called when a process is about to be moved into a new cgroup (a
+   * monitor, a container), so that the wait overlaps with the work before the move. Best effort.
+   */
+  primeCgroupMigration(): void {
+    if (this.migrationPrimeFile === undefined) this.migrationPrimeFile = ownCgroupProcsFile();
+    const file = this.migrationPrimeFile;
+    if (!file) return;
+    fsp.writeFile(file, String(process.pid)).catch((err: unknown) => {
+      this.migrationPrimeFile = null;
+      this.log.debug({ file, err: errorMessage(err) }, 'cannot prime cgroup migrations; not trying again');
+    });
   }
 
   cgroupParentOf(sandbox: Sandbox): string {
@@ -150,6 +175,8 @@ export class PodRuntime {
   async start(sandbox: Sandbox, spec: { namespaces: SandboxNamespaces; sysctls: Record<string, string> }): Promise<{ pid: number; startTime: number }> {
     const linux = sandbox.config.linux;
     const cgroup = await this.native.cgroupCreate(this.cgroupParentOf(sandbox), sandbox.id, cgroupResources(linux?.resources));
+    // Joining it is the monitor's first step.
+    this.primeCgroupMigration();
     if (spec.namespaces.ipc === 'pod') {
       const shm = this.shmPath(sandbox);
       fs.mkdirSync(shm, { recursive: true, mode: 0o1777 });
@@ -210,7 +237,13 @@ export class PodRuntime {
     }
     try {
       const client = await this.client(sandbox);
+      const closed = new Promise<void>((resolve) => client.onClose(() => resolve()));
       await client.shutdown(STOP_GRACE_MS);
+      // The monitor exits right after its reply, and its end of the connection closes as it
+      // does: waiting for that beats polling /proc for its exit.
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([closed, new Promise<void>((resolve) => (timer = setTimeout(resolve, EXIT_CLOSE_WAIT_MS)))]);
+      clearTimeout(timer);
     } catch (err) {
       if (!isCrispError(err, 'Unavailable')) this.log.warn({ sandbox: sandbox.id, err: errorMessage(err) }, 'monitor shutdown failed; killing it');
     }
@@ -220,14 +253,23 @@ export class PodRuntime {
 
   private async waitGone(pid: number, startTime: number | undefined): Promise<void> {
     for (const [id, entry] of this.liveness) if (entry.pid === pid) this.liveness.delete(id);
-    for (let i = 0; i < 300; i++) {
+    // Short sleeps first: a monitor that closed its connection is gone within a millisecond.
+    const killAt = Date.now() + EXIT_KILL_AFTER_MS;
+    const giveUpAt = Date.now() + EXIT_GIVE_UP_MS;
+    let killed = false;
+    for (let sleepMs = 1; ; sleepMs = Math.min(sleepMs * 2, 10)) {
       if (!processRunning(pid, startTime)) {
         // Started by this daemon, the monitor is our child until reaped.
         this.native.reapChild(pid);
         return;
       }
-      if (i === 100) process.kill(pid, 'SIGKILL');
-      await new Promise((r) => setTimeout(r, 10));
+      const now = Date.now();
+      if (now >= giveUpAt) break;
+      if (!killed && now >= killAt) {
+        process.kill(pid, 'SIGKILL');
+        killed = true;
+      }
+      await new Promise((r) => setTimeout(r, sleepMs));
     }
     throw internal(`monitor ${pid} did not exit`);
   }
@@ -239,6 +281,28 @@ export class PodRuntime {
     this.native.unmountPath(this.shmPath(sandbox));
     await this.native.cgroupRemove(this.cgroupPathFor(sandbox));
   }
+}
+
+/**
+ * The daemon's own `cgroup.procs` in one hierarchy (the unified one on cgroup v2), or null when it
+ * is not where the usual /sys/fs/cgroup layout puts it.
+ */
+function ownCgroupProcsFile(): string | null {
+  let lines: string[];
+  try {
+    lines = fs.readFileSync('/proc/self/cgroup', 'utf8').split('\n');
+  } catch {
+    return null;
+  }
+  for (const line of lines) {
+    const [, controllers, cgroupPath] = line.split(':', 3);
+    if (cgroupPath === undefined) continue;
+    const mount = controllers === '' ? '/sys/fs/cgroup' : controllers.startsWith('name=') ? '' : `/sys/fs/cgroup/${controllers}`;
+    if (!mount) continue;
+    const file = path.join(mount, cgroupPath, 'cgroup.procs');
+    if (fs.existsSync(file)) return file;
+  }
+  return null;
 }
 
 /** Running means: exists, not a zombie, and (when known) the same start time, so not a reused pid. */

@@ -53,6 +53,8 @@ async function doCreate(svc: CriService, sandbox: Sandbox, config: ContainerConf
   const log = ctx.log.child({ container: id.slice(0, 12) });
   const logPath = config.logPath && sandbox.logDirectory ? path.join(sandbox.logDirectory, config.logPath) : '';
   const cleanup = new CleanupStack();
+  // The container's cgroup lives next to the sandbox's, under kubelet's pod cgroup.
+  const cgroupParent = svc.pods.cgroupParentOf(sandbox);
 
   const container: Container = await svc.containers.create({
     version: 1,
@@ -67,45 +69,50 @@ async function doCreate(svc: CriService, sandbox: Sandbox, config: ContainerConf
     imageId: image.id,
     chainIds: image.chainIds,
     logPath,
-    cgroupPath: '',
+    // Recorded before it exists: undoing removes it if it does.
+    cgroupPath: svc.pods.cgroupPathForName(cgroupParent, id),
     pid: 0,
     exitCode: 0,
     reason: '',
     message: '',
-    stage: 'created record',
+    stage: 'creating cgroup',
   });
   cleanup.push('container record', () => svc.containers.delete(container));
   try {
-    await fsp.mkdir(container.upperDir, { mode: 0o755 });
-    await fsp.mkdir(container.workDir, { mode: 0o700 });
-    await fsp.mkdir(path.join(container.bundleDir, 'rootfs'), { mode: 0o755 });
-    if (logPath) await fsp.mkdir(path.dirname(logPath), { recursive: true, mode: 0o755 });
-
-    // The container's cgroup lives next to the sandbox's, under kubelet's pod cgroup.
-    const parent = svc.pods.cgroupParentOf(sandbox);
-    await svc.containers.update(container, (r) => {
-      r.cgroupPath = svc.pods.cgroupPathForName(parent, id);
-      r.stage = 'creating cgroup';
-    });
     cleanup.push('cgroup', () => svc.pods.removeCgroup(container.record.cgroupPath));
-    const cgroup = await svc.pods.createCgroup(parent, id, cgroupResources(config.linux?.resources));
+    const cgroup = await svc.pods.createCgroup(cgroupParent, id, cgroupResources(config.linux?.resources));
+    // The process is moved into it at the end of this call; the lock wait that move may need
+    // overlaps with what comes before it.
+    svc.pods.primeCgroupMigration();
 
     const lowerDirs = [...image.chainIds].reverse().map((c) => svc.images.snapshots.fsPath(c));
-    const spec = await buildSpec({
-      containerId: id,
-      config,
-      sandboxConfig: sandbox.config,
-      sandbox: {
-        id: sandbox.id,
-        dir: sandbox.dir,
-        namespaces: sandboxNamespaces(sandbox.config),
-        nsPaths: svc.pods.namespacePaths(sandbox),
-      },
-      image: { config: imageConfig, lowerDirs },
-      rootfs: { upperDir: container.upperDir, workDir: container.workDir },
-      cgroup: { version: cgroup.version, paths: cgroup.paths },
-      readFileInImage: (p) => readFileInLayers(lowerDirs, p),
-    });
+    // Both settle before anything is undone.
+    const [built, dirs] = await Promise.allSettled([
+      buildSpec({
+        containerId: id,
+        config,
+        sandboxConfig: sandbox.config,
+        sandbox: {
+          id: sandbox.id,
+          dir: sandbox.dir,
+          namespaces: sandboxNamespaces(sandbox.config),
+          nsPaths: svc.pods.namespacePaths(sandbox),
+        },
+        image: { config: imageConfig, lowerDirs },
+        rootfs: { upperDir: container.upperDir, workDir: container.workDir },
+        cgroup: { version: cgroup.version, paths: cgroup.paths },
+        readFileInImage: (p) => readFileInLayers(lowerDirs, p),
+      }),
+      (async () => {
+        await fsp.mkdir(container.upperDir, { mode: 0o755 });
+        await fsp.mkdir(container.workDir, { mode: 0o700 });
+        await fsp.mkdir(path.join(container.bundleDir, 'rootfs'), { mode: 0o755 });
+        if (logPath) await fsp.mkdir(path.dirname(logPath), { recursive: true, mode: 0o755 });
+      })(),
+    ]);
+    if (built.status === 'rejected') throw built.reason;
+    if (dirs.status === 'rejected') throw dirs.reason;
+    const spec = built.value;
     // Not fsynced: a crash before the container is created makes recovery undo it anyway.
     await writeJsonAtomic(path.join(container.bundleDir, 'config.json'), spec, 0o600, { durable: false });
 

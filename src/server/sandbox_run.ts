@@ -72,22 +72,32 @@ async function createSandbox(svc: CriService, config: PodSandboxConfig, handler:
   });
   cleanup.push('sandbox record', () => svc.sandboxes.delete(sandbox));
   try {
-    await writePodFiles(sandbox.dir, { hostname: config.hostname || config.metadata!.name, hostNetwork: ns.network === 'node', dns: config.dnsConfig });
-    if (config.logDirectory) await fsp.mkdir(config.logDirectory, { recursive: true, mode: 0o755 });
-
     cleanup.push('pod runtime', () => svc.pods.release(sandbox));
-    const started = await svc.pods.start(sandbox, { namespaces: ns, sysctls });
+    // The monitor does not read the pod's files, so they are written while it starts; both
+    // settle before anything is undone.
+    const [files, monitor] = await Promise.allSettled([
+      (async () => {
+        await writePodFiles(sandbox.dir, { hostname: config.hostname || config.metadata!.name, hostNetwork: ns.network === 'node', dns: config.dnsConfig });
+        if (config.logDirectory) await fsp.mkdir(config.logDirectory, { recursive: true, mode: 0o755 });
+      })(),
+      svc.pods.start(sandbox, { namespaces: ns, sysctls }),
+    ]);
+    if (monitor.status === 'rejected') throw monitor.reason;
+    if (files.status === 'rejected') throw files.reason;
+    const started = monitor.value;
+    // The monitor, and the network about to be set up, are on disk before CNI ADD: a crash at any
+    // later point is undone by recovery (CNI DEL of a network never added succeeds).
     await svc.sandboxes.update(sandbox, (r) => {
       r.resources.monitorPid = started.pid;
       r.resources.monitorStartTime = started.startTime;
+      if (ns.network === 'pod') {
+        r.resources.network = true;
+        r.stage = 'setting up network';
+      }
     });
     failpoint('sandbox-after-monitor');
 
     if (ns.network === 'pod') {
-      await svc.sandboxes.update(sandbox, (r) => {
-        r.resources.network = true;
-        r.stage = 'setting up network';
-      });
       cleanup.push('network', () => svc.cni.del(cniParams(sandbox)));
       const result = await svc.cni.add({ ...cniParams(sandbox), signal: ctx.signal });
       sandbox.record.ips = podIPs(result);

@@ -22,15 +22,23 @@ export async function stopPodSandbox(svc: CriService, req: StopPodSandboxRequest
 export async function stopSandbox(svc: CriService, sandbox: Sandbox, ctx: CallContext): Promise<void> {
   await svc.sandboxLocks.run(sandbox.id, async () => {
     if (sandbox.state === 'stopped') return;
+    // Tearing the network down while a container still runs would cut it off in its grace
+    // period; with none left, CNI DEL (the pinned netns outlives the monitor) overlaps the
+    // monitor's shutdown.
+    const network = sandbox.record.resources.network;
+    const quiet = svc.containers.bySandbox(sandbox.id).every((c) => c.state === 'exited');
+    const teardown = network && quiet ? svc.cni.del(cniParams(sandbox)) : undefined;
     // The monitor stops its containers (stop signal, then SIGKILL after the grace period) before
     // it exits; their exits are then on disk.
-    await svc.pods.stop(sandbox);
+    const [monitor] = await Promise.allSettled([svc.pods.stop(sandbox), teardown]);
+    // A failed stop fails the call, but only once the teardown settled (it is retried either way).
+    if (monitor.status === 'rejected') throw monitor.reason;
+    await teardown;
     for (const c of svc.containers.bySandbox(sandbox.id)) await stopContainerProcess(svc, c, 0, ctx);
-    if (sandbox.record.resources.network) {
-      await svc.cni.del(cniParams(sandbox));
-      await svc.sandboxes.update(sandbox, (r) => void (r.resources.network = false));
-    }
+    if (network && !teardown) await svc.cni.del(cniParams(sandbox));
+    // One write for both: a crash before it makes recovery repeat the (idempotent) CNI DEL.
     await svc.sandboxes.update(sandbox, (r) => {
+      r.resources.network = false;
       r.state = 'stopped';
       r.stage = 'stopped';
     });
