@@ -7,6 +7,7 @@ import anyTest, { type TestFn } from 'ava';
 import type { CriClient } from '../../src/client/cri_client';
 import { ContainerState } from '../../src/generated/runtime/v1/api';
 import { TestDaemon } from '../fixtures/daemon';
+import { createLoopbackNetwork, removeCgroupParents } from '../fixtures/test_network';
 import { connectSpdy, readAll, spdyRemoteCommand } from '../fixtures/spdy_client';
 import { buildFixtureImages, type PushedImage, pushFixtures } from '../fixtures/images';
 import { type RegistryHandle, startRegistry } from '../fixtures/registry';
@@ -33,10 +34,7 @@ test.before(async (t) => {
 
 test.after.always(async (t) => {
   await t.context.registry?.stop();
-  for (const hierarchy of fs.readdirSync('/sys/fs/cgroup')) {
-    const dir = path.join('/sys/fs/cgroup', hierarchy, CGROUP_PARENT);
-    if (fs.existsSync(dir)) fs.rmdirSync(dir);
-  }
+  removeCgroupParents(CGROUP_PARENT);
 });
 
 interface Env {
@@ -47,17 +45,11 @@ interface Env {
   logDir: string;
 }
 
-/** Pods with their own network namespace need a network: loopback only, no addresses. */
-function loopbackOnlyCni(): string {
-  const dir = fs.mkdtempSync(path.join('/tmp', 'crisp-test-lo-'));
-  fs.writeFileSync(path.join(dir, '10-lo.conflist'), JSON.stringify({ cniVersion: '1.0.0', name: 'lo-only', plugins: [{ type: 'loopback' }] }));
-  return dir;
-}
 
 async function setup(t: any, podExtra: Record<string, unknown> = {}): Promise<Env> {
-  const cniConfDir = loopbackOnlyCni();
-  t.teardown(() => fs.rmSync(cniConfDir, { recursive: true, force: true }));
-  const d = await TestDaemon.start({ cniConfDir });
+  const network = createLoopbackNetwork();
+  t.teardown(() => network.cleanup());
+  const d = await TestDaemon.start({ cniConfDir: network.confDir });
   t.teardown(() => d.destroy());
   const c = d.client();
   await c.call('pullImage', { image: { image: t.context.busybox.reference } });

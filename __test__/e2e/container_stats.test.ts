@@ -1,12 +1,12 @@
 import { execFileSync } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
-import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import anyTest, { type TestFn } from 'ava';
 import type { CriClient } from '../../src/client/cri_client';
 import type { ContainerStats } from '../../src/generated/runtime/v1/api';
 import { TestDaemon, tempDir } from '../fixtures/daemon';
+import { createBridgeNetwork, removeCgroupParents, type TestNetwork } from '../fixtures/test_network';
 import { buildFixtureImages, type PushedImage, pushFixtures } from '../fixtures/images';
 import { type RegistryHandle, startRegistry } from '../fixtures/registry';
 
@@ -17,12 +17,10 @@ import { type RegistryHandle, startRegistry } from '../fixtures/registry';
  * here PSI must be absent on a v1 host and present on a v2 one.
  */
 interface Context {
+  net: TestNetwork;
+  logDir: string;
   registry: RegistryHandle;
   busybox: PushedImage;
-  dir: string;
-  confDir: string;
-  bridge: string;
-  forwarding: string;
   d: TestDaemon;
   c: CriClient;
   pod: string;
@@ -36,33 +34,13 @@ const MiB = 1n << 20n;
 const cgroupV2 = fs.existsSync('/sys/fs/cgroup/cgroup.controllers');
 
 test.before(async (t) => {
-  const dir = tempDir('crisp-test-cstats-');
-  const confDir = path.join(dir, 'net.d');
-  fs.mkdirSync(confDir);
-  const bridge = `crisp-s${tag}`;
-  const subnet = `10.216.${crypto.randomInt(1, 250)}`;
-  const forwarding = fs.readFileSync('/proc/sys/net/ipv4/ip_forward', 'utf8');
-  fs.writeFileSync(
-    path.join(confDir, '10-crisp-e2e.conflist'),
-    JSON.stringify({
-      cniVersion: '1.0.0',
-      name: `crisp-e2e-cstats-${tag}`,
-      plugins: [
-        {
-          type: 'bridge',
-          bridge,
-          isGateway: true,
-          ipMasq: false,
-          ipam: { type: 'host-local', ranges: [[{ subnet: `${subnet}.0/24` }]], dataDir: path.join(dir, 'ipam') },
-        },
-      ],
-    }),
-  );
-  t.context = { dir, confDir, bridge, forwarding } as Context;
+  const net = await createBridgeNetwork({ label: 'cstats', subnetPrefix: '10.216' });
+  const logDir = tempDir('crisp-test-cstats-logs-');
+  t.context = { net, logDir } as Context;
   const set = await buildFixtureImages();
   t.context.registry = await startRegistry();
   t.context.busybox = (await pushFixtures(t.context.registry, ['busybox'], { set })).busybox!;
-  const d = await TestDaemon.start({ cniConfDir: confDir });
+  const d = await TestDaemon.start({ cniConfDir: net.confDir });
   t.context.d = d;
   const c = d.client();
   t.context.c = c;
@@ -70,7 +48,7 @@ test.before(async (t) => {
   const podConfig = {
     metadata: { name: 'stats', namespace: 'e2e', uid: `uid-cstats-${tag}`, attempt: 0 },
     hostname: 'stats',
-    logDirectory: path.join(dir, 'logs'),
+    logDirectory: logDir,
     labels: { app: 'stats' },
     linux: { cgroupParent: CGROUP_PARENT },
   };
@@ -80,22 +58,12 @@ test.before(async (t) => {
 });
 
 test.after.always(async (t) => {
-  const { d, registry, dir, bridge, forwarding } = t.context ?? {};
+  const { d, registry, net, logDir } = t.context ?? {};
   await d?.destroy();
   await registry?.stop();
-  if (bridge) {
-    try {
-      execFileSync('ip', ['link', 'delete', bridge], { stdio: 'ignore' });
-    } catch {
-      // Never created.
-    }
-  }
-  if (forwarding) fs.writeFileSync('/proc/sys/net/ipv4/ip_forward', forwarding);
-  if (dir) fs.rmSync(dir, { recursive: true, force: true });
-  for (const hierarchy of fs.readdirSync('/sys/fs/cgroup')) {
-    const cg = path.join('/sys/fs/cgroup', hierarchy, CGROUP_PARENT);
-    if (fs.existsSync(cg)) fs.rmdirSync(cg);
-  }
+  await net?.cleanup();
+  if (logDir) fs.rmSync(logDir, { recursive: true, force: true });
+  removeCgroupParents(CGROUP_PARENT);
 });
 
 let counter = 0;

@@ -6,64 +6,26 @@ import * as grpc from '@grpc/grpc-js';
 import anyTest, { type TestFn } from 'ava';
 import type { CriClient } from '../../src/client/cri_client';
 import { type ListPodSandboxStatsResponse, NamespaceMode, type PodSandboxStats } from '../../src/generated/runtime/v1/api';
-import { TestDaemon, tempDir } from '../fixtures/daemon';
+import { TestDaemon } from '../fixtures/daemon';
+import { createBridgeNetwork, removeCgroupParents, type TestNetwork } from '../fixtures/test_network';
 
 /**
  * Pod stats, metrics and resource updates of real pods on a bridge and /24 of this run's own.
  * Serial: the tests share the bridge.
  */
 interface Context {
-  dir: string;
-  confDir: string;
-  bridge: string;
-  subnet: string;
-  forwarding: string;
+  net: TestNetwork;
   tag: string;
 }
 const test = anyTest.serial as TestFn<Context>;
 
-test.before((t) => {
-  const tag = crypto.randomBytes(3).toString('hex');
-  const dir = tempDir('crisp-test-cni-');
-  const confDir = path.join(dir, 'net.d');
-  fs.mkdirSync(confDir);
-  const bridge = `crisp-t${tag}`;
-  const subnet = `10.215.${crypto.randomInt(1, 250)}`;
-  const forwarding = fs.readFileSync('/proc/sys/net/ipv4/ip_forward', 'utf8');
-  fs.writeFileSync(
-    path.join(confDir, '10-crisp-e2e.conflist'),
-    JSON.stringify({
-      cniVersion: '1.0.0',
-      name: `crisp-e2e-stats-${tag}`,
-      plugins: [
-        {
-          type: 'bridge',
-          bridge,
-          isGateway: true,
-          ipMasq: false,
-          ipam: { type: 'host-local', ranges: [[{ subnet: `${subnet}.0/24` }]], dataDir: path.join(dir, 'ipam') },
-        },
-      ],
-    }),
-  );
-  t.context = { dir, confDir, bridge, subnet, forwarding, tag };
+test.before(async (t) => {
+  t.context = { net: await createBridgeNetwork({ label: 'podstats', subnetPrefix: '10.215' }), tag: crypto.randomBytes(3).toString('hex') };
 });
 
-test.after.always((t) => {
-  try {
-    execFileSync('ip', ['link', 'delete', t.context.bridge], { stdio: 'ignore' });
-  } catch {
-    // Never created.
-  }
-  fs.writeFileSync('/proc/sys/net/ipv4/ip_forward', t.context.forwarding);
-  fs.rmSync(t.context.dir, { recursive: true, force: true });
-  // The pods' cgroup parent stands for kubelet's pod cgroup, which kubelet (here: the test) owns.
-  for (const hierarchy of fs.readdirSync('/sys/fs/cgroup')) {
-    for (const name of [`crisp-test-st-${t.context.tag}`, `crisp-test-st-${t.context.tag}-host`]) {
-      const dir = path.join('/sys/fs/cgroup', hierarchy, name);
-      if (fs.existsSync(dir)) fs.rmdirSync(dir);
-    }
-  }
+test.after.always(async (t) => {
+  await t.context.net?.cleanup();
+  removeCgroupParents(`crisp-test-st-${t.context.tag}`, `crisp-test-st-${t.context.tag}-host`);
 });
 
 function podConfig(t: { context: Context }, name: string, hostNetwork = false) {
@@ -80,7 +42,7 @@ function podConfig(t: { context: Context }, name: string, hostNetwork = false) {
 }
 
 async function daemon(t: any): Promise<{ d: TestDaemon; c: CriClient }> {
-  const d = await TestDaemon.start({ cniConfDir: t.context.confDir });
+  const d = await TestDaemon.start({ cniConfDir: t.context.net.confDir });
   t.teardown(() => d.destroy());
   return { d, c: d.client() };
 }
@@ -174,7 +136,4 @@ test('pod metrics use the described names and labels; resources updates reach th
   const missing = (await t.throwsAsync(c.call('updatePodSandboxResources', { podSandboxId: 'nope', resources: {} }))) as grpc.ServiceError;
   t.is(missing.code, grpc.status.NOT_FOUND);
 
-  const checkpoint = (await t.throwsAsync(c.call('checkpointContainer', { containerId: 'c1', location: '/tmp/x.tar' }))) as grpc.ServiceError;
-  t.is(checkpoint.code, grpc.status.UNIMPLEMENTED);
-  t.regex(checkpoint.details, /CRIU/);
 });

@@ -1,73 +1,34 @@
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import anyTest, { type TestFn } from 'ava';
 import type { CriClient } from '../../src/client/cri_client';
 import { NamespaceMode, PodSandboxState } from '../../src/generated/runtime/v1/api';
-import { spawn } from 'node:child_process';
-import * as net from 'node:net';
 import { TestDaemon, tempDir } from '../fixtures/daemon';
-import { chainExists, cleanupPortmap, natRules } from '../fixtures/iptables';
+import { natRules } from '../fixtures/iptables';
+import { createBridgeNetwork, removeCgroupParents, type TestNetwork } from '../fixtures/test_network';
 
 /**
  * Pod sandboxes through the daemon's socket with the real CNI plugins, on a bridge and /24 that
  * belong to this run only (no masquerade, no route off the subnet). Serial: they share the bridge.
  */
 interface Context {
-  dir: string;
-  confDir: string;
-  bridge: string;
-  subnet: string;
-  forwarding: string;
-  hostportChainsExisted: boolean;
+  net: TestNetwork;
 }
 const test = anyTest.serial as TestFn<Context>;
 
 const tag = crypto.randomBytes(3).toString('hex');
 
 test.before(async (t) => {
-  const dir = tempDir('crisp-test-cni-');
-  const confDir = path.join(dir, 'net.d');
-  fs.mkdirSync(confDir);
-  const bridge = `crisp-s${tag}`;
-  const subnet = `10.214.${crypto.randomInt(1, 250)}`;
-  const forwarding = fs.readFileSync('/proc/sys/net/ipv4/ip_forward', 'utf8');
-  fs.writeFileSync(
-    path.join(confDir, '10-crisp-e2e.conflist'),
-    JSON.stringify({
-      cniVersion: '1.0.0',
-      name: `crisp-e2e-${tag}`,
-      plugins: [
-        {
-          type: 'bridge',
-          bridge,
-          isGateway: true,
-          ipMasq: false,
-          ipam: { type: 'host-local', ranges: [[{ subnet: `${subnet}.0/24` }]], dataDir: path.join(dir, 'ipam') },
-        },
-        { type: 'portmap', capabilities: { portMappings: true } },
-      ],
-    }),
-  );
-  t.context = { dir, confDir, bridge, subnet, forwarding, hostportChainsExisted: await chainExists('CNI-HOSTPORT-DNAT') };
+  t.context = { net: await createBridgeNetwork({ label: 'sandbox', subnetPrefix: '10.214', portmap: true }) };
 });
 
 test.after.always(async (t) => {
-  await cleanupPortmap(`crisp-e2e-${tag}`, t.context.hostportChainsExisted);
-  try {
-    execFileSync('ip', ['link', 'delete', t.context.bridge], { stdio: 'ignore' });
-  } catch {
-    // Never created.
-  }
-  fs.writeFileSync('/proc/sys/net/ipv4/ip_forward', t.context.forwarding);
-  fs.rmSync(t.context.dir, { recursive: true, force: true });
-  // The pods' cgroup parent stands for kubelet's pod cgroup, which kubelet (here: the test) owns.
-  for (const hierarchy of fs.readdirSync('/sys/fs/cgroup')) {
-    const dir = path.join('/sys/fs/cgroup', hierarchy, `crisp-test-${tag}`);
-    if (fs.existsSync(dir)) fs.rmdirSync(dir);
-  }
+  await t.context.net?.cleanup();
+  removeCgroupParents(`crisp-test-${tag}`);
 });
 
 function podConfig(name: string, extra: Record<string, unknown> = {}) {
@@ -84,7 +45,7 @@ function podConfig(name: string, extra: Record<string, unknown> = {}) {
 }
 
 async function daemon(t: any, env: NodeJS.ProcessEnv = {}): Promise<{ d: TestDaemon; c: CriClient }> {
-  const d = await TestDaemon.start({ cniConfDir: t.context.confDir, env });
+  const d = await TestDaemon.start({ cniConfDir: t.context.net.confDir, env });
   t.teardown(() => d.destroy());
   return { d, c: d.client() };
 }
@@ -132,7 +93,7 @@ test('a pod gets its own network, IP, hostname, DNS and sysctls; stop and remove
   t.is(st.metadata?.name, 'web');
   t.deepEqual(st.labels, { app: 'web', suite: 'sandbox' });
   t.is(st.annotations['crisp.test/annotation'], 'yes');
-  t.true(st.network!.ip.startsWith(`${t.context.subnet}.`), st.network!.ip);
+  t.true(st.network!.ip.startsWith(`${t.context.net.subnet}.`), st.network!.ip);
   t.true(st.createdAt > 0n);
 
   const netns = path.join(d.state, 'sandboxes', id, 'ns', 'net');
@@ -155,7 +116,7 @@ test('a pod gets its own network, IP, hostname, DNS and sysctls; stop and remove
   await c.call('stopPodSandbox', { podSandboxId: id });
   t.is((await c.call('podSandboxStatus', { podSandboxId: id })).status!.state, PodSandboxState.SANDBOX_NOTREADY);
   await c.call('stopPodSandbox', { podSandboxId: id });
-  const ipam = fs.readdirSync(path.join(t.context.dir, 'ipam', `crisp-e2e-${tag}`)).filter((f) => f.startsWith('10.'));
+  const ipam = fs.readdirSync(t.context.net.ipamDir).filter((f) => f.startsWith('10.'));
   t.deepEqual(ipam, [], 'the IP allocation was released');
   await c.call('removePodSandbox', { podSandboxId: id });
   await c.call('removePodSandbox', { podSandboxId: id });
@@ -243,7 +204,7 @@ test('kill -9 of the daemon half-way through RunPodSandbox: after restart the po
   const c2 = d.client();
   t.deepEqual((await c2.call('listPodSandbox', {})).items, []);
   assertNothingLeft(t, d, ids[0]);
-  const ipam = fs.readdirSync(path.join(t.context.dir, 'ipam', `crisp-e2e-${tag}`)).filter((f) => f.startsWith('10.'));
+  const ipam = fs.readdirSync(t.context.net.ipamDir).filter((f) => f.startsWith('10.'));
   t.deepEqual(ipam, [], 'the IP allocated before the crash was released');
 });
 
