@@ -163,8 +163,7 @@ export class ContainerStore {
     this.byId.delete(c.id);
     const key = containerNameKey(c.record.sandboxId, c.config);
     if (this.byName.get(key) === c.id) this.byName.delete(key);
-    await fsp.rm(c.bundleDir, { recursive: true, force: true });
-    await fsp.rm(c.layerDir, { recursive: true, force: true });
+    await Promise.all([fsp.rm(c.bundleDir, { recursive: true, force: true }), fsp.rm(c.layerDir, { recursive: true, force: true })]);
   }
 
   get(id: string): Container | undefined {

@@ -1,3 +1,4 @@
+import * as fsp from 'node:fs/promises';
 import { ContainerEventType, type RemoveContainerRequest, type RemoveContainerResponse } from '../generated/runtime/v1/api';
 import type { Container } from '../container/container_store';
 import { invalidArgument } from '../util/errors';
@@ -19,7 +20,8 @@ export async function removeContainerFully(svc: CriService, container: Container
   await stopContainerProcess(svc, container, 0, ctx);
   await svc.containerLocks.run(container.id, async () => {
     if (!svc.containers.get(container.id)) return;
-    await svc.pods.removeCgroup(container.record.cgroupPath);
+    // The writable layer goes while the cgroup is removed; the record goes last, once both are gone.
+    await Promise.all([svc.pods.removeCgroup(container.record.cgroupPath), fsp.rm(container.layerDir, { recursive: true, force: true })]);
     const sandbox = svc.sandboxes.get(container.record.sandboxId);
     if (sandbox) svc.events.publishContainer(container.id, sandbox, ContainerEventType.CONTAINER_DELETED_EVENT);
     await svc.containers.delete(container);
