@@ -4,6 +4,7 @@ use std::io::Write;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use crisp_core::monitor_proto::LogLevel;
+use crisp_core::container::crilog::civil_from_days;
 
 static LEVEL: AtomicU8 = AtomicU8::new(LogLevel::Info as u8);
 
@@ -58,19 +59,6 @@ pub fn format_rfc3339_ms(unix_ms: u64) -> String {
     )
 }
 
-/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day), via 400-year eras.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    (y, m, d)
-}
 
 #[cfg(test)]
 mod tests {

@@ -115,7 +115,7 @@ pub fn append_record(out: &mut Vec<u8>, timestamp: &str, stream: Stream, partial
 }
 
 /// Days since 1970-01-01 to a proleptic Gregorian (year, month, day), via 400-year eras.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
