@@ -4,13 +4,12 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import anyTest, { type TestFn } from 'ava';
-import type { CriClient } from '../../src/client/cri_client';
 import { ContainerState } from '../../src/generated/runtime/v1/api';
-import { TestDaemon } from '../fixtures/daemon';
-import { createLoopbackNetwork, removeCgroupParents } from '../fixtures/test_network';
+import { removeCgroupParents } from '../fixtures/test_network';
 import { connectSpdy, readAll, spdyRemoteCommand } from '../fixtures/spdy_client';
-import { buildFixtureImages, type PushedImage, pushFixtures } from '../fixtures/images';
-import { type RegistryHandle, startRegistry } from '../fixtures/registry';
+import type { PushedImage } from '../fixtures/images';
+import { criLogText, type PodEnv, readCriLog, runContainer, startBusyboxRegistry, startPodEnv, waitExited } from '../fixtures/pod_env';
+import type { RegistryHandle } from '../fixtures/registry';
 
 /**
  * Containers through the daemon's socket, from images in a real registry. Pods use host networking
@@ -26,10 +25,8 @@ const tag = crypto.randomBytes(3).toString('hex');
 const CGROUP_PARENT = `/crisp-test-c${tag}`;
 
 test.before(async (t) => {
-  const set = await buildFixtureImages();
-  const registry = await startRegistry();
-  const pushed = await pushFixtures(registry, ['busybox', 'user-name'], { set });
-  t.context = { registry, busybox: pushed.busybox!, userImage: pushed['user-name']! };
+  const { registry, busybox, pushed } = await startBusyboxRegistry(['user-name']);
+  t.context = { registry, busybox, userImage: pushed['user-name']! };
 });
 
 test.after.always(async (t) => {
@@ -37,32 +34,15 @@ test.after.always(async (t) => {
   removeCgroupParents(CGROUP_PARENT);
 });
 
-interface Env {
-  d: TestDaemon;
-  c: CriClient;
-  pod: string;
-  podConfig: Record<string, unknown>;
-  logDir: string;
-}
-
+type Env = PodEnv;
 
 async function setup(t: any, podExtra: Record<string, unknown> = {}): Promise<Env> {
-  const network = createLoopbackNetwork();
-  t.teardown(() => network.cleanup());
-  const d = await TestDaemon.start({ cniConfDir: network.confDir });
-  t.teardown(() => d.destroy());
-  const c = d.client();
-  await c.call('pullImage', { image: { image: t.context.busybox.reference } });
-  const logDir = path.join(d.dir, 'logs');
-  const podConfig = {
-    metadata: { name: 'ctr-pod', namespace: 'e2e', uid: `uid-${crypto.randomBytes(4).toString('hex')}`, attempt: 0 },
-    hostname: 'ctr-pod',
-    logDirectory: logDir,
-    linux: { cgroupParent: CGROUP_PARENT, securityContext: { namespaceOptions: { network: 2 } } },
-    ...podExtra,
-  };
-  const pod = (await c.call('runPodSandbox', { config: podConfig })).podSandboxId;
-  return { d, c, pod, podConfig, logDir };
+  return startPodEnv(t, {
+    image: t.context.busybox.reference,
+    cgroupParent: CGROUP_PARENT,
+    name: 'ctr-pod',
+    podExtra: { linux: { cgroupParent: CGROUP_PARENT, securityContext: { namespaceOptions: { network: 2 } } }, ...podExtra },
+  });
 }
 
 let counter = 0;
@@ -78,47 +58,9 @@ function containerConfig(t: any, script: string, extra: Record<string, unknown> 
   };
 }
 
-async function run(env: Env, config: Record<string, unknown>): Promise<string> {
-  const { containerId } = await env.c.call('createContainer', { podSandboxId: env.pod, config, sandboxConfig: env.podConfig });
-  await env.c.call('startContainer', { containerId });
-  return containerId;
-}
-
-async function waitExited(env: Env, id: string, timeoutMs = 20_000) {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    const st = (await env.c.call('containerStatus', { containerId: id })).status!;
-    if (st.state === ContainerState.CONTAINER_EXITED) return st;
-    if (Date.now() > until) throw new Error(`container ${id} did not exit: ${JSON.stringify(st.state)}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
-interface LogLine {
-  time: string;
-  stream: string;
-  tag: string;
-  content: string;
-}
-
-function readLog(file: string): LogLine[] {
-  return fs
-    .readFileSync(file, 'utf8')
-    .split('\n')
-    .filter(Boolean)
-    .map((line) => {
-      const m = /^(\S+) (stdout|stderr) (P|F) (.*)$/.exec(line);
-      if (!m) throw new Error(`not a CRI log line: ${JSON.stringify(line)}`);
-      return { time: m[1], stream: m[2], tag: m[3], content: m[4] };
-    });
-}
-
-/** Full lines of a CRI log, partial records joined. */
-function logText(file: string, stream?: string): string {
-  let out = '';
-  for (const l of readLog(file)) if (!stream || l.stream === stream) out += l.content + (l.tag === 'F' ? '\n' : '');
-  return out;
-}
+const run = runContainer;
+const readLog = readCriLog;
+const logText = criLogText;
 
 test('exit codes and reasons; output in the CRI log format', async (t) => {
   const env = await setup(t);

@@ -1,14 +1,12 @@
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
-import * as path from 'node:path';
 import anyTest, { type TestFn } from 'ava';
-import type { CriClient } from '../../src/client/cri_client';
 import { ContainerState } from '../../src/generated/runtime/v1/api';
-import { TestDaemon } from '../fixtures/daemon';
-import { createLoopbackNetwork, removeCgroupParents } from '../fixtures/test_network';
-import { buildFixtureImages, type PushedImage, pushFixtures } from '../fixtures/images';
-import { type RegistryHandle, startRegistry } from '../fixtures/registry';
+import { removeCgroupParents } from '../fixtures/test_network';
+import type { PushedImage } from '../fixtures/images';
+import { criLogText, type PodEnv, runContainer, startBusyboxRegistry, startPodEnv } from '../fixtures/pod_env';
+import type { RegistryHandle } from '../fixtures/registry';
 import { connectSpdy, readAll, spdyRemoteCommand } from '../fixtures/spdy_client';
 import { channelData, connectWebSocket, sendChannel } from '../fixtures/ws_client';
 
@@ -27,10 +25,8 @@ const NAMESPACE_POD = 0;
 const NAMESPACE_NODE = 2;
 
 test.before(async (t) => {
-  const set = await buildFixtureImages();
-  const registry = await startRegistry();
-  const pushed = await pushFixtures(registry, ['busybox'], { set });
-  t.context = { registry, busybox: pushed.busybox! };
+  const { registry, busybox } = await startBusyboxRegistry();
+  t.context = { registry, busybox };
 });
 
 test.after.always(async (t) => {
@@ -38,44 +34,27 @@ test.after.always(async (t) => {
   removeCgroupParents(CGROUP_PARENT);
 });
 
-interface Env {
-  d: TestDaemon;
-  c: CriClient;
-  pod: string;
-  podConfig: Record<string, unknown>;
-}
-
+type Env = PodEnv;
 
 async function setup(t: any, network = NAMESPACE_POD): Promise<Env> {
-  const cni = createLoopbackNetwork();
-  t.teardown(() => cni.cleanup());
-  const d = await TestDaemon.start({ cniConfDir: cni.confDir });
-  t.teardown(() => d.destroy());
-  const c = d.client();
-  await c.call('pullImage', { image: { image: t.context.busybox.reference } });
-  const podConfig = {
-    metadata: { name: 'stream-pod', namespace: 'e2e', uid: `uid-${crypto.randomBytes(4).toString('hex')}`, attempt: 0 },
-    hostname: 'stream-pod',
-    logDirectory: path.join(d.dir, 'logs'),
-    linux: { cgroupParent: CGROUP_PARENT, securityContext: { namespaceOptions: { network } } },
-  };
-  const pod = (await c.call('runPodSandbox', { config: podConfig })).podSandboxId;
-  return { d, c, pod, podConfig };
+  return startPodEnv(t, {
+    image: t.context.busybox.reference,
+    cgroupParent: CGROUP_PARENT,
+    name: 'stream-pod',
+    podExtra: { linux: { cgroupParent: CGROUP_PARENT, securityContext: { namespaceOptions: { network } } } },
+  });
 }
 
 let counter = 0;
 async function run(t: any, env: Env, script: string, extra: Record<string, unknown> = {}): Promise<string> {
   const name = `s${counter++}`;
-  const config = {
+  return runContainer(env, {
     metadata: { name, attempt: 0 },
     image: { image: t.context.busybox.reference },
     command: ['/bin/sh', '-c', script],
     logPath: `${name}.log`,
     ...extra,
-  };
-  const { containerId } = await env.c.call('createContainer', { podSandboxId: env.pod, config, sandboxConfig: env.podConfig });
-  await env.c.call('startContainer', { containerId });
-  return containerId;
+  });
 }
 
 async function until(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 15_000): Promise<void> {
@@ -87,14 +66,7 @@ async function until(what: string, check: () => boolean | Promise<boolean>, time
 }
 
 async function logOf(env: Env, id: string): Promise<string> {
-  const st = (await env.c.call('containerStatus', { containerId: id })).status!;
-  if (!fs.existsSync(st.logPath)) return '';
-  return fs
-    .readFileSync(st.logPath, 'utf8')
-    .split('\n')
-    .map((l) => /^\S+ (?:stdout|stderr) ([PF]) (.*)$/.exec(l))
-    .map((m) => (m ? m[2] + (m[1] === 'F' ? '\n' : '') : ''))
-    .join('');
+  return criLogText((await env.c.call('containerStatus', { containerId: id })).status!.logPath);
 }
 
 async function monitorPid(env: Env): Promise<number> {
