@@ -47,6 +47,9 @@ let podCounter = 0;
  * A pod as kubelet describes it: metadata with a unique uid, a log directory kubelet has
  * created, hostname, DNS, labels, and the runtime's pod cgroup parent.
  */
+/** network POD (0), pid CONTAINER (1), ipc POD (0): kubelet's defaults for a pod. */
+const KUBELET_NAMESPACES = { network: 0, pid: 1, ipc: 0 };
+
 export function podConfig(rt: BenchRuntime, prefix: string) {
   const n = ++podCounter;
   const name = `${prefix}-${n}`;
@@ -59,7 +62,8 @@ export function podConfig(rt: BenchRuntime, prefix: string) {
     dnsConfig: { servers: ['192.0.2.53'], searches: ['bench.svc.cluster.local'], options: ['ndots:5'] },
     labels: { app: prefix, 'crisp.bench/run': String(process.pid) },
     annotations: {},
-    linux: { cgroupParent: rt.cgroupParent, securityContext: { namespaceOptions: {} } },
+    // What kubelet sends for a pod without shareProcessNamespace: a PID namespace per container.
+    linux: { cgroupParent: rt.cgroupParent, securityContext: { namespaceOptions: KUBELET_NAMESPACES } },
   };
 }
 
@@ -78,7 +82,7 @@ export function containerConfig(name: string, image: string, command: string[] =
     command,
     logPath: `${name}/0.log`,
     labels: { container: name },
-    linux: { resources: {}, securityContext: { namespaceOptions: {} } },
+    linux: { resources: {}, securityContext: { namespaceOptions: KUBELET_NAMESPACES } },
   };
 }
 
