@@ -164,6 +164,7 @@ export class Daemon {
 
     const stats = new StatsCollector({
       readCgroups: (paths) => service.native.cgroupStatsBatch(paths),
+      measureLayer: (dir) => service.native.diskUsage(dir),
       readNetDev: procNetDev,
       log: log.child({ subsystem: 'stats' }),
     });

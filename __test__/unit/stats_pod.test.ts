@@ -85,6 +85,7 @@ test('collector: samples cgroup and network; host-network targets have no interf
       reads.push(pid);
       return NET_DEV;
     },
+    measureLayer: async () => ({ bytes: 0n, inodes: 1n }),
     log: silentLogger(),
     monotonicNs: () => now,
     wallNs: () => 1_700_000_000_000_000_000n,

@@ -79,4 +79,6 @@ export interface NativeAddon {
   mountTmpfs(target: string, options: string): void;
   /** Lazy unmount; not mounted or missing is fine. */
   unmountPath(target: string): void;
+  /** JSON `{"bytes","inodes"}` (decimal strings) of a directory tree, or `null` if it is gone; off the event loop. */
+  diskUsage(dir: string): Promise<string>;
 }

@@ -60,6 +60,13 @@ export class FakeNativeCore implements NativeCore {
     this.mounts.delete(target);
   }
 
+  /** Sizes a test assigns to directories; anything else is gone. */
+  readonly usages = new Map<string, { bytes: bigint; inodes: bigint }>();
+
+  async diskUsage(dir: string): Promise<{ bytes: bigint; inodes: bigint } | undefined> {
+    return this.usages.get(dir);
+  }
+
   cgroupResolvePath(parent: string, name: string): string {
     return `${parent.replace(/\/$/, '')}/${name}`;
   }

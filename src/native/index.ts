@@ -23,6 +23,8 @@ export interface NativeCore {
   reapChild(pid: number): boolean;
   mountTmpfs(target: string, options: string): void;
   unmountPath(target: string): void;
+  /** Allocated bytes and inodes of a directory tree (hard links once, one filesystem); undefined if gone. */
+  diskUsage(dir: string): Promise<{ bytes: bigint; inodes: bigint } | undefined>;
   /** The cgroupfs path of `name` under `parent` (a path or a systemd slice name). */
   cgroupResolvePath(parent: string, name: string): string;
   /** Creates (idempotently) a cgroup under `parent` with `resources` applied. */
@@ -92,6 +94,7 @@ const REQUIRED_EXPORTS: ReadonlyArray<keyof NativeAddon> = [
   'reapChild',
   'mountTmpfs',
   'unmountPath',
+  'diskUsage',
 ];
 
 /** The error code the addon attached to an error, if any. */
@@ -191,6 +194,17 @@ class AddonCore implements NativeCore {
     } catch (err) {
       throw fromNativeError(err, `mounting tmpfs on ${target}`);
     }
+  }
+
+  async diskUsage(dir: string): Promise<{ bytes: bigint; inodes: bigint } | undefined> {
+    let text: string;
+    try {
+      text = await this.addon.diskUsage(dir);
+    } catch (err) {
+      throw fromNativeError(err, `disk usage of ${dir}`);
+    }
+    const parsed = JSON.parse(text) as { bytes: string; inodes: string } | null;
+    return parsed ? { bytes: BigInt(parsed.bytes), inodes: BigInt(parsed.inodes) } : undefined;
   }
 
   unmountPath(target: string): void {

@@ -1,5 +1,3 @@
-import * as fsp from 'node:fs/promises';
-import * as path from 'node:path';
 import type { Logger } from '../log';
 import { errorMessage } from '../util/errors';
 
@@ -9,100 +7,6 @@ export interface DiskUsage {
   bytes: bigint;
   /** Distinct inodes, the root included. */
   inodes: bigint;
-}
-
-const BLOCK_UNIT = 512n;
-
-function isMissing(err: unknown): boolean {
-  const code = (err as NodeJS.ErrnoException | null)?.code;
-  return code === 'ENOENT' || code === 'ENOTDIR';
-}
-
-/**
- * Measures `root` the way du and containerd's snapshotter usage do: allocated blocks rather than
- * apparent sizes (sparse files cost what they occupy), hard links once. The walk stays on
- * root's filesystem, and entries that vanish mid-walk (the container is writing) are skipped.
- * It issues one filesystem request at a time per walker, so measuring a large layer never
- * floods the libuv threadpool that cgroup reads and RPCs share. Undefined if `root` is gone.
- */
-export async function diskUsage(root: string, walkers = 2): Promise<DiskUsage | undefined> {
-  let rootStat;
-  try {
-    rootStat = await fsp.lstat(root, { bigint: true });
-  } catch (err) {
-    if (isMissing(err)) return undefined;
-    throw err;
-  }
-  let bytes = rootStat.blocks * BLOCK_UNIT;
-  let inodes = 1n;
-  if (!rootStat.isDirectory()) return { bytes, inodes };
-  const device = rootStat.dev;
-  const linked = new Set<bigint>();
-  const dirs: string[] = [root];
-  let busy = 0;
-  // Idle walkers park here until another walker finds a directory or finishes one.
-  let parked: Array<() => void> = [];
-  const wake = (): void => {
-    const waiting = parked;
-    parked = [];
-    for (const resume of waiting) resume();
-  };
-
-  let failed = false;
-
-  const walk = async (): Promise<void> => {
-    while (!failed) {
-      const dir = dirs.pop();
-      if (dir === undefined) {
-        // Another walker may still find subdirectories: wait for it rather than quit early.
-        if (busy === 0) {
-          wake();
-          return;
-        }
-        await new Promise<void>((resolve) => parked.push(resolve));
-        continue;
-      }
-      busy++;
-      try {
-        let names: string[];
-        try {
-          names = await fsp.readdir(dir);
-        } catch (err) {
-          if (isMissing(err)) continue;
-          throw err;
-        }
-        for (const name of names) {
-          const child = path.join(dir, name);
-          let st;
-          try {
-            st = await fsp.lstat(child, { bigint: true });
-          } catch (err) {
-            if (isMissing(err)) continue;
-            throw err;
-          }
-          if (st.dev !== device) continue;
-          if (st.nlink > 1n && !st.isDirectory()) {
-            if (linked.has(st.ino)) continue;
-            linked.add(st.ino);
-          }
-          bytes += st.blocks * BLOCK_UNIT;
-          inodes++;
-          if (st.isDirectory()) {
-            dirs.push(child);
-            wake();
-          }
-        }
-      } catch (err) {
-        failed = true;
-        throw err;
-      } finally {
-        busy--;
-        wake();
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.max(1, walkers) }, walk));
-  return { bytes, inodes };
 }
 
 export interface LayerTarget {
@@ -130,7 +34,8 @@ interface LayerEntry {
 
 export interface LayerUsageCacheOptions {
   log: Logger;
-  measure?: (dir: string) => Promise<DiskUsage | undefined>;
+  /** Measures one layer off the event loop (the native core's walker). */
+  measure: (dir: string) => Promise<DiskUsage | undefined>;
   monotonicNs?: () => bigint;
   wallNs?: () => bigint;
   /** A measurement older than this is redone (default 5 s). */
@@ -157,7 +62,7 @@ export class LayerUsageCache {
   private readonly costFactor: bigint;
 
   constructor(private readonly options: LayerUsageCacheOptions) {
-    this.measure = options.measure ?? ((dir) => diskUsage(dir));
+    this.measure = options.measure;
     this.monotonicNs = options.monotonicNs ?? (() => process.hrtime.bigint());
     this.wallNs = options.wallNs ?? (() => BigInt(Date.now()) * 1_000_000n);
     this.refreshNs = options.refreshNs ?? 5_000_000_000n;

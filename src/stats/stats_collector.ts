@@ -32,7 +32,7 @@ export interface StatsCollectorOptions {
   /** Contents of /proc/<pid>/net/dev. */
   readNetDev(pid: number): Promise<string>;
   log: Logger;
-  measureLayer?: (dir: string) => Promise<DiskUsage | undefined>;
+  measureLayer: (dir: string) => Promise<DiskUsage | undefined>;
   monotonicNs?: () => bigint;
   wallNs?: () => bigint;
   minRateWindowNs?: bigint;

@@ -11,3 +11,4 @@ pub mod sys;
 pub mod container;
 pub mod netns_connect;
 pub mod spawn;
+pub mod du;

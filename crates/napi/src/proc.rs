@@ -6,16 +6,17 @@
 use std::os::fd::IntoRawFd;
 use std::path::Path;
 
-use crisp_core::spawn;
+use crisp_core::{du, spawn};
 use crisp_core::unpack::errno_name;
 
-use crate::js::{self, Args, Env, JsError, Value};
+use crate::js::{self, Args, Env, IntoJs, JsError, Value};
 
 pub fn register(env: Env, exports: Value) -> Result<(), JsError> {
     js::register(env, exports, "spawnDetached", spawn_detached)?;
     js::register(env, exports, "reapChild", reap_child)?;
     js::register(env, exports, "mountTmpfs", mount_tmpfs)?;
     js::register(env, exports, "unmountPath", unmount_path)?;
+    js::register(env, exports, "diskUsage", disk_usage)?;
     Ok(())
 }
 
@@ -58,4 +59,27 @@ fn unmount_path(env: Env, args: &Args) -> Result<Value, JsError> {
     let target = args.path(0, "target")?;
     spawn::unmount(Path::new(&target)).map_err(|e| io_error(&format!("unmount {target}"), e))?;
     env.undefined()
+}
+
+/// Usage of a directory tree; `null` when it does not exist.
+struct UsageResult(Option<du::Usage>);
+
+impl IntoJs for UsageResult {
+    fn into_js(self, env: Env) -> Result<Value, JsError> {
+        match self.0 {
+            None => env.string("null"),
+            // Decimal strings: byte counts of big layers outgrow a double's exact integers only in
+            // theory, but bigint on the JS side keeps the arithmetic exact anyway.
+            Some(u) => env.string(&format!("{{\"bytes\":\"{}\",\"inodes\":\"{}\"}}", u.bytes, u.inodes)),
+        }
+    }
+}
+
+/// `diskUsage(dir: string): Promise<string>` — JSON `{"bytes","inodes"}` (decimal strings) or
+/// `null`, walked on libuv's threadpool.
+fn disk_usage(env: Env, args: &Args) -> Result<Value, JsError> {
+    let dir = args.path(0, "dir")?;
+    js::promise(env, "crisp.diskUsage", move || {
+        du::disk_usage(Path::new(&dir)).map(UsageResult).map_err(|e| io_error(&format!("disk usage of {dir}"), e))
+    })
 }
