@@ -10,6 +10,7 @@
  */
 import type * as net from 'node:net';
 import { Readable, Writable } from 'node:stream';
+import { ByteQueue } from '../util/byte_queue';
 import { CrispError } from '../util/errors';
 import { connectMonitorSocket, type ExecProcess, monitorError, monitorUnavailable } from './monitor_client';
 
@@ -122,45 +123,21 @@ async function openStream(socketPath: string, op: string, params: Record<string,
 
 /** Frames split across socket chunks, reassembled without copying more than once. */
 class FrameReader {
-  private chunks: Buffer[] = [];
-  private length = 0;
+  private readonly queue = new ByteQueue();
 
   push(chunk: Buffer): void {
-    if (chunk.length === 0) return;
-    this.chunks.push(chunk);
-    this.length += chunk.length;
+    this.queue.push(chunk);
   }
 
   /** The next complete frame; undefined while incomplete. Throws on an oversized frame. */
   next(): { kind: number; payload: Buffer } | undefined {
-    if (this.length < HEADER_LEN) return undefined;
-    const header = this.peek(HEADER_LEN);
+    if (this.queue.length < HEADER_LEN) return undefined;
+    const header = this.queue.peek(HEADER_LEN);
     const size = header.readUInt32BE(1);
     if (size > MAX_FRAME_PAYLOAD) throw new Error(`frame of ${size} bytes exceeds the ${MAX_FRAME_PAYLOAD}-byte limit`);
-    if (this.length < HEADER_LEN + size) return undefined;
-    const whole = this.take(HEADER_LEN + size);
-    return { kind: header[0]!, payload: whole.subarray(HEADER_LEN) };
-  }
-
-  private peek(n: number): Buffer {
-    if (this.chunks[0]!.length >= n) return this.chunks[0]!.subarray(0, n);
-    return Buffer.concat(this.chunks, this.length).subarray(0, n);
-  }
-
-  private take(n: number): Buffer {
-    const first = this.chunks[0]!;
-    let out: Buffer;
-    if (first.length >= n) {
-      out = first.subarray(0, n);
-      if (first.length === n) this.chunks.shift();
-      else this.chunks[0] = first.subarray(n);
-    } else {
-      const all = Buffer.concat(this.chunks, this.length);
-      out = all.subarray(0, n);
-      this.chunks = all.length > n ? [all.subarray(n)] : [];
-    }
-    this.length -= n;
-    return out;
+    if (this.queue.length < HEADER_LEN + size) return undefined;
+    const kind = header[0]!;
+    return { kind, payload: this.queue.take(HEADER_LEN + size).subarray(HEADER_LEN) };
   }
 }
 

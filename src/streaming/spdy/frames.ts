@@ -8,6 +8,8 @@
  * `HeaderCompressor`/`HeaderDecompressor`, which need per-connection state.
  */
 
+import { ByteQueue } from '../../util/byte_queue';
+
 export const SPDY_VERSION = 3;
 
 export const enum ControlType {
@@ -301,55 +303,27 @@ function decodeControlFrame(version: number, type: number, flags: number, payloa
  * whose declared length exceeds `maxFrameLength` is refused before it is buffered.
  */
 export class FrameDecoder {
-  private chunks: Buffer[] = [];
-  private buffered = 0;
+  private readonly queue = new ByteQueue();
 
   constructor(private readonly maxFrameLength = MAX_FRAME_PAYLOAD) {}
 
   /** Feeds bytes and returns every frame they complete, in order. */
   push(chunk: Buffer): Frame[] {
-    if (chunk.length > 0) {
-      this.chunks.push(chunk);
-      this.buffered += chunk.length;
-    }
+    this.queue.push(chunk);
     const frames: Frame[] = [];
-    while (this.buffered >= FRAME_HEADER_LENGTH) {
-      const header = this.peek(FRAME_HEADER_LENGTH);
+    while (this.queue.length >= FRAME_HEADER_LENGTH) {
+      const header = this.queue.peek(FRAME_HEADER_LENGTH);
       const length = header.readUInt32BE(4) & 0xffffff;
       if (length > this.maxFrameLength) throw new SpdyProtocolError(`frame of ${length} bytes exceeds the limit of ${this.maxFrameLength}`);
-      if (this.buffered < FRAME_HEADER_LENGTH + length) break;
-      const raw = this.take(FRAME_HEADER_LENGTH + length);
-      frames.push(decodeFrame(raw));
+      if (this.queue.length < FRAME_HEADER_LENGTH + length) break;
+      frames.push(decodeFrame(this.queue.take(FRAME_HEADER_LENGTH + length)));
     }
     return frames;
   }
 
   /** Bytes received that do not yet form a whole frame. */
   get pendingBytes(): number {
-    return this.buffered;
-  }
-
-  private peek(n: number): Buffer {
-    if (this.chunks[0]!.length >= n) return this.chunks[0]!.subarray(0, n);
-    const joined = Buffer.concat(this.chunks);
-    this.chunks = [joined];
-    return joined.subarray(0, n);
-  }
-
-  private take(n: number): Buffer {
-    const first = this.chunks[0]!;
-    let out: Buffer;
-    if (first.length >= n) {
-      out = first.subarray(0, n);
-      if (first.length === n) this.chunks.shift();
-      else this.chunks[0] = first.subarray(n);
-    } else {
-      const joined = Buffer.concat(this.chunks);
-      out = joined.subarray(0, n);
-      this.chunks = joined.length > n ? [joined.subarray(n)] : [];
-    }
-    this.buffered -= n;
-    return out;
+    return this.queue.length;
   }
 }
 
