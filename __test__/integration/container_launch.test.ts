@@ -18,28 +18,14 @@ import {
 import { monitorBinaryPath, spawnMonitor, type MonitorProcess } from '../../src/sandbox/monitor_spawn';
 import { CrispError } from '../../src/util/errors';
 import { run } from '../fixtures/netns';
+import { DEFAULT_CAPABILITIES } from '../../src/container/capabilities';
 
 const BUSYBOX = '/bin/busybox';
 const isRoot = process.getuid?.() === 0;
 const serial = isRoot && fs.existsSync(BUSYBOX) ? test.serial : test.skip;
 
-/** Docker's default capability set. */
-const DEFAULT_CAPS = [
-  'CAP_CHOWN',
-  'CAP_DAC_OVERRIDE',
-  'CAP_FSETID',
-  'CAP_FOWNER',
-  'CAP_MKNOD',
-  'CAP_NET_RAW',
-  'CAP_SETGID',
-  'CAP_SETUID',
-  'CAP_SETFCAP',
-  'CAP_SETPCAP',
-  'CAP_NET_BIND_SERVICE',
-  'CAP_SYS_CHROOT',
-  'CAP_KILL',
-  'CAP_AUDIT_WRITE',
-];
+/** The default set the spec builder gives containers. */
+const DEFAULT_CAPS = [...DEFAULT_CAPABILITIES];
 const CAP_NUMBERS: Record<string, number> = {
   CAP_CHOWN: 0,
   CAP_DAC_OVERRIDE: 1,

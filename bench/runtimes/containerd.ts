@@ -7,10 +7,10 @@ import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CriClient } from '../../src/client/cri_client';
-import { mountStateTmpfs, removeCgroupTree, run, unmountUnder } from '../env/host';
-import { killAll, listProcesses, type ProcInfo, withDescendants } from '../env/proc';
-import { removeAllPods } from '../cri';
-import { type BenchRuntime, exited, OutputTail, type RuntimeVersion, spawnDaemon, stopProcess, waitForReady, waitForSocket } from './runtime';
+import { mountStateTmpfs, run } from '../env/host';
+import { listProcesses, type ProcInfo, withDescendants } from '../env/proc';
+import { tearDownRuntime } from './teardown';
+import { type BenchRuntime, exited, OutputTail, type RuntimeVersion, spawnDaemon, waitForReady, waitForSocket } from './runtime';
 
 export const CONTAINERD_BINARY = '/usr/bin/containerd';
 const SHIM_NAME = 'containerd-shim-runc-v2';
@@ -182,16 +182,17 @@ export class ContainerdRuntime implements BenchRuntime {
   async destroy(): Promise<void> {
     if (this.destroyed) return;
     this.destroyed = true;
-    if (this.child && !exited(this.child)) await removeAllPods(this.clients[0] ?? this.client()).catch(() => undefined);
-    for (const c of this.clients) c.close();
-    await stopProcess(this.child, 15_000);
-    // Shims keep running without containerd; any left (a removal failed) are ended with their pods.
-    await killAll(this.podProcesses());
-    await unmountUnder(this.options.dir);
-    await removeCgroupTree(this.cgroupParent);
+    await tearDownRuntime({
+      child: this.child,
+      clients: this.clients,
+      client: () => this.client(),
+      podProcesses: () => this.podProcesses(),
+      dir: this.options.dir,
+      cgroupParent: this.cgroupParent,
+    });
     if (this.shimSocketsBefore) removeStaleShimSockets(this.shimSocketsBefore);
-    fs.rmSync(this.options.dir, { recursive: true, force: true });
   }
+
 }
 
 /**

@@ -6,10 +6,10 @@ import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CriClient } from '../../src/client/cri_client';
-import { mountStateTmpfs, removeCgroupTree, unmountUnder } from '../env/host';
-import { killAll, listProcesses, type ProcInfo, withDescendants } from '../env/proc';
-import { removeAllPods } from '../cri';
-import { type BenchRuntime, exited, OutputTail, type RuntimeVersion, spawnDaemon, stopProcess, waitForReady, waitForSocket } from './runtime';
+import { mountStateTmpfs } from '../env/host';
+import { listProcesses, type ProcInfo, withDescendants } from '../env/proc';
+import { tearDownRuntime } from './teardown';
+import { type BenchRuntime, exited, OutputTail, type RuntimeVersion, spawnDaemon, waitForReady, waitForSocket } from './runtime';
 
 const REPO_ROOT = path.resolve(__dirname, '..', '..', '..');
 const CLI = path.join(REPO_ROOT, 'dist', 'src', 'cli', 'main.js');
@@ -112,13 +112,14 @@ export class CrispRuntime implements BenchRuntime {
   async destroy(): Promise<void> {
     if (this.destroyed) return;
     this.destroyed = true;
-    if (this.child && !exited(this.child)) await removeAllPods(this.clients[0] ?? this.client()).catch(() => undefined);
-    for (const c of this.clients) c.close();
-    await stopProcess(this.child, 15_000);
-    // Monitors outlive the daemon by design: whatever a failed removal left is ended here.
-    await killAll(this.podProcesses());
-    await unmountUnder(this.options.dir);
-    await removeCgroupTree(this.cgroupParent);
-    fs.rmSync(this.options.dir, { recursive: true, force: true });
+    await tearDownRuntime({
+      child: this.child,
+      clients: this.clients,
+      client: () => this.client(),
+      podProcesses: () => this.podProcesses(),
+      dir: this.options.dir,
+      cgroupParent: this.cgroupParent,
+    });
   }
+
 }
