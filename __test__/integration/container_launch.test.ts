@@ -5,7 +5,6 @@
  * Build the binary first: `cargo build --release -p crisp-monitor`.
  */
 import test, { type ExecutionContext } from 'ava';
-import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -19,8 +18,8 @@ import { monitorBinaryPath, spawnMonitor, type MonitorProcess } from '../../src/
 import { CrispError } from '../../src/util/errors';
 import { run } from '../fixtures/netns';
 import { DEFAULT_CAPABILITIES } from '../../src/container/capabilities';
+import { BUSYBOX, makeBusyboxLayer, mountPointsUnder } from '../fixtures/rootfs';
 
-const BUSYBOX = '/bin/busybox';
 const isRoot = process.getuid?.() === 0;
 const serial = isRoot && fs.existsSync(BUSYBOX) ? test.serial : test.skip;
 
@@ -54,28 +53,7 @@ interface Pod {
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-function mountsUnder(dir: string): string[] {
-  return fs
-    .readFileSync('/proc/self/mountinfo', 'utf8')
-    .split('\n')
-    .map((line) => line.split(' ')[4])
-    .filter((mp): mp is string => mp !== undefined && (mp === dir || mp.startsWith(`${dir}/`)));
-}
 
-/** A read-only image layer: busybox with every applet linked, and the usual /etc files. */
-function makeBusyboxLayer(dir: string): void {
-  fs.mkdirSync(path.join(dir, 'bin'), { recursive: true });
-  fs.mkdirSync(path.join(dir, 'etc'));
-  fs.mkdirSync(path.join(dir, 'tmp'), { mode: 0o1777 });
-  fs.copyFileSync(BUSYBOX, path.join(dir, 'bin', 'busybox'));
-  fs.chmodSync(path.join(dir, 'bin', 'busybox'), 0o755);
-  const applets = execFileSync(BUSYBOX, ['--list'], { encoding: 'utf8' }).split('\n').filter(Boolean);
-  for (const applet of applets) {
-    if (applet !== 'busybox') fs.symlinkSync('busybox', path.join(dir, 'bin', applet));
-  }
-  fs.writeFileSync(path.join(dir, 'etc', 'passwd'), 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n');
-  fs.writeFileSync(path.join(dir, 'etc', 'group'), 'root:x:0:\ntty:x:5:\nnogroup:x:65534:\n');
-}
 
 async function startPod(t: ExecutionContext, tag: string): Promise<Pod> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), `crisp-test-ctr-${tag}-`));
@@ -99,7 +77,7 @@ async function startPod(t: ExecutionContext, tag: string): Promise<Pod> {
         // Gone already.
       }
     }
-    for (const mp of mountsUnder(dir).reverse()) await run('umount', ['-l', mp]);
+    for (const mp of mountPointsUnder(dir).reverse()) await run('umount', ['-l', mp]);
     fs.rmSync(dir, { recursive: true, force: true });
   });
   const lower = path.join(dir, 'lower');
@@ -257,7 +235,7 @@ serial('a container runs, its output lands in the CRI log, and its exit is recor
   t.deepEqual((await pod.client.status()).containers, [{ containerId: 'c1', pid, state: 'exited', exitCode: 3 }]);
 
   // Nothing of the container was mounted in the host's mount namespace: only the pod's pins.
-  t.deepEqual(mountsUnder(pod.dir).sort(), ['ipc', 'net', 'pid', 'uts'].map((k) => path.join(pod.podDir, 'ns', k)));
+  t.deepEqual(mountPointsUnder(pod.dir).sort(), ['ipc', 'net', 'pid', 'uts'].map((k) => path.join(pod.podDir, 'ns', k)));
 });
 
 serial('a program that cannot be executed fails start with the reason', async (t) => {
