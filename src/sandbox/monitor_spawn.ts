@@ -259,8 +259,10 @@ function readReadyLine(child: StartingMonitor, timeoutMs: number): Promise<strin
       if (err) reject(err);
       else resolve(value as string);
     };
+    // If the event loop itself stalled past the deadline, the readiness line may be waiting to be
+    // read: let the poll phase deliver it (setImmediate runs after it) before giving up.
     const timer = setTimeout(
-      () => finish(deadlineExceeded(`monitor did not report readiness within ${timeoutMs} ms`)),
+      () => setImmediate(() => finish(deadlineExceeded(`monitor did not report readiness within ${timeoutMs} ms`))),
       timeoutMs,
     );
     void child.failed.then((err) => finish(err));
