@@ -28,6 +28,7 @@ import { CriService } from './server/service';
 import { procNetDev } from './stats/pod_stats';
 import { StatsCollector } from './stats/stats_collector';
 import { packageVersion } from './version';
+import { useAtomicFileWriter } from './util/fsutil';
 
 /** Something with a start-up recovery pass and a clean shutdown, owned by the daemon. */
 export interface Subsystem {
@@ -91,6 +92,7 @@ export class Daemon {
     const native = loadNative();
     log.info({ core: native.coreVersion() }, 'native core loaded');
     service.native = native;
+    useAtomicFileWriter((file, data, mode, durable) => native.writeFileAtomic(file, data, mode, durable));
 
     const registry = new RegistryClient({
       hosts: new RegistryHosts({ configDir: config.registry.configPath, credentials: config.registry.auths }),

@@ -6,6 +6,7 @@ import * as path from 'node:path';
 import * as zlib from 'node:zlib';
 import test from 'ava';
 import { CrispError } from '../../src/util/errors';
+import { useAtomicFileWriter, writeFileAtomic } from '../../src/util/fsutil';
 import type { NativeAddon } from '../../src/native/addon';
 import { FakeNativeCore } from '../../src/native/fake';
 import { loadNative, NATIVE_ADDON_PATH, nativeErrorCode } from '../../src/native/index';
@@ -180,4 +181,46 @@ test('FakeNativeCore reports what the addon reports and converts injected failur
   const missing = await t.throwsAsync(fake.unpackLayer(path.join(dir, 'missing'), 'gzip', dest));
   t.is((missing as CrispError).code, 'Internal');
   t.is(nativeErrorCode(missing!.cause), 'ENOENT');
+});
+
+test('writeFileAtomic replaces a file in one task and reports errno codes', async (t) => {
+  const dir = await tempDir(t);
+  const native = loadNative();
+  const file = path.join(dir, 'record.json');
+  await fsp.writeFile(file, 'old');
+  await native.writeFileAtomic(file, '{"state":"running"}', 0o600, true);
+  t.is(await fsp.readFile(file, 'utf8'), '{"state":"running"}');
+  t.is((await fsp.stat(file)).mode & 0o777, 0o600);
+  await native.writeFileAtomic(file, 'second', 0o644, false);
+  t.is(await fsp.readFile(file, 'utf8'), 'second');
+  t.deepEqual(await fsp.readdir(dir), ['record.json'], 'no temporary file is left');
+
+  const missing = await t.throwsAsync(native.writeFileAtomic(path.join(dir, 'no-such-dir', 'f'), 'x', 0o600, true));
+  t.is(nativeErrorCode(missing), 'ENOENT');
+  const addon = require(NATIVE_ADDON_PATH) as NativeAddon;
+  t.throws(() => addon.writeFileAtomic(file, 'x', 0o600, 'yes' as unknown as boolean), { instanceOf: TypeError });
+  t.throws(() => addon.writeFileAtomic(file, 'x', 0o10000, true), { instanceOf: TypeError });
+});
+
+test('fsutil writes through the installed writer and falls back to its own', async (t) => {
+  const dir = await tempDir(t);
+  const file = path.join(dir, 'state.json');
+  const seen: { file: string; durable: boolean }[] = [];
+  const native = loadNative();
+  useAtomicFileWriter((f, data, mode, durable) => {
+    seen.push({ file: f, durable });
+    return native.writeFileAtomic(f, data, mode, durable);
+  });
+  t.teardown(() => useAtomicFileWriter(undefined));
+  await writeFileAtomic(file, 'via native', 0o600, { durable: false });
+  t.deepEqual(seen, [{ file, durable: false }]);
+  t.is(await fsp.readFile(file, 'utf8'), 'via native');
+  // Binary data is not text: the built-in path writes it.
+  await writeFileAtomic(file, Buffer.from([0xff, 0x00]));
+  t.is(seen.length, 1);
+  t.deepEqual(await fsp.readFile(file), Buffer.from([0xff, 0x00]));
+  useAtomicFileWriter(undefined);
+  await writeFileAtomic(file, 'built-in');
+  t.is(await fsp.readFile(file, 'utf8'), 'built-in');
+  t.is(seen.length, 1);
 });

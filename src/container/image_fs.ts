@@ -39,3 +39,42 @@ export async function readFileInLayers(lowerDirs: string[], absPath: string): Pr
   }
   return undefined;
 }
+
+/**
+ * Remembers small files read through image layers. Layers never change once unpacked and a
+ * snapshot path names its content, so /etc/passwd and /etc/group are read once per image rather
+ * than on every container create. Bounded in entries and in the size of what it keeps.
+ */
+export class ImageFileCache {
+  private readonly entries = new Map<string, Promise<Buffer | undefined>>();
+
+  constructor(
+    private readonly maxEntries = 256,
+    private readonly maxFileBytes = 64 * 1024,
+    private readonly read: typeof readFileInLayers = readFileInLayers,
+  ) {}
+
+  /** `readFileInLayers`; callers share the returned buffer and must not modify it. */
+  get(lowerDirs: string[], absPath: string): Promise<Buffer | undefined> {
+    const key = `${lowerDirs.join('\n')}\n\n${absPath}`;
+    const hit = this.entries.get(key);
+    if (hit) {
+      // Most recently used last.
+      this.entries.delete(key);
+      this.entries.set(key, hit);
+      return hit;
+    }
+    const pending = this.read(lowerDirs, absPath);
+    this.entries.set(key, pending);
+    pending.then(
+      (buf) => {
+        if (buf && buf.length > this.maxFileBytes && this.entries.get(key) === pending) this.entries.delete(key);
+      },
+      () => {
+        if (this.entries.get(key) === pending) this.entries.delete(key);
+      },
+    );
+    while (this.entries.size > this.maxEntries) this.entries.delete(this.entries.keys().next().value!);
+    return pending;
+  }
+}

@@ -328,13 +328,12 @@ async function runtimeMounts(input: SpecInput, host: SpecHost): Promise<BindRequ
     ['/etc/hosts', path.join(dir, 'hosts')],
     ['/etc/resolv.conf', path.join(dir, 'resolv.conf')],
   ];
-  for (const [containerPath, hostPath] of podFiles) {
-    if (await host.exists(hostPath)) {
-      out.push({ containerPath, hostPath, readonly: readonlyRootfs, propagation: MountPropagation.PROPAGATION_PRIVATE });
-    }
-  }
   const shm = input.sandbox.namespaces.ipc === 'node' ? '/dev/shm' : path.join(dir, 'shm');
-  if (await host.exists(shm)) out.push({ containerPath: '/dev/shm', hostPath: shm, readonly: false, propagation: MountPropagation.PROPAGATION_PRIVATE });
+  const present = await Promise.all([...podFiles.map(([, hostPath]) => host.exists(hostPath)), host.exists(shm)]);
+  podFiles.forEach(([containerPath, hostPath], i) => {
+    if (present[i]) out.push({ containerPath, hostPath, readonly: readonlyRootfs, propagation: MountPropagation.PROPAGATION_PRIVATE });
+  });
+  if (present[podFiles.length]) out.push({ containerPath: '/dev/shm', hostPath: shm, readonly: false, propagation: MountPropagation.PROPAGATION_PRIVATE });
 
   // Image VOLUMEs become empty directories next to the container's writable layer.
   const volumesDir = path.join(path.dirname(input.rootfs.upperDir), 'volumes');
@@ -588,6 +587,33 @@ async function exists(p: string): Promise<boolean> {
   }
 }
 
+/**
+ * Facts about the kernel and its modules do not change while the daemon runs; each container
+ * create would otherwise re-read them. A failed lookup is not remembered.
+ */
+function once<T>(read: () => Promise<T>): () => Promise<T> {
+  let value: Promise<T> | undefined;
+  return () => {
+    value ??= read().catch((err: unknown) => {
+      value = undefined;
+      throw err;
+    });
+    return value;
+  };
+}
+
+function oncePerKey<K, T>(read: (key: K) => Promise<T>): (key: K) => Promise<T> {
+  const values = new Map<K, () => Promise<T>>();
+  return (key) => {
+    let get = values.get(key);
+    if (!get) {
+      get = once(() => read(key));
+      values.set(key, get);
+    }
+    return get();
+  };
+}
+
 export const nodeSpecHost: SpecHost = {
   realpath: (p) => fsp.realpath(p),
   exists,
@@ -604,13 +630,13 @@ export const nodeSpecHost: SpecHost = {
   },
   readDir: (p) => fsp.readdir(p),
   mountPropagation: hostMountPropagation,
-  apparmorEnabled: async () => {
+  apparmorEnabled: once(async () => {
     try {
       return (await fsp.readFile('/sys/module/apparmor/parameters/enabled', 'utf8')).trim().startsWith('Y');
     } catch {
       return false;
     }
-  },
+  }),
   apparmorProfileLoaded: async (name) => {
     try {
       const profiles = await fsp.readFile('/sys/kernel/security/apparmor/profiles', 'utf8');
@@ -620,15 +646,15 @@ export const nodeSpecHost: SpecHost = {
     }
   },
   hostname: () => os.hostname(),
-  capLastCap: async () => {
+  capLastCap: once(async () => {
     try {
       const n = parseInt(await fsp.readFile('/proc/sys/kernel/cap_last_cap', 'utf8'), 10);
       return Number.isFinite(n) ? n : KNOWN_CAPABILITIES.length - 1;
     } catch {
       return KNOWN_CAPABILITIES.length - 1;
     }
-  },
-  swapControllerAvailable: async (version) => {
+  }),
+  swapControllerAvailable: oncePerKey(async (version: 1 | 2) => {
     if (version === 1) return exists('/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes');
     // memory.swap.max does not exist in the root cgroup; look in our own.
     try {
@@ -639,6 +665,6 @@ export const nodeSpecHost: SpecHost = {
     } catch {
       return false;
     }
-  },
+  }),
   readFile: (p) => fsp.readFile(p),
 };

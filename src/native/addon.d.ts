@@ -81,4 +81,10 @@ export interface NativeAddon {
   unmountPath(target: string): void;
   /** JSON `{"bytes","inodes"}` (decimal strings) of a directory tree, or `null` if it is gone; off the event loop. */
   diskUsage(dir: string): Promise<string>;
+  /**
+   * Replaces `path` with `data` through a temporary file in the same directory and a rename,
+   * fsyncing file and directory when `durable`, in one threadpool task. Rejects with an errno
+   * code; the temporary file is gone on failure.
+   */
+  writeFileAtomic(path: string, data: string, mode: number, durable: boolean): Promise<void>;
 }

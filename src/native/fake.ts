@@ -50,6 +50,12 @@ export class FakeNativeCore implements NativeCore {
     return true;
   }
 
+  async writeFileAtomic(file: string, data: string, mode: number): Promise<void> {
+    const tmp = `${file}.${crypto.randomBytes(4).toString('hex')}.tmp`;
+    await fsp.writeFile(tmp, data, { mode, flag: 'wx' });
+    await fsp.rename(tmp, file);
+  }
+
   readonly mounts = new Set<string>();
 
   mountTmpfs(target: string): void {

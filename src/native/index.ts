@@ -25,6 +25,11 @@ export interface NativeCore {
   unmountPath(target: string): void;
   /** Allocated bytes and inodes of a directory tree (hard links once, one filesystem); undefined if gone. */
   diskUsage(dir: string): Promise<{ bytes: bigint; inodes: bigint } | undefined>;
+  /**
+   * `writeFileAtomic` of util/fsutil in one worker-thread task. Rejects with the errno-coded
+   * error unchanged, as Node's fs would, so callers can test `code`.
+   */
+  writeFileAtomic(file: string, data: string, mode: number, durable: boolean): Promise<void>;
   /** The cgroupfs path of `name` under `parent` (a path or a systemd slice name). */
   cgroupResolvePath(parent: string, name: string): string;
   /** Creates (idempotently) a cgroup under `parent` with `resources` applied. */
@@ -95,6 +100,7 @@ const REQUIRED_EXPORTS: ReadonlyArray<keyof NativeAddon> = [
   'mountTmpfs',
   'unmountPath',
   'diskUsage',
+  'writeFileAtomic',
 ];
 
 /** The error code the addon attached to an error, if any. */
@@ -186,6 +192,10 @@ class AddonCore implements NativeCore {
 
   reapChild(pid: number): boolean {
     return this.addon.reapChild(pid);
+  }
+
+  writeFileAtomic(file: string, data: string, mode: number, durable: boolean): Promise<void> {
+    return this.addon.writeFileAtomic(file, data, mode, durable);
   }
 
   mountTmpfs(target: string, options: string): void {

@@ -17,6 +17,7 @@ export interface WriteOptions {
  */
 export async function writeFileAtomic(file: string, data: string | Uint8Array, mode = 0o600, options: WriteOptions = {}): Promise<void> {
   const durable = options.durable ?? true;
+  if (fileWriter && typeof data === 'string') return fileWriter(file, data, mode, durable);
   const dir = path.dirname(file);
   const tmp = path.join(dir, `.${path.basename(file)}.${crypto.randomBytes(4).toString('hex')}.tmp`);
   const handle = await fsp.open(tmp, 'wx', mode);
@@ -36,6 +37,20 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array, m
     throw err;
   }
   if (durable) await syncDir(dir);
+}
+
+/** Same contract as `writeFileAtomic`; rejects with an errno-coded error. */
+export type AtomicFileWriter = (file: string, data: string, mode: number, durable: boolean) => Promise<void>;
+
+let fileWriter: AtomicFileWriter | undefined;
+
+/**
+ * Routes text writes through `writer` (the daemon installs the native core's, which does the
+ * whole sequence in one worker-thread task instead of one per system call); `undefined` restores
+ * the built-in one.
+ */
+export function useAtomicFileWriter(writer: AtomicFileWriter | undefined): void {
+  fileWriter = writer;
 }
 
 export async function syncDir(dir: string): Promise<void> {

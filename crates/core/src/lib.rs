@@ -12,3 +12,4 @@ pub mod container;
 pub mod netns_connect;
 pub mod spawn;
 pub mod du;
+pub mod atomic_file;

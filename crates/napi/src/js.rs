@@ -317,6 +317,21 @@ impl Args {
         Ok(n)
     }
 
+    pub fn boolean(&self, index: usize, name: &str) -> Result<bool, JsError> {
+        let value = self.get(index)?;
+        let mut b = false;
+        // SAFETY: env is live; `b` is a valid out pointer.
+        let status = unsafe { sys::napi_get_value_bool(self.env.raw, value, &mut b) };
+        if status == sys::NAPI_BOOLEAN_EXPECTED {
+            return Err(JsError::invalid_arg_type(format!(
+                "The \"{name}\" argument must be of type boolean. {}",
+                self.received(value)
+            )));
+        }
+        self.env.check(status, &format!("read argument {name}"))?;
+        Ok(b)
+    }
+
     /// An optional object argument (`undefined` or absent gives `None`).
     pub fn optional_object(&self, index: usize, name: &str) -> Result<Option<Object>, JsError> {
         let value = self.get(index)?;

@@ -6,7 +6,7 @@
 use std::os::fd::IntoRawFd;
 use std::path::Path;
 
-use crisp_core::{du, spawn};
+use crisp_core::{atomic_file, du, spawn};
 use crisp_core::unpack::errno_name;
 
 use crate::js::{self, Args, Env, IntoJs, JsError, Value};
@@ -17,6 +17,7 @@ pub fn register(env: Env, exports: Value) -> Result<(), JsError> {
     js::register(env, exports, "mountTmpfs", mount_tmpfs)?;
     js::register(env, exports, "unmountPath", unmount_path)?;
     js::register(env, exports, "diskUsage", disk_usage)?;
+    js::register(env, exports, "writeFileAtomic", write_file_atomic)?;
     Ok(())
 }
 
@@ -81,5 +82,31 @@ fn disk_usage(env: Env, args: &Args) -> Result<Value, JsError> {
     let dir = args.path(0, "dir")?;
     js::promise(env, "crisp.diskUsage", move || {
         du::disk_usage(Path::new(&dir)).map(UsageResult).map_err(|e| io_error(&format!("disk usage of {dir}"), e))
+    })
+}
+
+/// Nothing to hand back but completion.
+struct Written;
+
+impl IntoJs for Written {
+    fn into_js(self, env: Env) -> Result<Value, JsError> {
+        env.undefined()
+    }
+}
+
+/// `writeFileAtomic(path: string, data: string, mode: number, durable: boolean): Promise<void>` —
+/// temp file, optional fsync, rename, optional directory fsync: one threadpool task.
+fn write_file_atomic(env: Env, args: &Args) -> Result<Value, JsError> {
+    let target = args.path(0, "path")?;
+    let data = args.string(1, "data")?;
+    let mode = args.number(2, "mode")?;
+    if !(0.0..=4095.0).contains(&mode) || mode.fract() != 0.0 {
+        return Err(JsError::invalid_arg_value(format!("mode must be an integer permission mode, received {mode}")));
+    }
+    let durable = args.boolean(3, "durable")?;
+    js::promise(env, "crisp.writeFileAtomic", move || {
+        atomic_file::write_atomic(Path::new(&target), data.as_bytes(), mode as u32, durable)
+            .map(|()| Written)
+            .map_err(|e| io_error(&format!("write {target}"), e))
     })
 }
