@@ -304,3 +304,27 @@ test('kill -9 right after the monitor started: after restart the pod is fully go
   t.deepEqual((await d.client().call('listPodSandbox', {})).items, []);
   assertNothingLeft(t, d, ids[0]);
 });
+
+test('a pod whose monitor dies turns NOTREADY at once, and stop and remove still clean up', async (t) => {
+  const { d, c } = await daemon(t);
+  const { podSandboxId: id } = await c.call('runPodSandbox', { config: podConfig('lost') });
+  const verbose = await c.call('podSandboxStatus', { podSandboxId: id, verbose: true });
+  t.is(verbose.status!.state, PodSandboxState.SANDBOX_READY);
+  const pid = (JSON.parse(verbose.info.info!) as { pid: number }).pid;
+  t.true(pid > 0);
+  // Asked for often, as kubelet does, so liveness is being answered from what the daemon knows.
+  t.is((await c.call('listPodSandbox', {})).items.find((p) => p.id === id)?.state, PodSandboxState.SANDBOX_READY);
+  process.kill(pid, 'SIGKILL');
+  const until = Date.now() + 2000;
+  let state = PodSandboxState.SANDBOX_READY;
+  while (Date.now() < until) {
+    state = (await c.call('listPodSandbox', {})).items.find((p) => p.id === id)!.state;
+    if (state === PodSandboxState.SANDBOX_NOTREADY) break;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  t.is(state, PodSandboxState.SANDBOX_NOTREADY, 'listed NOTREADY within 2 s of the monitor dying');
+  t.is((await c.call('podSandboxStatus', { podSandboxId: id })).status!.state, PodSandboxState.SANDBOX_NOTREADY);
+  await c.call('stopPodSandbox', { podSandboxId: id });
+  await c.call('removePodSandbox', { podSandboxId: id });
+  assertNothingLeft(t, d, id);
+});

@@ -204,10 +204,13 @@ export class PodRuntime {
    * its pid exists, is not a zombie, and started when the recorded monitor did (not a reused pid).
    */
   alive(sandbox: Sandbox): boolean {
+    // An open, subscribed connection is the monitor itself: its death closes the socket, and the
+    // close forgets it. Only pods without one (a daemon that just restarted) need /proc.
+    if (this.connectedClients.has(sandbox.id)) return true;
     const now = Date.now();
     const cached = this.liveness.get(sandbox.id);
     // List and status calls ask for every pod every second; /proc is read at most once a second
-    // per pod, and a lost monitor connection invalidates the answer at once.
+    // per pod.
     if (cached && cached.pid === sandbox.record.resources.monitorPid && now - cached.at < LIVENESS_TTL_MS) return cached.alive;
     const { monitorPid, monitorStartTime } = sandbox.record.resources;
     const alive = monitorPid !== undefined && processRunning(monitorPid, monitorStartTime);
