@@ -46,7 +46,8 @@ export class CriClient {
     apiVersion: 'v1' | 'v1alpha2' = 'v1',
   ) {
     const target = endpoint.startsWith('unix:') ? endpoint : `unix://${endpoint}`;
-    const options = { 'grpc.max_receive_message_length': 64 * 1024 * 1024 };
+    // No channelz: its per-call bookkeeping would be most of what a small call costs here.
+    const options = { 'grpc.max_receive_message_length': 64 * 1024 * 1024, 'grpc.enable_channelz': 0 };
     this.clients = [];
     for (const [serviceName, service] of [
       ['RuntimeService', api.RuntimeServiceService],

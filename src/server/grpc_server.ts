@@ -32,6 +32,9 @@ export class GrpcServer {
     const server = new grpc.Server({
       'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
       'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
+      // Nothing reads channelz here, and its per-call bookkeeping is a third of grpc-js's own
+      // cost of a small call.
+      'grpc.enable_channelz': 0,
     });
     const add = (definition: grpc.ServiceDefinition, apiVersion: ApiVersion): void => {
       server.addService(
