@@ -224,3 +224,15 @@ test('fsutil writes through the installed writer and falls back to its own', asy
   t.is(await fsp.readFile(file, 'utf8'), 'built-in');
   t.is(seen.length, 1);
 });
+
+test('cgroupLayout names the directories cgroupCreate makes, without making them', async (t) => {
+  const native = loadNative();
+  const parent = `/crisp-unit-${crypto.randomBytes(4).toString('hex')}`;
+  t.teardown(() => native.cgroupRemove(parent));
+  const layout = native.cgroupLayout(parent, 'c1');
+  t.is(layout.path, `${parent}/c1`);
+  for (const dir of Object.values(layout.paths)) t.false(fs.existsSync(dir), `${dir} is not created by cgroupLayout`);
+  const created = await native.cgroupCreate(parent, 'c1', {});
+  t.deepEqual(layout, created);
+  for (const dir of Object.values(created.paths)) t.true(fs.existsSync(dir), dir);
+});

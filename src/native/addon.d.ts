@@ -50,6 +50,8 @@ export interface NativeAddon {
   cgroupResolvePath(parent: string, name: string): string;
   /** Creates the cgroup and applies `resources` (JSON); resolves with `{"path","version","paths"}` JSON. */
   cgroupCreate(parent: string, name: string, resources: string): Promise<string>;
+  /** What `cgroupCreate` resolves with, computed without creating anything. */
+  cgroupLayout(parent: string, name: string): string;
   cgroupUpdate(path: string, resources: string): Promise<void>;
   /** Removes the cgroup and its descendants (killing their processes with `kill`). Idempotent. */
   cgroupRemove(path: string, options?: { kill?: boolean }): Promise<void>;

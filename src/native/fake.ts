@@ -77,10 +77,15 @@ export class FakeNativeCore implements NativeCore {
     return `${parent.replace(/\/$/, '')}/${name}`;
   }
 
-  async cgroupCreate(parent: string, name: string, resources: CgroupResources): Promise<CreatedCgroup> {
+  cgroupLayout(parent: string, name: string): CreatedCgroup {
     const path = `${parent.replace(/\/$/, '')}/${name}`;
-    this.cgroups.set(path, resources);
     return { path, version: 1, paths: { memory: `/sys/fs/cgroup/memory${path}` } };
+  }
+
+  async cgroupCreate(parent: string, name: string, resources: CgroupResources): Promise<CreatedCgroup> {
+    const layout = this.cgroupLayout(parent, name);
+    this.cgroups.set(layout.path, resources);
+    return layout;
   }
 
   async cgroupRemove(path: string): Promise<void> {

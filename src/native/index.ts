@@ -34,6 +34,8 @@ export interface NativeCore {
   cgroupResolvePath(parent: string, name: string): string;
   /** Creates (idempotently) a cgroup under `parent` with `resources` applied. */
   cgroupCreate(parent: string, name: string, resources: CgroupResources): Promise<CreatedCgroup>;
+  /** The path, version and per-controller directories `cgroupCreate` would give, without I/O. */
+  cgroupLayout(parent: string, name: string): CreatedCgroup;
   /** Removes a cgroup and its descendants, SIGKILLing what still runs there. Idempotent. */
   cgroupRemove(path: string): Promise<void>;
   /** Applies `resources` to an existing cgroup; NotFound-like ENOENT if it does not exist. */
@@ -89,6 +91,7 @@ const REQUIRED_EXPORTS: ReadonlyArray<keyof NativeAddon> = [
   'coreVersion',
   'unpackLayer',
   'cgroupCreate',
+  'cgroupLayout',
   'cgroupUpdate',
   'cgroupRemove',
   'cgroupStats',
@@ -236,6 +239,14 @@ class AddonCore implements NativeCore {
   async cgroupCreate(parent: string, name: string, resources: CgroupResources): Promise<CreatedCgroup> {
     try {
       return JSON.parse(await this.addon.cgroupCreate(parent, name, JSON.stringify(resources))) as CreatedCgroup;
+    } catch (err) {
+      throw fromNativeError(err, `cgroup ${parent}/${name}`);
+    }
+  }
+
+  cgroupLayout(parent: string, name: string): CreatedCgroup {
+    try {
+      return JSON.parse(this.addon.cgroupLayout(parent, name)) as CreatedCgroup;
     } catch (err) {
       throw fromNativeError(err, `cgroup ${parent}/${name}`);
     }

@@ -130,6 +130,11 @@ export class PodRuntime {
     return this.native.cgroupResolvePath(parent, name);
   }
 
+  /** Where `createCgroup` will put a cgroup, known before it exists. */
+  cgroupLayout(parent: string, name: string) {
+    return this.native.cgroupLayout(parent, name);
+  }
+
   createCgroup(parent: string, name: string, resources: CgroupResources) {
     return this.native.cgroupCreate(parent, name, resources);
   }

@@ -80,14 +80,17 @@ async function doCreate(svc: CriService, sandbox: Sandbox, config: ContainerConf
   cleanup.push('container record', () => svc.containers.delete(container));
   try {
     cleanup.push('cgroup', () => svc.pods.removeCgroup(container.record.cgroupPath));
-    const cgroup = await svc.pods.createCgroup(cgroupParent, id, cgroupResources(config.linux?.resources));
-    // The process is moved into it at the end of this call; the lock wait that move may need
-    // overlaps with what comes before it.
-    svc.pods.primeCgroupMigration();
-
+    const layout = svc.pods.cgroupLayout(cgroupParent, id);
     const lowerDirs = [...image.chainIds].reverse().map((c) => svc.images.snapshots.fsPath(c));
-    // Both settle before anything is undone.
-    const [built, dirs] = await Promise.allSettled([
+    // The cgroup, the spec and the directories are independent: all three at once, and all
+    // settle before anything is undone.
+    const [cgroup, built, dirs] = await Promise.allSettled([
+      svc.pods.createCgroup(cgroupParent, id, cgroupResources(config.linux?.resources)).then((created) => {
+        // The process is moved into it at the end of this call; the lock wait that move may
+        // need overlaps with what comes before it.
+        svc.pods.primeCgroupMigration();
+        return created;
+      }),
       buildSpec({
         containerId: id,
         config,
@@ -100,7 +103,7 @@ async function doCreate(svc: CriService, sandbox: Sandbox, config: ContainerConf
         },
         image: { config: imageConfig, lowerDirs },
         rootfs: { upperDir: container.upperDir, workDir: container.workDir },
-        cgroup: { version: cgroup.version, paths: cgroup.paths },
+        cgroup: { version: layout.version, paths: layout.paths },
         readFileInImage: (p) => svc.imageFiles.get(lowerDirs, p),
       }),
       (async () => {
@@ -112,6 +115,7 @@ async function doCreate(svc: CriService, sandbox: Sandbox, config: ContainerConf
         if (logPath) await fsp.mkdir(path.dirname(logPath), { recursive: true, mode: 0o755 });
       })(),
     ]);
+    if (cgroup.status === 'rejected') throw cgroup.reason;
     if (built.status === 'rejected') throw built.reason;
     if (dirs.status === 'rejected') throw dirs.reason;
     const spec = built.value;

@@ -20,6 +20,7 @@ pub fn register(env: Env, exports: Value) -> Result<(), JsError> {
     js::register(env, exports, "cgroupDriverInfo", driver_info)?;
     js::register(env, exports, "cgroupResolvePath", resolve_path)?;
     js::register(env, exports, "cgroupCreate", create)?;
+    js::register(env, exports, "cgroupLayout", layout)?;
     js::register(env, exports, "cgroupUpdate", update)?;
     js::register(env, exports, "cgroupRemove", remove)?;
     js::register(env, exports, "cgroupStats", stats)?;
@@ -110,6 +111,16 @@ fn create(env: Env, args: &Args) -> Result<Value, JsError> {
         }
         Ok(JsonText(json::created(mgr.path(), &paths)))
     })
+}
+
+/// `cgroupLayout(parent: string, name: string): string` — what `cgroupCreate` resolves with, without
+/// touching the filesystem: the directories are a function of the path and the host's mounts.
+fn layout(env: Env, args: &Args) -> Result<Value, JsError> {
+    let parent = args.string(0, "parent")?;
+    let name = args.string(1, "name")?;
+    let path = cgroup::resolve_path(&parent, &name).map_err(to_js)?;
+    let mgr = manager(&path)?;
+    env.string(&json::created(mgr.path(), &mgr.paths()))
 }
 
 /// `cgroupUpdate(path: string, resources: string): Promise<void>` — applies `resources` (JSON)

@@ -60,10 +60,14 @@ pub fn name(number: u32) -> Option<&'static str> {
 
 /// The highest capability the running kernel knows (/proc/sys/kernel/cap_last_cap).
 pub fn last_cap() -> u32 {
-    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(NAMES.len() as u32 - 1)
+    // The kernel's value never changes while it runs; every launch and exec asks.
+    static LAST: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *LAST.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(NAMES.len() as u32 - 1)
+    })
 }
 
 /// A set of capabilities as a bit mask.

@@ -355,7 +355,7 @@ fn process_plan(spec: &Spec, o: &ProcessOverrides, cgroup: Option<&CgroupPaths>)
     let seccomp = match &spec.linux.seccomp {
         None => None,
         Some(profile) => {
-            let program = seccomp::compile(profile)?;
+            let program = seccomp::compile_cached(profile)?;
             warnings.extend(program.warnings.iter().cloned());
             Some(program)
         }
