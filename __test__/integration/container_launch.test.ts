@@ -322,7 +322,7 @@ serial('exec returns output and exit code, and its timeout kills it', async (t) 
 serial('the spec security settings are applied', async (t) => {
   const pod = await startPod(t, 'sec');
   const script = [
-    "grep -E '^(CapEff|CapPrm|CapBnd|CapInh|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status",
+    "grep -E '^(CapEff|CapPrm|CapBnd|CapInh|CapAmb|NoNewPrivs|Seccomp|SigIgn|SigBlk):' /proc/self/status",
     'hostname renamed 2>&1 || true',
     'touch /rootfile 2>&1 || true',
     'touch /tmp/scratch && echo tmp-writable',
@@ -351,6 +351,9 @@ serial('the spec security settings are applied', async (t) => {
   t.is(BigInt(`0x${field('CapInh')}`), 0n);
   t.is(field('NoNewPrivs'), '1');
   t.is(field('Seccomp'), '2', 'a seccomp filter is installed');
+  // The monitor ignores SIGPIPE and blocks the signals it reads; none of that reaches a container.
+  t.is(BigInt(`0x${field('SigIgn')}`), 0n, 'no signal is ignored');
+  t.is(BigInt(`0x${field('SigBlk')}`), 0n, 'no signal is blocked');
   t.true(lines.includes('hostname: sethostname: Operation not permitted'), lines.join('\n'));
   t.true(lines.some((l) => /touch: \/rootfile: Read-only file system/.test(l)), lines.join('\n'));
   t.true(lines.includes('tmp-writable'));

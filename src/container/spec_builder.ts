@@ -365,22 +365,13 @@ async function applyMounts(spec: OciSpec, input: SpecInput, host: SpecHost): Pro
   const suppliesDev = supplied.has('/dev');
   spec.mounts = defaultMounts().filter((m) => !supplied.has(m.destination) && !(suppliesDev && m.destination.startsWith('/dev/')));
 
-  for (const r of ordered) {
-    // Like containerd: a missing host path is created as a directory (kubelet relies on this
-    // for some volume types), and symlinks are resolved so the mount targets the real path.
-    if (!(await host.exists(r.hostPath))) {
-      try {
-        await host.mkdirAll(r.hostPath);
-      } catch (err) {
-        throw invalidArgument(`failed to create host path "${r.hostPath}" for mount "${r.containerPath}": ${errorMessage(err)}`);
-      }
-    }
-    let source: string;
-    try {
-      source = await host.realpath(r.hostPath);
-    } catch (err) {
-      throw invalidArgument(`failed to resolve host path "${r.hostPath}": ${errorMessage(err)}`);
-    }
+  // Each source is checked, created if missing, and resolved on its own; all of them at once,
+  // since every step is a trip to the threadpool. Errors are reported in mount order.
+  const sources = await Promise.allSettled(ordered.map((r) => resolveMountSource(r, host)));
+  for (const [i, r] of ordered.entries()) {
+    const resolved = sources[i]!;
+    if (resolved.status === 'rejected') throw resolved.reason;
+    const source = resolved.value;
     const options = ['rbind'];
     switch (r.propagation) {
       case MountPropagation.PROPAGATION_BIDIRECTIONAL:
@@ -402,6 +393,25 @@ async function applyMounts(spec: OciSpec, input: SpecInput, host: SpecHost): Pro
     }
     options.push(r.readonly ? 'ro' : 'rw');
     spec.mounts.push({ destination: r.containerPath, type: 'bind', source, options });
+  }
+}
+
+/**
+ * Like containerd: a missing host path is created as a directory (kubelet relies on this for
+ * some volume types), and symlinks are resolved so the mount targets the real path.
+ */
+async function resolveMountSource(r: BindRequest, host: SpecHost): Promise<string> {
+  if (!(await host.exists(r.hostPath))) {
+    try {
+      await host.mkdirAll(r.hostPath);
+    } catch (err) {
+      throw invalidArgument(`failed to create host path "${r.hostPath}" for mount "${r.containerPath}": ${errorMessage(err)}`);
+    }
+  }
+  try {
+    return await host.realpath(r.hostPath);
+  } catch (err) {
+    throw invalidArgument(`failed to resolve host path "${r.hostPath}": ${errorMessage(err)}`);
   }
 }
 

@@ -329,11 +329,9 @@ pub unsafe fn exec_main(plan: &ProcessPlan, io: &ChildIo) -> ! {
 /// Signals, cgroup, namespaces, session and stdio.
 unsafe fn early(p: &ProcessPlan, io: &ChildIo) {
     // The parent blocks the signals it reads through a signalfd and ignores SIGPIPE; a
-    // container starts with everything default and unblocked.
-    for sig in 1..libc::SIGRTMAX() {
-        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
-            continue;
-        }
+    // container starts with everything default and unblocked. Handlers the parent installed
+    // are reset by execve; ignored signals would stay ignored, so they are reset here.
+    for &sig in &p.ignored_signals {
         let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
         act.sa_sigaction = libc::SIG_DFL;
         unsafe { libc::sigaction(sig, &act, std::ptr::null_mut()) };

@@ -169,6 +169,9 @@ pub struct RlimitPlan {
 
 /// What every process started in a container does after entering it, up to execve.
 pub struct ProcessPlan {
+    /// Signals this process ignores, which execve would pass on ignored: the child restores
+    /// them to the default. (Caught signals are reset by execve itself.)
+    pub ignored_signals: Vec<c_int>,
     /// `cgroup.procs` of each hierarchy the process joins (by writing "0").
     pub cgroup_procs: Vec<OwnedFd>,
     /// Namespaces to enter with setns, with their kind for messages.
@@ -364,6 +367,7 @@ fn process_plan(spec: &Spec, o: &ProcessOverrides, cgroup: Option<&CgroupPaths>)
     let program = args[0].clone();
     let candidates = exec_candidates(&program, env).iter().map(cstring).collect::<Result<Vec<_>, _>>()?;
     Ok(ProcessPlan {
+        ignored_signals: ignored_signals(),
         cgroup_procs: cgroup_procs(cgroup)?,
         setns: Vec::new(),
         unshare_cgroup: false,
@@ -383,6 +387,23 @@ fn process_plan(spec: &Spec, o: &ProcessOverrides, cgroup: Option<&CgroupPaths>)
         seccomp,
         warnings,
     })
+}
+
+/// The signals this process has set to SIG_IGN. Asked of the kernel every time: it is one
+/// sigaction per signal here, instead of one per signal in every child.
+pub fn ignored_signals() -> Vec<c_int> {
+    let mut out = Vec::new();
+    for sig in 1..libc::SIGRTMAX() {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: a null new action only queries; `old` is a valid out pointer.
+        if unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) } == 0 && old.sa_sigaction == libc::SIG_IGN {
+            out.push(sig);
+        }
+    }
+    out
 }
 
 /// Prepares everything to launch the container described by `spec` from `bundle`.
@@ -743,6 +764,22 @@ mod tests {
             base[k] = val.clone();
         }
         Spec::parse(&serde_json::to_vec(&base).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn ignored_signals_are_the_ones_set_to_sig_ign() {
+        // SIGURG is discarded by default anyway, so ignoring it for a moment disturbs nothing.
+        let set = |handler: libc::sighandler_t| {
+            let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+            act.sa_sigaction = handler;
+            assert_eq!(unsafe { libc::sigaction(libc::SIGURG, &act, std::ptr::null_mut()) }, 0);
+        };
+        set(libc::SIG_IGN);
+        let ignored = ignored_signals();
+        set(libc::SIG_DFL);
+        assert!(ignored.contains(&libc::SIGURG), "{:?}", ignored);
+        assert!(!ignored_signals().contains(&libc::SIGURG));
+        assert!(!ignored.contains(&libc::SIGKILL));
     }
 
     #[test]
