@@ -11,6 +11,7 @@ import { CriMetrics } from './metrics/cri_metrics';
 import { MetricsServer } from './metrics/metrics_server';
 import { loadNative } from './native';
 import { CniManager } from './network/cni';
+import { nativeLauncher } from './network/plugin_launcher';
 import { ContainerExits } from './container/container_exits';
 import { recoverContainers } from './container/container_recover';
 import { ContainerStore } from './container/container_store';
@@ -121,6 +122,7 @@ export class Daemon {
       binDirs: config.cni.binDirs,
       pluginTimeoutMs: config.cni.pluginTimeoutMs,
       logger: log.child({ subsystem: 'cni' }),
+      launcher: nativeLauncher(native),
     });
     await cni.start();
     this.subsystems.push({ name: 'cni', close: async () => cni.close() });

@@ -15,6 +15,8 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { CniManager, CniPluginError, type CniAttachParams } from '../../src/network/cni';
+import { nativeLauncher } from '../../src/network/plugin_launcher';
+import { loadNative } from '../../src/native';
 import { NETWORK_NOT_READY_REASON } from '../../src/network/cni_config';
 import { podIPs } from '../../src/network/cni_result';
 import { isNamespacePath } from '../../src/network/netns_util';
@@ -147,7 +149,8 @@ test.before(async () => {
       ],
     }),
   );
-  const mgr = new CniManager({ cacheDir, confDir, binDirs: [PLUGIN_DIR], pluginTimeoutMs: 30_000 });
+  // Plugins are started the way the daemon starts them.
+  const mgr = new CniManager({ cacheDir, confDir, binDirs: [PLUGIN_DIR], pluginTimeoutMs: 30_000, launcher: nativeLauncher(loadNative()) });
   ctx = { tmp, subnet, prefix, gateway: `${prefix}.1`, ipamDir, cacheDir, mgr, forwarding, hostportChainsExisted };
   await mgr.start();
 });
@@ -418,7 +421,13 @@ async function fakeEnv(t: ExecutionContext, plugins: unknown[], opts: { timeoutM
   await Promise.all([binDir, logDir, confDir, dataDir].map((d) => fsp.mkdir(d)));
   const name = `crisp-fake-${tag}`;
   await fsp.writeFile(path.join(confDir, '10-fake.conflist'), JSON.stringify({ cniVersion: '1.0.0', name, plugins }));
-  const mgr = new CniManager({ cacheDir: path.join(root, 'cache'), confDir, binDirs: [binDir], pluginTimeoutMs: opts.timeoutMs ?? 10_000 });
+  const mgr = new CniManager({
+    cacheDir: path.join(root, 'cache'),
+    confDir,
+    binDirs: [binDir],
+    pluginTimeoutMs: opts.timeoutMs ?? 10_000,
+    launcher: nativeLauncher(loadNative()),
+  });
   await mgr.start();
   t.teardown(() => mgr.close());
   return { mgr, binDir, logDir, dataDir, confDir, network: name };

@@ -75,6 +75,14 @@ export interface NativeAddon {
   netnsConnect(nsPath: string, port: number, timeoutMs: number): Promise<number>;
   /** posix_spawn in a new session: stdin /dev/null, stdout+stderr appended to logPath, fd 3 a pipe whose read end is returned. */
   spawnDetached(program: string, arg: string, logPath: string): { pid: number; readyFd: number };
+  /**
+   * posix_spawn of `program` with `args` and `env` (JSON string arrays, env as `KEY=value`) in a
+   * new session, stdin/stdout/stderr on pipes whose daemon ends (close-on-exec) are returned.
+   * Throws with the errno code when the program cannot be exec'd. Collect it with `waitChild`.
+   */
+  spawnPiped(program: string, args: string, env: string): { pid: number; stdin: number; stdout: number; stderr: number };
+  /** waitpid(WNOHANG) of a `spawnPiped` child: undefined while it runs, else how it ended. */
+  waitChild(pid: number): undefined | { code: number } | { signal: number };
   /** waitpid(WNOHANG): true once the child has exited and was collected (or is not ours). */
   reapChild(pid: number): boolean;
   /** tmpfs with nosuid,nodev,noexec and the given data options. */

@@ -50,6 +50,14 @@ export class FakeNativeCore implements NativeCore {
     return true;
   }
 
+  spawnPiped(program: string): { pid: number; stdin: number; stdout: number; stderr: number } {
+    throw new Error(`FakeNativeCore cannot start ${program}`);
+  }
+
+  waitChild(): undefined {
+    return undefined;
+  }
+
   async writeFileAtomic(file: string, data: string, mode: number): Promise<void> {
     const tmp = `${file}.${crypto.randomBytes(4).toString('hex')}.tmp`;
     await fsp.writeFile(tmp, data, { mode, flag: 'wx' });

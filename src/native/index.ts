@@ -19,6 +19,13 @@ export interface NativeCore {
   unpackLayer(blobPath: string, mediaType: LayerMediaType, dest: string): Promise<UnpackLayerResult>;
   /** Starts `program arg` in its own session without forking the daemon (see crates/core/src/spawn.rs). */
   spawnDetached(program: string, arg: string, logPath: string): { pid: number; readyFd: number };
+  /**
+   * Starts `program` in its own session with its standard streams on pipes, without forking the
+   * daemon; the caller owns the returned descriptors and collects the child with `waitChild`.
+   */
+  spawnPiped(program: string, args: readonly string[], env: readonly string[]): { pid: number; stdin: number; stdout: number; stderr: number };
+  /** How a `spawnPiped` child ended, once it has; undefined while it runs. */
+  waitChild(pid: number): { code: number } | { signal: number } | undefined;
   /** Collects an exited child; true when it is gone (or not ours). */
   reapChild(pid: number): boolean;
   mountTmpfs(target: string, options: string): void;
@@ -99,6 +106,8 @@ const REQUIRED_EXPORTS: ReadonlyArray<keyof NativeAddon> = [
   'nsUnpinDir',
   'netnsConnect',
   'spawnDetached',
+  'spawnPiped',
+  'waitChild',
   'reapChild',
   'mountTmpfs',
   'unmountPath',
@@ -195,6 +204,15 @@ class AddonCore implements NativeCore {
 
   reapChild(pid: number): boolean {
     return this.addon.reapChild(pid);
+  }
+
+  spawnPiped(program: string, args: readonly string[], env: readonly string[]): { pid: number; stdin: number; stdout: number; stderr: number } {
+    // Errno-coded, like child_process's spawn errors, so callers can tell ENOENT from EACCES.
+    return this.addon.spawnPiped(program, JSON.stringify(args), JSON.stringify(env));
+  }
+
+  waitChild(pid: number): { code: number } | { signal: number } | undefined {
+    return this.addon.waitChild(pid);
   }
 
   writeFileAtomic(file: string, data: string, mode: number, durable: boolean): Promise<void> {

@@ -3,7 +3,7 @@
  * (ADD in order with prevResult chaining, DEL in reverse order, CHECK), caches ADD results per
  * attachment for DEL/CHECK, and reports whether the network is usable.
  */
-import { spawn } from 'node:child_process';
+import { childProcessLauncher, type PluginLauncher } from './plugin_launcher';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import pino, { type Logger } from 'pino';
@@ -104,6 +104,8 @@ export interface CniManagerOptions {
   logger?: Logger;
   /** A watcher to share; by default the manager watches `confDir` itself. */
   watcher?: CniConfigWatcher;
+  /** How plugin processes are started (default: node's child_process). */
+  launcher?: PluginLauncher;
 }
 
 /** A failed plugin invocation; `cniCode` is the CNI error code when the plugin reported one. */
@@ -146,6 +148,7 @@ interface Invocation {
   timeoutMs: number;
   signal?: AbortSignal;
   logger: Logger;
+  launcher: PluginLauncher;
 }
 
 async function pathExists(file: string): Promise<boolean> {
@@ -255,11 +258,7 @@ async function invokePlugin(inv: Invocation): Promise<string> {
   }
   const started = Date.now();
   return new Promise<string>((resolve, reject) => {
-    const child = spawn(binary, [], {
-      env: pluginEnvironment(inv.cniEnv),
-      stdio: ['pipe', 'pipe', 'pipe'],
-      detached: true,
-    });
+    const child = inv.launcher(binary, pluginEnvironment(inv.cniEnv));
     const stdout = new OutputBuffer(MAX_STDOUT_BYTES, 'head');
     const stderr = new OutputBuffer(MAX_STDERR_BYTES, 'tail');
     let settled = false;
@@ -270,7 +269,11 @@ async function invokePlugin(inv: Invocation): Promise<string> {
       try {
         process.kill(-child.pid, 'SIGKILL');
       } catch {
-        child.kill('SIGKILL');
+        try {
+          process.kill(child.pid, 'SIGKILL');
+        } catch {
+          // Gone already.
+        }
       }
     };
     const onAbort = (): void => {
@@ -296,10 +299,7 @@ async function invokePlugin(inv: Invocation): Promise<string> {
     child.stderr.on('data', (chunk: Buffer) => stderr.push(chunk));
     // A plugin may exit without reading its config (e.g. a usage error); that is reported via its exit.
     child.stdin.on('error', () => undefined);
-    child.on('error', (err) => {
-      finish(new CniPluginError('Internal', `plugin ${plugin} (${command}) could not be started: ${err.message}`, plugin, command));
-    });
-    child.on('close', (code, sig) => {
+    const onClose = (code: number | null, sig: NodeJS.Signals | null): void => {
       const out = stdout.text();
       const errText = stderr.text();
       const elapsed = Date.now() - started;
@@ -342,7 +342,11 @@ async function invokePlugin(inv: Invocation): Promise<string> {
       message += describeStderr(errText);
       inv.logger.debug({ plugin, command, elapsedMs: elapsed, code, signal: sig }, 'CNI plugin failed');
       finish(new CniPluginError('Internal', message, plugin, command, reported?.code, errText));
-    });
+    };
+    child.done.then(
+      ({ code, signal: sig }) => onClose(code, sig),
+      (err: Error) => finish(new CniPluginError('Internal', `plugin ${plugin} (${command}) could not be started: ${err.message}`, plugin, command)),
+    );
 
     child.stdin.end(inv.stdin);
   });
@@ -449,6 +453,7 @@ export interface LoopbackOptions {
   containerId?: string;
   signal?: AbortSignal;
   logger?: Logger;
+  launcher?: PluginLauncher;
 }
 
 /**
@@ -473,6 +478,7 @@ export async function bringUpLoopback(netnsPath: string, opts: LoopbackOptions =
     timeoutMs: opts.timeoutMs ?? DEFAULT_PLUGIN_TIMEOUT_MS,
     signal: opts.signal,
     logger: opts.logger ?? pino({ level: 'silent' }),
+    launcher: opts.launcher ?? childProcessLauncher,
   });
 }
 
@@ -496,8 +502,10 @@ export class CniManager {
   /** Operations on one sandbox run one at a time, as the spec requires. */
   private readonly locks = new Map<string, Promise<unknown>>();
   private readonly versionCache = new Map<string, { stamp: string; supported: string[] }>();
+  private readonly launcher: PluginLauncher;
 
   constructor(opts: CniManagerOptions) {
+    this.launcher = opts.launcher ?? childProcessLauncher;
     this.cacheDir = opts.cacheDir;
     this.binDirs = opts.binDirs ?? DEFAULT_CNI_BIN_DIRS;
     this.pluginTimeoutMs = opts.pluginTimeoutMs ?? DEFAULT_PLUGIN_TIMEOUT_MS;
@@ -700,6 +708,7 @@ export class CniManager {
             stdin: JSON.stringify(pluginExecConfig(config, plugin, {})),
             binDirs: this.binDirs,
             timeoutMs: this.pluginTimeoutMs,
+            launcher: this.launcher,
             logger: this.logger,
           });
         } catch (err) {
@@ -769,6 +778,7 @@ export class CniManager {
       stdin: JSON.stringify(pluginExecConfig(call.config, plugin, call.capabilityArgs, prevResult)),
       binDirs: this.binDirs,
       timeoutMs: this.pluginTimeoutMs,
+      launcher: this.launcher,
       signal: call.signal,
       logger: this.logger.child({ sandbox: call.containerId, network: call.config.name }),
     });
@@ -786,6 +796,7 @@ export class CniManager {
       stdin: JSON.stringify({ cniVersion: configVersion }),
       binDirs: [path.dirname(binary)],
       timeoutMs: this.pluginTimeoutMs,
+      launcher: this.launcher,
       logger: this.logger,
     });
     const info = parseJsonObject(out, plugin, 'VERSION');

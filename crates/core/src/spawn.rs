@@ -97,6 +97,107 @@ pub fn spawn_detached(program: &Path, args: &[&str], log_path: &Path) -> io::Res
     }
 }
 
+/// A process started in its own session with its standard streams on pipes: the daemon's ends
+/// (close-on-exec) are returned. Used for CNI plugins, which are short-lived but many.
+pub struct SpawnedPiped {
+    pub pid: libc::pid_t,
+    /// Write end of the child's stdin.
+    pub stdin: OwnedFd,
+    /// Read ends of the child's stdout and stderr.
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
+fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: fds is a valid two-element array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 just returned these descriptors; each is owned exactly once here.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Starts `program` with `args` (argv[0] is the program path) and exactly `env`, in a new
+/// session (so its process group can be killed as a whole), signals reset to default and
+/// unblocked.
+pub fn spawn_piped(program: &Path, args: &[String], env: &[String]) -> io::Result<SpawnedPiped> {
+    use std::os::fd::AsRawFd;
+    let program_c = cstr(program.to_str().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "program path is not UTF-8"))?)?;
+    let mut argv_c = vec![program_c.clone()];
+    for a in args {
+        argv_c.push(cstr(a)?);
+    }
+    let mut argv: Vec<*mut libc::c_char> = argv_c.iter().map(|c| c.as_ptr() as *mut libc::c_char).collect();
+    argv.push(null_mut());
+    let env_c = env.iter().map(|e| cstr(e)).collect::<io::Result<Vec<_>>>()?;
+    let mut envp: Vec<*mut libc::c_char> = env_c.iter().map(|c| c.as_ptr() as *mut libc::c_char).collect();
+    envp.push(null_mut());
+
+    let (stdin_r, stdin_w) = pipe_cloexec()?;
+    let (stdout_r, stdout_w) = pipe_cloexec()?;
+    let (stderr_r, stderr_w) = pipe_cloexec()?;
+
+    // SAFETY: as in spawn_detached: initialised before use, destroyed on every path, and every
+    // pointer refers to a live CString, array or descriptor above.
+    unsafe {
+        let mut actions: libc::posix_spawn_file_actions_t = std::mem::zeroed();
+        check(libc::posix_spawn_file_actions_init(&mut actions))?;
+        let mut attr: libc::posix_spawnattr_t = std::mem::zeroed();
+        if let Err(e) = check(libc::posix_spawnattr_init(&mut attr)) {
+            libc::posix_spawn_file_actions_destroy(&mut actions);
+            return Err(e);
+        }
+        let result = (|| -> io::Result<libc::pid_t> {
+            // dup2 clears close-on-exec on 0, 1 and 2; everything else stays closed on exec.
+            check(libc::posix_spawn_file_actions_adddup2(&mut actions, stdin_r.as_raw_fd(), 0))?;
+            check(libc::posix_spawn_file_actions_adddup2(&mut actions, stdout_w.as_raw_fd(), 1))?;
+            check(libc::posix_spawn_file_actions_adddup2(&mut actions, stderr_w.as_raw_fd(), 2))?;
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            check(libc::posix_spawnattr_setsigmask(&mut attr, &empty))?;
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            check(libc::posix_spawnattr_setsigdefault(&mut attr, &all))?;
+            let flags = libc::POSIX_SPAWN_SETSIGMASK | libc::POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSID;
+            check(libc::posix_spawnattr_setflags(&mut attr, flags as libc::c_short))?;
+            let mut pid: libc::pid_t = 0;
+            check(libc::posix_spawn(&mut pid, program_c.as_ptr(), &actions, &attr, argv.as_ptr(), envp.as_ptr()))?;
+            Ok(pid)
+        })();
+        libc::posix_spawnattr_destroy(&mut attr);
+        libc::posix_spawn_file_actions_destroy(&mut actions);
+        let pid = result?;
+        Ok(SpawnedPiped { pid, stdin: stdin_w, stdout: stdout_r, stderr: stderr_r })
+    }
+}
+
+/// How a collected child ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+}
+
+/// Collects a child that has exited, with how it ended; Ok(None) while it still runs. ECHILD
+/// (not ours, or collected already) is an error here: the caller owns this child.
+pub fn wait_status(pid: libc::pid_t) -> io::Result<Option<ExitStatus>> {
+    let mut status = 0;
+    // SAFETY: status is a valid out pointer.
+    let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    if rc == 0 {
+        return Ok(None);
+    }
+    if rc != pid {
+        return Err(io::Error::last_os_error());
+    }
+    if libc::WIFSIGNALED(status) {
+        Ok(Some(ExitStatus::Signal(libc::WTERMSIG(status))))
+    } else {
+        Ok(Some(ExitStatus::Code(libc::WEXITSTATUS(status))))
+    }
+}
+
 /// Collects the exit status of a child that has exited; Ok(false) while it still runs.
 pub fn reap(pid: libc::pid_t) -> io::Result<bool> {
     let mut status = 0;
@@ -174,6 +275,43 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&log).unwrap(), "logged\n");
         assert!(reap(spawned.pid).unwrap(), "an already collected child counts as gone");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn wait_for(pid: libc::pid_t) -> ExitStatus {
+        for _ in 0..1000 {
+            if let Some(status) = wait_status(pid).unwrap() {
+                return status;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        panic!("child {} did not exit", pid);
+    }
+
+    #[test]
+    fn piped_child_gets_stdin_env_and_its_own_session() {
+        use std::io::Write;
+        let script = "read line; echo \"got $line $CRISP_TEST_VAR\"; echo oops >&2; cut -d' ' -f6 /proc/$$/stat; exit 3";
+        let env = vec!["CRISP_TEST_VAR=value".to_string(), "PATH=/usr/bin:/bin".to_string()];
+        let child = spawn_piped(Path::new("/bin/sh"), &["-c".to_string(), script.to_string()], &env).unwrap();
+        std::fs::File::from(child.stdin).write_all(b"hello\n").unwrap();
+        let mut out = String::new();
+        std::fs::File::from(child.stdout).read_to_string(&mut out).unwrap();
+        let mut err = String::new();
+        std::fs::File::from(child.stderr).read_to_string(&mut err).unwrap();
+        let mut lines = out.lines();
+        assert_eq!(lines.next(), Some("got hello value"));
+        assert_eq!(lines.next().map(|s| s.trim().parse::<i32>().unwrap()), Some(child.pid), "the child leads its own session");
+        assert_eq!(err, "oops\n");
+        assert_eq!(wait_for(child.pid), ExitStatus::Code(3));
+        assert!(wait_status(child.pid).is_err(), "a collected child is not ours any more");
+    }
+
+    #[test]
+    fn piped_child_killed_by_a_signal_and_a_missing_program() {
+        let child = spawn_piped(Path::new("/bin/sh"), &["-c".to_string(), "kill -9 $$".to_string()], &[]).unwrap();
+        assert_eq!(wait_for(child.pid), ExitStatus::Signal(libc::SIGKILL));
+        let err = spawn_piped(Path::new("/nonexistent/crisp-plugin"), &[], &[]).err().expect("no such program");
+        assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub fn register(env: Env, exports: Value) -> Result<(), JsError> {
     js::register(env, exports, "unmountPath", unmount_path)?;
     js::register(env, exports, "diskUsage", disk_usage)?;
     js::register(env, exports, "writeFileAtomic", write_file_atomic)?;
+    js::register(env, exports, "spawnPiped", spawn_piped)?;
+    js::register(env, exports, "waitChild", wait_child)?;
     Ok(())
 }
 
@@ -109,4 +111,42 @@ fn write_file_atomic(env: Env, args: &Args) -> Result<Value, JsError> {
             .map(|()| Written)
             .map_err(|e| io_error(&format!("write {target}"), e))
     })
+}
+
+fn string_list(text: &str, name: &str) -> Result<Vec<String>, JsError> {
+    serde_json::from_str(text).map_err(|e| JsError::invalid_arg_value(format!("The \"{name}\" argument must be a JSON array of strings: {e}")))
+}
+
+/// `spawnPiped(program: string, args: string, env: string): {pid, stdin, stdout, stderr}` —
+/// `args` and `env` are JSON string arrays (`env` entries are `KEY=value`). Synchronous:
+/// posix_spawn returns once the program is exec'd (or fails with its errno). The caller owns the
+/// three descriptors and must collect the child with `waitChild`.
+fn spawn_piped(env: Env, args: &Args) -> Result<Value, JsError> {
+    let program = args.path(0, "program")?;
+    let argv = string_list(&args.string(1, "args")?, "args")?;
+    let envp = string_list(&args.string(2, "env")?, "env")?;
+    let spawned = spawn::spawn_piped(Path::new(&program), &argv, &envp).map_err(|e| io_error(&format!("spawn {program}"), e))?;
+    let out = env.object()?;
+    out.set_number("pid", f64::from(spawned.pid))?;
+    out.set_number("stdin", f64::from(spawned.stdin.into_raw_fd()))?;
+    out.set_number("stdout", f64::from(spawned.stdout.into_raw_fd()))?;
+    out.set_number("stderr", f64::from(spawned.stderr.into_raw_fd()))?;
+    Ok(out.raw())
+}
+
+/// `waitChild(pid: number): undefined | {code: number} | {signal: number}` — collects a child
+/// started by `spawnPiped` once it has exited; `undefined` while it runs.
+fn wait_child(env: Env, args: &Args) -> Result<Value, JsError> {
+    let pid = args.number(0, "pid")?;
+    match spawn::wait_status(pid as libc::pid_t).map_err(|e| io_error("waitpid", e))? {
+        None => env.undefined(),
+        Some(status) => {
+            let out = env.object()?;
+            match status {
+                spawn::ExitStatus::Code(code) => out.set_number("code", f64::from(code))?,
+                spawn::ExitStatus::Signal(signal) => out.set_number("signal", f64::from(signal))?,
+            }
+            Ok(out.raw())
+        }
+    }
 }
