@@ -29,7 +29,7 @@ import { CriService } from './server/service';
 import { procNetDev } from './stats/pod_stats';
 import { StatsCollector } from './stats/stats_collector';
 import { packageVersion } from './version';
-import { useAtomicFileWriter } from './util/fsutil';
+import { useAtomicFileWriter, useTreeRemover } from './util/fsutil';
 
 /** Something with a start-up recovery pass and a clean shutdown, owned by the daemon. */
 export interface Subsystem {
@@ -94,6 +94,7 @@ export class Daemon {
     log.info({ core: native.coreVersion() }, 'native core loaded');
     service.native = native;
     useAtomicFileWriter((file, data, mode, durable) => native.writeFileAtomic(file, data, mode, durable));
+    useTreeRemover((target) => native.removeTree(target));
 
     const registry = new RegistryClient({
       hosts: new RegistryHosts({ configDir: config.registry.configPath, credentials: config.registry.auths }),

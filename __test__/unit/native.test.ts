@@ -6,7 +6,7 @@ import * as path from 'node:path';
 import * as zlib from 'node:zlib';
 import test from 'ava';
 import { CrispError } from '../../src/util/errors';
-import { useAtomicFileWriter, writeFileAtomic } from '../../src/util/fsutil';
+import { removeTree, useAtomicFileWriter, useTreeRemover, writeFileAtomic } from '../../src/util/fsutil';
 import type { NativeAddon } from '../../src/native/addon';
 import { FakeNativeCore } from '../../src/native/fake';
 import { loadNative, NATIVE_ADDON_PATH, nativeErrorCode } from '../../src/native/index';
@@ -235,4 +235,29 @@ test('cgroupLayout names the directories cgroupCreate makes, without making them
   const created = await native.cgroupCreate(parent, 'c1', {});
   t.deepEqual(layout, created);
   for (const dir of Object.values(created.paths)) t.true(fs.existsSync(dir), dir);
+});
+
+test('removeTree removes a tree in one task without following links out of it', async (t) => {
+  const dir = await tempDir(t);
+  const native = loadNative();
+  const outside = path.join(dir, 'outside');
+  const tree = path.join(dir, 'tree');
+  await fsp.mkdir(outside);
+  await fsp.writeFile(path.join(outside, 'keep'), 'x');
+  await fsp.mkdir(path.join(tree, 'upper', 'etc'), { recursive: true });
+  await fsp.writeFile(path.join(tree, 'upper', 'etc', 'hostname'), 'x');
+  await fsp.symlink(outside, path.join(tree, 'upper', 'escape'));
+  await native.removeTree(tree);
+  t.false(fs.existsSync(tree));
+  t.true(fs.existsSync(path.join(outside, 'keep')), 'the link was removed, not followed');
+  await t.notThrowsAsync(native.removeTree(tree), 'a missing tree is fine');
+  const seen: string[] = [];
+  useTreeRemover((p) => {
+    seen.push(p);
+    return native.removeTree(p);
+  });
+  t.teardown(() => useTreeRemover(undefined));
+  await removeTree(outside);
+  t.deepEqual(seen, [outside]);
+  t.false(fs.existsSync(outside));
 });

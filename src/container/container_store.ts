@@ -3,7 +3,7 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { ContainerConfig } from '../generated/runtime/v1/api';
 import { CrispError, failedPrecondition, internal, notFound } from '../util/errors';
-import { readJsonIfExists, writeJsonAtomic } from '../util/fsutil';
+import { readJsonIfExists, removeTree, writeJsonAtomic } from '../util/fsutil';
 
 /**
  * Container lifecycle:
@@ -165,7 +165,7 @@ export class ContainerStore {
     this.byId.delete(c.id);
     const key = containerNameKey(c.record.sandboxId, c.config);
     if (this.byName.get(key) === c.id) this.byName.delete(key);
-    await Promise.all([fsp.rm(c.bundleDir, { recursive: true, force: true }), fsp.rm(c.layerDir, { recursive: true, force: true })]);
+    await Promise.all([removeTree(c.bundleDir), removeTree(c.layerDir)]);
   }
 
   get(id: string): Container | undefined {

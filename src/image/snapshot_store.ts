@@ -2,7 +2,7 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { readJsonIfExists, syncDir, writeJsonAtomic } from '../util/fsutil';
+import { readJsonIfExists, removeTree, syncDir, writeJsonAtomic } from '../util/fsutil';
 
 /** chainID(L0) = diffID(L0); chainID(Ln) = sha256(chainID(Ln-1) + " " + diffID(Ln)), per the OCI image spec. */
 export function chainIds(diffIds: string[]): string[] {
@@ -122,7 +122,7 @@ export class SnapshotStore {
     } catch {
       return;
     }
-    await fsp.rm(doomed, { recursive: true, force: true });
+    await removeTree(doomed);
   }
 
   usage(): { bytes: number; inodes: number } {

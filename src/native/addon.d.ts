@@ -97,4 +97,6 @@ export interface NativeAddon {
    * code; the temporary file is gone on failure.
    */
   writeFileAtomic(path: string, data: string, mode: number, durable: boolean): Promise<void>;
+  /** Removes the tree at `path` in one threadpool task, never following symlinks; missing is fine. */
+  removeTree(path: string): Promise<void>;
 }

@@ -58,6 +58,10 @@ export class FakeNativeCore implements NativeCore {
     return undefined;
   }
 
+  async removeTree(target: string): Promise<void> {
+    await fsp.rm(target, { recursive: true, force: true });
+  }
+
   async writeFileAtomic(file: string, data: string, mode: number): Promise<void> {
     const tmp = `${file}.${crypto.randomBytes(4).toString('hex')}.tmp`;
     await fsp.writeFile(tmp, data, { mode, flag: 'wx' });

@@ -37,6 +37,8 @@ export interface NativeCore {
    * error unchanged, as Node's fs would, so callers can test `code`.
    */
   writeFileAtomic(file: string, data: string, mode: number, durable: boolean): Promise<void>;
+  /** `fs.rm(path, {recursive, force})` in one worker-thread task; errno-coded errors. */
+  removeTree(path: string): Promise<void>;
   /** The cgroupfs path of `name` under `parent` (a path or a systemd slice name). */
   cgroupResolvePath(parent: string, name: string): string;
   /** Creates (idempotently) a cgroup under `parent` with `resources` applied. */
@@ -113,6 +115,7 @@ const REQUIRED_EXPORTS: ReadonlyArray<keyof NativeAddon> = [
   'unmountPath',
   'diskUsage',
   'writeFileAtomic',
+  'removeTree',
 ];
 
 /** The error code the addon attached to an error, if any. */
@@ -217,6 +220,10 @@ class AddonCore implements NativeCore {
 
   writeFileAtomic(file: string, data: string, mode: number, durable: boolean): Promise<void> {
     return this.addon.writeFileAtomic(file, data, mode, durable);
+  }
+
+  removeTree(target: string): Promise<void> {
+    return this.addon.removeTree(target);
   }
 
   mountTmpfs(target: string, options: string): void {

@@ -2,7 +2,7 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { PodSandboxConfig } from '../generated/runtime/v1/api';
 import { CrispError, failedPrecondition, internal, notFound } from '../util/errors';
-import { readJsonIfExists, writeJsonAtomic } from '../util/fsutil';
+import { readJsonIfExists, removeTree, writeJsonAtomic } from '../util/fsutil';
 
 /**
  * Sandbox lifecycle:
@@ -143,7 +143,7 @@ export class SandboxStore {
   async delete(sandbox: Sandbox): Promise<void> {
     this.byId.delete(sandbox.id);
     if (this.byName.get(sandboxNameKey(sandbox.config)) === sandbox.id) this.byName.delete(sandboxNameKey(sandbox.config));
-    await fsp.rm(sandbox.dir, { recursive: true, force: true });
+    await removeTree(sandbox.dir);
   }
 
   get(id: string): Sandbox | undefined {

@@ -1,7 +1,7 @@
-import * as fsp from 'node:fs/promises';
 import { ContainerEventType, type RemoveContainerRequest, type RemoveContainerResponse } from '../generated/runtime/v1/api';
 import type { Container } from '../container/container_store';
 import { invalidArgument } from '../util/errors';
+import { removeTree } from '../util/fsutil';
 import type { CallContext } from './instrument';
 import { stopContainerProcess } from './container_stop';
 import type { CriService } from './service';
@@ -21,7 +21,7 @@ export async function removeContainerFully(svc: CriService, container: Container
   await svc.containerLocks.run(container.id, async () => {
     if (!svc.containers.get(container.id)) return;
     // The writable layer goes while the cgroup is removed; the record goes last, once both are gone.
-    await Promise.all([svc.pods.removeCgroup(container.record.cgroupPath), fsp.rm(container.layerDir, { recursive: true, force: true })]);
+    await Promise.all([svc.pods.removeCgroup(container.record.cgroupPath), removeTree(container.layerDir)]);
     const sandbox = svc.sandboxes.get(container.record.sandboxId);
     if (sandbox) svc.events.publishContainer(container.id, sandbox, ContainerEventType.CONTAINER_DELETED_EVENT);
     await svc.containers.delete(container);

@@ -53,6 +53,21 @@ export function useAtomicFileWriter(writer: AtomicFileWriter | undefined): void 
   fileWriter = writer;
 }
 
+/** `fs.rm(target, { recursive: true, force: true })`, through the installed remover if any. */
+export function removeTree(target: string): Promise<void> {
+  return treeRemover ? treeRemover(target) : fsp.rm(target, { recursive: true, force: true });
+}
+
+let treeRemover: ((target: string) => Promise<void>) | undefined;
+
+/**
+ * Routes `removeTree` through `remover` (the daemon installs the native core's: one worker task
+ * instead of one per entry); `undefined` restores the built-in one.
+ */
+export function useTreeRemover(remover: ((target: string) => Promise<void>) | undefined): void {
+  treeRemover = remover;
+}
+
 export async function syncDir(dir: string): Promise<void> {
   const handle = await fsp.open(dir, 'r');
   try {

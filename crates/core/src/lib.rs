@@ -13,3 +13,4 @@ pub mod netns_connect;
 pub mod spawn;
 pub mod du;
 pub mod atomic_file;
+pub mod tree;

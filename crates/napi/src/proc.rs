@@ -6,7 +6,7 @@
 use std::os::fd::IntoRawFd;
 use std::path::Path;
 
-use crisp_core::{atomic_file, du, spawn};
+use crisp_core::{atomic_file, du, spawn, tree};
 use crisp_core::unpack::errno_name;
 
 use crate::js::{self, Args, Env, IntoJs, JsError, Value};
@@ -19,6 +19,7 @@ pub fn register(env: Env, exports: Value) -> Result<(), JsError> {
     js::register(env, exports, "diskUsage", disk_usage)?;
     js::register(env, exports, "writeFileAtomic", write_file_atomic)?;
     js::register(env, exports, "spawnPiped", spawn_piped)?;
+    js::register(env, exports, "removeTree", remove_tree)?;
     js::register(env, exports, "waitChild", wait_child)?;
     Ok(())
 }
@@ -149,4 +150,13 @@ fn wait_child(env: Env, args: &Args) -> Result<Value, JsError> {
             Ok(out.raw())
         }
     }
+}
+
+/// `removeTree(path: string): Promise<void>` — the directory tree (or file) at `path`, removed
+/// in one threadpool task without following symlinks; missing is fine.
+fn remove_tree(env: Env, args: &Args) -> Result<Value, JsError> {
+    let target = args.path(0, "path")?;
+    js::promise(env, "crisp.removeTree", move || {
+        tree::remove_tree(Path::new(&target)).map(|()| Written).map_err(|e| io_error(&format!("remove {target}"), e))
+    })
 }
