@@ -112,7 +112,8 @@ export function monitorBinaryPath(env: NodeJS.ProcessEnv = process.env): string 
 export async function processStartTime(pid: number): Promise<number | undefined> {
   let stat: string;
   try {
-    stat = await fsp.readFile(`/proc/${pid}/stat`, 'utf8');
+    // procfs answers from memory; a synchronous read beats four trips to the threadpool.
+    stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
   } catch {
     return undefined;
   }
@@ -138,14 +139,16 @@ export async function spawnMonitor(
 ): Promise<MonitorProcess> {
   const timeoutMs = options.timeoutMs ?? DEFAULT_READY_TIMEOUT_MS;
   try {
-    await fsp.access(monitorBinary, fs.constants.X_OK);
+    fs.accessSync(monitorBinary, fs.constants.X_OK);
   } catch {
     throw new CrispError(
       'FailedPrecondition',
       `monitor binary ${monitorBinary} is missing: build it with "cargo build --release -p crisp-monitor" or set ${MONITOR_BIN_ENV}`,
     );
   }
-  await writeJsonAtomic(path.join(bundleDir, MONITOR_CONFIG_FILE), config);
+  // Read once, by the monitor as it starts: a crash of the machine takes the monitor with it,
+  // so there is nothing for an fsync to protect.
+  await writeJsonAtomic(path.join(bundleDir, MONITOR_CONFIG_FILE), config, 0o600, { durable: false });
 
   const logPath = path.join(bundleDir, MONITOR_LOG_FILE);
   const child = options.spawner ? nativeChild(options.spawner, monitorBinary, bundleDir, logPath) : await nodeChild(monitorBinary, bundleDir, logPath);
