@@ -1,7 +1,7 @@
 //! Starting helper processes without forking the daemon. Node's child_process forks the whole
 //! daemon (hundreds of MB of address space) on the event loop for every spawn; posix_spawn (a
 //! vfork-style clone in glibc) costs a fraction of that, which matters for the per-pod monitor
-//! started on every RunPodSandbox.
+//! started on every RunPodSandbox and the CNI plugins every pod start and stop runs.
 
 use std::ffi::CString;
 use std::io;
@@ -32,48 +32,46 @@ fn check(rc: libc::c_int) -> io::Result<()> {
     }
 }
 
-pub fn spawn_detached(program: &Path, args: &[&str], log_path: &Path) -> io::Result<Spawned> {
+/// The file actions a spawn needs before exec.
+enum FileAction<'a> {
+    Open { fd: libc::c_int, path: &'a CString, flags: libc::c_int, mode: libc::mode_t },
+    Dup2 { from: libc::c_int, to: libc::c_int },
+}
+
+fn argv_of(program: &Path, args: &[&str]) -> io::Result<(CString, Vec<CString>)> {
     let program_c = cstr(program.to_str().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "program path is not UTF-8"))?)?;
-    let mut argv_c = vec![program_c.clone()];
+    let mut argv = vec![program_c.clone()];
     for a in args {
-        argv_c.push(cstr(a)?);
+        argv.push(cstr(a)?);
     }
-    let mut argv: Vec<*mut libc::c_char> = argv_c.iter().map(|c| c.as_ptr() as *mut libc::c_char).collect();
-    argv.push(null_mut());
-    let log_c = cstr(log_path.to_str().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "log path is not UTF-8"))?)?;
-    let devnull = cstr("/dev/null")?;
+    Ok((program_c, argv))
+}
 
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: fds is a valid two-element array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 just returned these descriptors; each is owned exactly once here.
-    let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    use std::os::fd::AsRawFd;
-
+/// posix_spawn in a new session (its own process group), signals unblocked and at their
+/// defaults (the daemon ignores SIGPIPE), with `actions` applied and exactly `env`.
+fn spawn_in_session(program: &CString, argv: &[CString], env: &[CString], actions: &[FileAction<'_>]) -> io::Result<libc::pid_t> {
+    let mut argv_p: Vec<*mut libc::c_char> = argv.iter().map(|c| c.as_ptr() as *mut libc::c_char).collect();
+    argv_p.push(null_mut());
+    let mut env_p: Vec<*mut libc::c_char> = env.iter().map(|c| c.as_ptr() as *mut libc::c_char).collect();
+    env_p.push(null_mut());
     // SAFETY: the attribute and file-action objects are initialised before use and destroyed on
-    // every path; every pointer passed refers to a live CString or array above.
+    // every path; every pointer passed refers to a live CString or array the caller holds.
     unsafe {
-        let mut actions: libc::posix_spawn_file_actions_t = std::mem::zeroed();
-        check(libc::posix_spawn_file_actions_init(&mut actions))?;
+        let mut fa: libc::posix_spawn_file_actions_t = std::mem::zeroed();
+        check(libc::posix_spawn_file_actions_init(&mut fa))?;
         let mut attr: libc::posix_spawnattr_t = std::mem::zeroed();
         if let Err(e) = check(libc::posix_spawnattr_init(&mut attr)) {
-            libc::posix_spawn_file_actions_destroy(&mut actions);
+            libc::posix_spawn_file_actions_destroy(&mut fa);
             return Err(e);
         }
         let result = (|| -> io::Result<libc::pid_t> {
-            check(libc::posix_spawn_file_actions_addopen(&mut actions, 0, devnull.as_ptr(), libc::O_RDONLY, 0))?;
-            check(libc::posix_spawn_file_actions_addopen(
-                &mut actions,
-                1,
-                log_c.as_ptr(),
-                libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT,
-                0o640,
-            ))?;
-            check(libc::posix_spawn_file_actions_adddup2(&mut actions, 1, 2))?;
-            // dup2 clears close-on-exec on the new descriptor 3.
-            check(libc::posix_spawn_file_actions_adddup2(&mut actions, write_end.as_raw_fd(), 3))?;
+            for action in actions {
+                match *action {
+                    FileAction::Open { fd, path, flags, mode } => check(libc::posix_spawn_file_actions_addopen(&mut fa, fd, path.as_ptr(), flags, mode))?,
+                    // dup2 clears close-on-exec on the new descriptor.
+                    FileAction::Dup2 { from, to } => check(libc::posix_spawn_file_actions_adddup2(&mut fa, from, to))?,
+                }
+            }
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);
             check(libc::posix_spawnattr_setsigmask(&mut attr, &empty))?;
@@ -83,18 +81,35 @@ pub fn spawn_detached(program: &Path, args: &[&str], log_path: &Path) -> io::Res
             let flags = libc::POSIX_SPAWN_SETSIGMASK | libc::POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSID;
             check(libc::posix_spawnattr_setflags(&mut attr, flags as libc::c_short))?;
             let mut pid: libc::pid_t = 0;
-            // The monitor and what it starts must not inherit the daemon's environment.
-            let path_env = cstr("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")?;
-            let envp = [path_env.as_ptr() as *mut libc::c_char, null_mut()];
-            check(libc::posix_spawn(&mut pid, program_c.as_ptr(), &actions, &attr, argv.as_ptr(), envp.as_ptr()))?;
+            check(libc::posix_spawn(&mut pid, program.as_ptr(), &fa, &attr, argv_p.as_ptr(), env_p.as_ptr()))?;
             Ok(pid)
         })();
         libc::posix_spawnattr_destroy(&mut attr);
-        libc::posix_spawn_file_actions_destroy(&mut actions);
-        let pid = result?;
-        drop(write_end);
-        Ok(Spawned { pid, ready: read_end })
+        libc::posix_spawn_file_actions_destroy(&mut fa);
+        result
     }
+}
+
+pub fn spawn_detached(program: &Path, args: &[&str], log_path: &Path) -> io::Result<Spawned> {
+    use std::os::fd::AsRawFd;
+    let (program_c, argv) = argv_of(program, args)?;
+    let log_c = cstr(log_path.to_str().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "log path is not UTF-8"))?)?;
+    let devnull = cstr("/dev/null")?;
+    let (read_end, write_end) = pipe_cloexec()?;
+    // The monitor and what it starts must not inherit the daemon's environment.
+    let env = [cstr("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")?];
+    let pid = spawn_in_session(
+        &program_c,
+        &argv,
+        &env,
+        &[
+            FileAction::Open { fd: 0, path: &devnull, flags: libc::O_RDONLY, mode: 0 },
+            FileAction::Open { fd: 1, path: &log_c, flags: libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT, mode: 0o640 },
+            FileAction::Dup2 { from: 1, to: 2 },
+            FileAction::Dup2 { from: write_end.as_raw_fd(), to: 3 },
+        ],
+    )?;
+    Ok(Spawned { pid, ready: read_end })
 }
 
 /// A process started in its own session with its standard streams on pipes: the daemon's ends
@@ -123,53 +138,23 @@ fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
 /// unblocked.
 pub fn spawn_piped(program: &Path, args: &[String], env: &[String]) -> io::Result<SpawnedPiped> {
     use std::os::fd::AsRawFd;
-    let program_c = cstr(program.to_str().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "program path is not UTF-8"))?)?;
-    let mut argv_c = vec![program_c.clone()];
-    for a in args {
-        argv_c.push(cstr(a)?);
-    }
-    let mut argv: Vec<*mut libc::c_char> = argv_c.iter().map(|c| c.as_ptr() as *mut libc::c_char).collect();
-    argv.push(null_mut());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (program_c, argv) = argv_of(program, &args)?;
     let env_c = env.iter().map(|e| cstr(e)).collect::<io::Result<Vec<_>>>()?;
-    let mut envp: Vec<*mut libc::c_char> = env_c.iter().map(|c| c.as_ptr() as *mut libc::c_char).collect();
-    envp.push(null_mut());
-
     let (stdin_r, stdin_w) = pipe_cloexec()?;
     let (stdout_r, stdout_w) = pipe_cloexec()?;
     let (stderr_r, stderr_w) = pipe_cloexec()?;
-
-    // SAFETY: as in spawn_detached: initialised before use, destroyed on every path, and every
-    // pointer refers to a live CString, array or descriptor above.
-    unsafe {
-        let mut actions: libc::posix_spawn_file_actions_t = std::mem::zeroed();
-        check(libc::posix_spawn_file_actions_init(&mut actions))?;
-        let mut attr: libc::posix_spawnattr_t = std::mem::zeroed();
-        if let Err(e) = check(libc::posix_spawnattr_init(&mut attr)) {
-            libc::posix_spawn_file_actions_destroy(&mut actions);
-            return Err(e);
-        }
-        let result = (|| -> io::Result<libc::pid_t> {
-            // dup2 clears close-on-exec on 0, 1 and 2; everything else stays closed on exec.
-            check(libc::posix_spawn_file_actions_adddup2(&mut actions, stdin_r.as_raw_fd(), 0))?;
-            check(libc::posix_spawn_file_actions_adddup2(&mut actions, stdout_w.as_raw_fd(), 1))?;
-            check(libc::posix_spawn_file_actions_adddup2(&mut actions, stderr_w.as_raw_fd(), 2))?;
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut empty);
-            check(libc::posix_spawnattr_setsigmask(&mut attr, &empty))?;
-            let mut all: libc::sigset_t = std::mem::zeroed();
-            libc::sigfillset(&mut all);
-            check(libc::posix_spawnattr_setsigdefault(&mut attr, &all))?;
-            let flags = libc::POSIX_SPAWN_SETSIGMASK | libc::POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSID;
-            check(libc::posix_spawnattr_setflags(&mut attr, flags as libc::c_short))?;
-            let mut pid: libc::pid_t = 0;
-            check(libc::posix_spawn(&mut pid, program_c.as_ptr(), &actions, &attr, argv.as_ptr(), envp.as_ptr()))?;
-            Ok(pid)
-        })();
-        libc::posix_spawnattr_destroy(&mut attr);
-        libc::posix_spawn_file_actions_destroy(&mut actions);
-        let pid = result?;
-        Ok(SpawnedPiped { pid, stdin: stdin_w, stdout: stdout_r, stderr: stderr_r })
-    }
+    let pid = spawn_in_session(
+        &program_c,
+        &argv,
+        &env_c,
+        &[
+            FileAction::Dup2 { from: stdin_r.as_raw_fd(), to: 0 },
+            FileAction::Dup2 { from: stdout_w.as_raw_fd(), to: 1 },
+            FileAction::Dup2 { from: stderr_w.as_raw_fd(), to: 2 },
+        ],
+    )?;
+    Ok(SpawnedPiped { pid, stdin: stdin_w, stdout: stdout_r, stderr: stderr_r })
 }
 
 /// How a collected child ended.

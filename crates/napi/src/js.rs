@@ -318,17 +318,18 @@ impl Args {
     }
 
     pub fn boolean(&self, index: usize, name: &str) -> Result<bool, JsError> {
-        let value = self.get(index)?;
+        self.bool_value(self.get(index)?, &format!("\"{name}\" argument"))
+    }
+
+    /// `value` as a boolean; `what` names it in the TypeError (`"x" argument`, `"o.p" property`).
+    fn bool_value(&self, value: Value, what: &str) -> Result<bool, JsError> {
         let mut b = false;
         // SAFETY: env is live; `b` is a valid out pointer.
         let status = unsafe { sys::napi_get_value_bool(self.env.raw, value, &mut b) };
         if status == sys::NAPI_BOOLEAN_EXPECTED {
-            return Err(JsError::invalid_arg_type(format!(
-                "The \"{name}\" argument must be of type boolean. {}",
-                self.received(value)
-            )));
+            return Err(JsError::invalid_arg_type(format!("The {what} must be of type boolean. {}", self.received(value))));
         }
-        self.env.check(status, &format!("read argument {name}"))?;
+        self.env.check(status, &format!("read {what}"))?;
         Ok(b)
     }
 
@@ -353,17 +354,7 @@ impl Args {
         if self.is(value, "undefined") {
             return Ok(None);
         }
-        let mut b = false;
-        // SAFETY: env is live; `b` is a valid out pointer.
-        let status = unsafe { sys::napi_get_value_bool(self.env.raw, value, &mut b) };
-        if status == sys::NAPI_BOOLEAN_EXPECTED {
-            return Err(JsError::invalid_arg_type(format!(
-                "The \"{option}.{property}\" property must be of type boolean. {}",
-                self.received(value)
-            )));
-        }
-        self.env.check(status, &format!("read {option}.{property}"))?;
-        Ok(Some(b))
+        self.bool_value(value, &format!("\"{option}.{property}\" property")).map(Some)
     }
 }
 
