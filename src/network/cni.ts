@@ -3,7 +3,6 @@
  * (ADD in order with prevResult chaining, DEL in reverse order, CHECK), caches ADD results per
  * attachment for DEL/CHECK, and reports whether the network is usable.
  */
-import { childProcessLauncher, type PluginLauncher } from './plugin_launcher';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import pino, { type Logger } from 'pino';
@@ -21,6 +20,7 @@ import {
 } from './cni_config';
 import { parseCniResult, type CniResult } from './cni_result';
 import { isNamespacePath } from './netns_util';
+import { childProcessLauncher, type PluginLauncher } from './plugin_launcher';
 
 export const DEFAULT_CNI_BIN_DIRS: readonly string[] = ['/opt/cni/bin', '/usr/lib/cni'];
 /** Per plugin invocation; a hung plugin is killed after this long. */

@@ -55,6 +55,7 @@ async function doCreate(svc: CriService, sandbox: Sandbox, config: ContainerConf
   const cleanup = new CleanupStack();
   // The container's cgroup lives next to the sandbox's, under kubelet's pod cgroup.
   const cgroupParent = svc.pods.cgroupParentOf(sandbox);
+  const layout = svc.pods.cgroupLayout(cgroupParent, id);
 
   const container: Container = await svc.containers.create({
     version: 1,
@@ -70,7 +71,7 @@ async function doCreate(svc: CriService, sandbox: Sandbox, config: ContainerConf
     chainIds: image.chainIds,
     logPath,
     // Recorded before it exists: undoing removes it if it does.
-    cgroupPath: svc.pods.cgroupPathForName(cgroupParent, id),
+    cgroupPath: layout.path,
     pid: 0,
     exitCode: 0,
     reason: '',
@@ -80,7 +81,6 @@ async function doCreate(svc: CriService, sandbox: Sandbox, config: ContainerConf
   cleanup.push('container record', () => svc.containers.delete(container));
   try {
     cleanup.push('cgroup', () => svc.pods.removeCgroup(container.record.cgroupPath));
-    const layout = svc.pods.cgroupLayout(cgroupParent, id);
     const lowerDirs = [...image.chainIds].reverse().map((c) => svc.images.snapshots.fsPath(c));
     // The cgroup, the spec and the directories are independent: all three at once, and all
     // settle before anything is undone.
