@@ -229,6 +229,33 @@ test('bad input: unknown pod or container, stopped pod, missing image, failed ex
   const execErr = await code(env.c.call('startContainer', { containerId }));
   t.regex(execErr.details, /no such file or directory/i);
 
+  // A set-up step that fails inside the container (a file bound over the image's /etc
+  // directory) fails StartContainer with the step, as with runc-based runtimes, and the
+  // container is left exited with reason StartError.
+  const hostFile = path.join(env.d.dir, 'not-a-directory');
+  fs.writeFileSync(hostFile, 'x');
+  const setupFails = await env.c.call('createContainer', {
+    podSandboxId: env.pod,
+    config: containerConfig(t, 'true', { mounts: [{ containerPath: '/etc', hostPath: hostFile, readonly: true }] }),
+  });
+  const setupErr = await code(env.c.call('startContainer', { containerId: setupFails.containerId }));
+  t.regex(setupErr.details, /\/etc/, setupErr.details);
+  const failed = (await env.c.call('containerStatus', { containerId: setupFails.containerId })).status!;
+  t.is(failed.state, ContainerState.CONTAINER_EXITED);
+  t.is(failed.reason, 'StartError');
+  t.is(failed.message, setupErr.details);
+  await env.c.call('removeContainer', { containerId: setupFails.containerId });
+  // Never started: stopping and removing it needs no start.
+  const neverStarted = await env.c.call('createContainer', {
+    podSandboxId: env.pod,
+    config: containerConfig(t, 'true', { mounts: [{ containerPath: '/etc', hostPath: hostFile, readonly: true }] }),
+  });
+  await new Promise((r) => setTimeout(r, 200));
+  const stopStarted = Date.now();
+  await env.c.call('stopContainer', { containerId: neverStarted.containerId, timeout: 10n });
+  await env.c.call('removeContainer', { containerId: neverStarted.containerId });
+  t.true(Date.now() - stopStarted < 5000, 'stop and remove do not wait for an exit that happened already');
+
   await env.c.call('stopPodSandbox', { podSandboxId: env.pod });
   t.is((await code(env.c.call('createContainer', { podSandboxId: env.pod, config: containerConfig(t, 'true') }))).code, grpc.status.FAILED_PRECONDITION);
   await env.c.call('removePodSandbox', { podSandboxId: env.pod });

@@ -276,6 +276,45 @@ serial('a program that cannot be executed fails start with the reason', async (t
   t.false((await pod.client.status()).containers.some((c) => c.containerId === 'mnt'));
 });
 
+serial('an early-answered create: start waits for the set-up, and a set-up failure is the answer to start', async (t) => {
+  const pod = await startPod(t, 'early');
+  const good = writeBundle(pod, 'good', ['sh', '-c', 'echo early-ok']);
+  const goodLog = path.join(good, 'log');
+  const created = await pod.client.create({ containerId: 'good', bundleDir: good, logPath: goodLog, earlyReply: true });
+  t.true(created.pid > 0);
+  t.true((await pod.client.status()).containers.some((c) => c.containerId === 'good'), 'listed as soon as it was answered');
+  // Sent at once, while the process may still be mounting its root filesystem.
+  await pod.client.start('good');
+  t.is((await waitForExit(pod, 'good')).exitCode, 0);
+  t.deepEqual(readLog(goodLog).map((r) => r.content), ['early-ok']);
+
+  const bad = writeBundle(pod, 'bad', ['true'], (s) => s.mounts.push({ destination: '/data', type: 'tmpfs', source: 'tmpfs', options: ['size=bogus'] }));
+  await pod.client.create({ containerId: 'bad', bundleDir: bad, logPath: path.join(bad, 'log'), earlyReply: true });
+  const err = await t.throwsAsync(pod.client.start('bad'));
+  t.regex(err?.message ?? '', /mount tmpfs \(tmpfs\) on \/data: invalid argument/);
+  // It was answered as created, so it stays known, as exited with the failure recorded.
+  t.is((await waitForExit(pod, 'bad')).exitCode, 128);
+  t.regex(readExitRecord(bad).startError ?? '', /mount tmpfs \(tmpfs\) on \/data/);
+
+  // A failure nobody was waiting for is kept for the start that comes later.
+  const late = writeBundle(pod, 'late', ['true'], (s) => s.mounts.push({ destination: '/data', type: 'tmpfs', source: 'tmpfs', options: ['size=bogus'] }));
+  await pod.client.create({ containerId: 'late', bundleDir: late, logPath: path.join(late, 'log'), earlyReply: true });
+  await sleep(300);
+  const lateErr = await t.throwsAsync(pod.client.start('late'));
+  t.regex(lateErr?.message ?? '', /mount tmpfs \(tmpfs\) on \/data: invalid argument/);
+  const again = await t.throwsAsync(pod.client.start('late'));
+  t.true(again instanceof CrispError && again.code === 'FailedPrecondition', String(again));
+  t.is(readExitRecord(late).exitCode, 128);
+
+  // Killed while it sets itself up: its exit is recorded all the same.
+  const killed = writeBundle(pod, 'killed', ['true']);
+  const k = await pod.client.create({ containerId: 'killed', bundleDir: killed, logPath: path.join(killed, 'log'), earlyReply: true });
+  await pod.client.signal('killed', 'SIGKILL');
+  const killedExit = await waitForExit(pod, 'killed');
+  t.true(killedExit.exitCode === 128 || killedExit.exitCode === 137, JSON.stringify(killedExit));
+  t.true(k.pid > 0);
+});
+
 serial('exec returns output and exit code, and its timeout kills it', async (t) => {
   const pod = await startPod(t, 'exec');
   const bundle = writeBundle(pod, 'app', ['sleep', '1000']);

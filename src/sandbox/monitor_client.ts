@@ -77,6 +77,11 @@ export interface CreateContainerParams {
   tty?: boolean;
   stdin?: boolean;
   stdinOnce?: boolean;
+  /**
+   * Answer once the process is forked rather than once it is set up; a set-up failure is then
+   * the answer to `start`.
+   */
+  earlyReply?: boolean;
 }
 
 export interface ExecProcess {

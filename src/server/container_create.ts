@@ -16,7 +16,8 @@ import type { CriService } from './service';
 
 /**
  * Creates a container in a ready pod: its writable layer, its cgroup, its OCI spec, and — through
- * the pod's monitor — a process set up up to the point of exec, waiting for StartContainer.
+ * the pod's monitor — a process that sets itself up to the point of exec and waits for
+ * StartContainer.
  * A kubelet retry of an in-flight create joins it instead of failing with "name is reserved".
  */
 export async function createContainer(svc: CriService, req: CreateContainerRequest, ctx: CallContext): Promise<CreateContainerResponse> {
@@ -133,6 +134,10 @@ async function doCreate(svc: CriService, sandbox: Sandbox, config: ContainerConf
       tty: config.tty,
       stdin: config.stdin,
       stdinOnce: config.stdinOnce,
+      // The monitor answers once the process is forked; its set-up (mounts, devices, pivot)
+      // overlaps with this reply and the StartContainer that follows, which gets any set-up
+      // failure, as it would from a runc-based runtime.
+      earlyReply: true,
     });
     await svc.containers.update(container, (r) => {
       r.state = 'created';

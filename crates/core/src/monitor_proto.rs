@@ -262,6 +262,12 @@ pub struct CreateRequest {
     pub stdin: bool,
     #[serde(default)]
     pub stdin_once: bool,
+    /// Answer as soon as the process is forked instead of once it is set up: the set-up (mounts
+    /// and the rest) then overlaps with the daemon's reply and the StartContainer that follows,
+    /// and a set-up failure is the answer to `start`, as with runc-based runtimes, whose
+    /// CreateContainer creates no process at all.
+    #[serde(default)]
+    pub early_reply: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -780,6 +786,7 @@ mod tests {
                 tty: true,
                 stdin: false,
                 stdin_once: false,
+                early_reply: false,
             })
         );
         let r: RequestEnvelope = serde_json::from_str(

@@ -100,6 +100,12 @@ pub struct Container {
     status_buf: Vec<u8>,
     gate: Option<OwnedFd>,
     waiter: Option<Waiter>,
+    /// The create was answered when the process was forked (early reply): the daemon counts the
+    /// container as created while it still sets itself up.
+    acknowledged: bool,
+    /// A `start` that arrived while the process was still setting itself up; it goes ahead once
+    /// the process is ready (its reply goes to `waiter`).
+    start_requested: bool,
     log: LogFile,
     pub(crate) outputs: Vec<Output>,
     pub(crate) tty: bool,
@@ -189,9 +195,15 @@ pub struct Containers {
     pub(crate) execs: HashMap<u64, ExecSession>,
     pub(crate) fd_roles: HashMap<u64, FdRole>,
     pid_roles: HashMap<libc::pid_t, PidRole>,
+    /// Set-up failures of early-answered creates nobody has been told of yet: the next `start`
+    /// of that container gets the failure as its answer.
+    failed_creates: HashMap<String, (ErrorCode, String)>,
     next_token: u64,
     next_exec: u64,
 }
+
+/// How many unclaimed set-up failures are kept (a daemon removes such containers promptly).
+const MAX_FAILED_CREATES: usize = 64;
 
 impl Containers {
     pub fn new() -> Self {
@@ -202,7 +214,7 @@ impl Containers {
         let mut out: Vec<ContainerInfo> = self
             .containers
             .values()
-            .filter(|c| c.phase != Phase::Creating)
+            .filter(|c| c.phase != Phase::Creating || c.acknowledged)
             .map(|c| ContainerInfo {
                 container_id: c.id.clone(),
                 pid: c.pid,
@@ -364,7 +376,14 @@ impl Server {
             Err(e) => return err(id, ErrorCode::Internal, format!("open log file {}: {}", req.log_path, e)),
         };
         let tty = req.tty || spec.process.terminal;
+        self.ctrs.failed_creates.remove(&req.container_id);
         match self.spawn_container(&req, spec, plan, tty, log_file, (token, id)) {
+            Ok(()) if req.early_reply => {
+                let c = self.ctrs.containers.get_mut(&req.container_id)?;
+                c.waiter = None;
+                c.acknowledged = true;
+                Some(Response::ok(id, Reply::Create(CreateReply { pid: c.pid })))
+            }
             Ok(()) => None,
             Err(e) => err(id, ErrorCode::Internal, format!("container {}: {}", req.container_id, e)),
         }
@@ -450,6 +469,8 @@ impl Server {
                 status_buf: Vec::new(),
                 gate: Some(gate_w),
                 waiter: Some(waiter),
+                acknowledged: false,
+                start_requested: false,
                 log: LogFile { path: PathBuf::from(&req.log_path), file: Some(log_file) },
                 outputs: outs,
                 tty,
@@ -470,17 +491,33 @@ impl Server {
     }
 
     pub(crate) fn start_container(&mut self, token: u64, id: u64, req: ContainerRef) -> Option<Response> {
+        // The set-up of an early-answered create failed before anyone asked to start it.
+        if let Some((code, message)) = self.ctrs.failed_creates.remove(&req.container_id) {
+            return err(id, code, message);
+        }
         let Some(c) = self.ctrs.containers.get_mut(&req.container_id) else {
             return err(id, ErrorCode::NotFound, format!("container {} not found", req.container_id));
         };
         match c.phase {
             Phase::Created => {}
+            Phase::Creating if c.acknowledged && !c.start_requested => {
+                // Goes ahead once the process is ready (or fails with its set-up error).
+                c.start_requested = true;
+                c.waiter = Some((token, id));
+                return None;
+            }
             Phase::Creating | Phase::Starting => {
                 return err(id, ErrorCode::FailedPrecondition, format!("container {} is still being set up", c.id))
             }
             Phase::Running => return err(id, ErrorCode::FailedPrecondition, format!("container {} is already running", c.id)),
             Phase::Exited => return err(id, ErrorCode::FailedPrecondition, format!("container {} has exited", c.id)),
         }
+        Self::open_gate(c, (token, id))
+    }
+
+    /// Lets a set-up process exec; the answer to `waiter` follows once it has (or failed to).
+    fn open_gate(c: &mut Container, waiter: Waiter) -> Option<Response> {
+        let id = waiter.1;
         let Some(gate) = c.gate.take() else {
             return err(id, ErrorCode::Internal, format!("container {} lost its start gate", c.id));
         };
@@ -488,7 +525,7 @@ impl Server {
             return err(id, ErrorCode::Internal, format!("start container {}: {}", c.id, e));
         }
         c.phase = Phase::Starting;
-        c.waiter = Some((token, id));
+        c.waiter = Some(waiter);
         None
     }
 
@@ -779,7 +816,11 @@ impl Server {
             Phase::Creating => {
                 let why = exited.map_or_else(|| "it exited".to_owned(), status_text);
                 let message = format!("container {} died during set-up ({})", id, why);
-                self.abandon_create(id, ErrorCode::Internal, message);
+                if c.acknowledged {
+                    self.fail_acknowledged_create(id, ErrorCode::Internal, message);
+                } else {
+                    self.abandon_create(id, ErrorCode::Internal, message);
+                }
             }
             Phase::Starting if c.start_error.is_none() => {
                 let now = sys::now_unix_ms();
@@ -805,6 +846,14 @@ impl Server {
         let pid = c.pid;
         let waiter = c.waiter.take();
         log!(Info, "container {} created (pid {})", id, pid);
+        if c.start_requested {
+            // An early-answered create whose start arrived during the set-up.
+            let Some(w) = waiter else { return };
+            if let Some(failed) = Self::open_gate(c, w) {
+                self.reply(w, failed);
+            }
+            return;
+        }
         if let Some(w) = waiter {
             self.reply(w, Response::ok(w.1, Reply::Create(CreateReply { pid })));
         }
@@ -826,6 +875,7 @@ impl Server {
         };
         log!(Warn, "container {}: {}", id, message);
         match c.phase {
+            Phase::Creating if c.acknowledged => self.fail_acknowledged_create(id, failure_code(kind), message),
             Phase::Creating => self.abandon_create(id, failure_code(kind), message),
             Phase::Starting => {
                 // The process exits on its own; its exit is recorded with this reason.
@@ -837,6 +887,23 @@ impl Server {
             }
             _ => {}
         }
+    }
+
+    /// The set-up of an early-answered create failed. The daemon counts the container as
+    /// created, so it stays known: its exit is recorded with the failure as start error (the
+    /// process exits on its own, or already did), and the failure is the answer to its start,
+    /// now if one is waiting, else whenever it comes.
+    fn fail_acknowledged_create(&mut self, id: &str, code: ErrorCode, message: String) {
+        let Some(c) = self.ctrs.containers.get_mut(id) else { return };
+        c.start_error = Some(message.clone());
+        if let Some(w) = c.waiter.take() {
+            self.reply(w, Response::err(w.1, code, message));
+            return;
+        }
+        if self.ctrs.failed_creates.len() >= MAX_FAILED_CREATES {
+            self.ctrs.failed_creates.clear();
+        }
+        self.ctrs.failed_creates.insert(id.to_owned(), (code, message));
     }
 
     /// A create that failed: reply, make sure the child is gone, forget the container.
