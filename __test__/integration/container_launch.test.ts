@@ -6,19 +6,13 @@
  */
 import test, { type ExecutionContext } from 'ava';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
-import {
-  CONTAINER_EXIT_FILE,
-  MonitorClient,
-  type ContainerExitRecord,
-  type MonitorEvent,
-} from '../../src/sandbox/monitor_client';
-import { monitorBinaryPath, spawnMonitor, type MonitorProcess } from '../../src/sandbox/monitor_spawn';
+import { CONTAINER_EXIT_FILE, type ContainerExitRecord, type MonitorEvent } from '../../src/sandbox/monitor_client';
+import { monitorBinaryPath } from '../../src/sandbox/monitor_spawn';
 import { CrispError } from '../../src/util/errors';
-import { run } from '../fixtures/netns';
 import { DEFAULT_CAPABILITIES } from '../../src/container/capabilities';
-import { BUSYBOX, makeBusyboxLayer, mountPointsUnder } from '../fixtures/rootfs';
+import { BUSYBOX, mountPointsUnder } from '../fixtures/rootfs';
+import { type MonitorPod as Pod, startMonitorPod, type Spec, writeBundle } from '../fixtures/monitor_pod';
 
 const isRoot = process.getuid?.() === 0;
 const serial = isRoot && fs.existsSync(BUSYBOX) ? test.serial : test.skip;
@@ -42,110 +36,9 @@ const CAP_NUMBERS: Record<string, number> = {
   CAP_SETFCAP: 31,
 };
 
-interface Pod {
-  dir: string;
-  podDir: string;
-  lower: string;
-  mon: MonitorProcess;
-  client: MonitorClient;
-  events: MonitorEvent[];
-}
-
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-
-
-async function startPod(t: ExecutionContext, tag: string): Promise<Pod> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `crisp-test-ctr-${tag}-`));
-  const podDir = path.join(dir, 'pod');
-  fs.mkdirSync(podDir);
-  const pids: number[] = [];
-  let client: MonitorClient | undefined;
-  t.teardown(async () => {
-    if (client && !client.closed) {
-      try {
-        await client.shutdown(2_000);
-      } catch {
-        // Killed below.
-      }
-      client.close();
-    }
-    for (const pid of pids) {
-      try {
-        process.kill(pid, 'SIGKILL');
-      } catch {
-        // Gone already.
-      }
-    }
-    for (const mp of mountPointsUnder(dir).reverse()) await run('umount', ['-l', mp]);
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-  const lower = path.join(dir, 'lower');
-  makeBusyboxLayer(lower);
-  const mon = await spawnMonitor(podDir, {
-    sandboxId: `ctr-${tag}`,
-    hostname: `pod-${tag}`,
-    namespaces: { network: 'pod', ipc: 'pod', uts: 'pod', pid: 'pod' },
-    logLevel: 'debug',
-  });
-  pids.push(mon.pid);
-  client = await MonitorClient.connect(path.join(podDir, 'monitor.sock'));
-  const events: MonitorEvent[] = [];
-  await client.onEvent((e) => events.push(e));
-  return { dir, podDir, lower, mon, client, events };
-}
-
-type Spec = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
-
-/** The spec a CRI runtime would generate for a plain container of the pod. */
-function baseSpec(pod: Pod, bundle: string, args: string[]): Spec {
-  return {
-    ociVersion: '1.1.0',
-    process: {
-      args,
-      env: ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', 'HOME=/root'],
-      cwd: '/',
-      user: { uid: 0, gid: 0 },
-    },
-    root: { path: 'rootfs', readonly: false },
-    mounts: [
-      { destination: '/proc', type: 'proc', source: 'proc', options: ['nosuid', 'noexec', 'nodev'] },
-      { destination: '/dev', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'strictatime', 'mode=755', 'size=65536k'] },
-      {
-        destination: '/dev/pts',
-        type: 'devpts',
-        source: 'devpts',
-        options: ['nosuid', 'noexec', 'newinstance', 'ptmxmode=0666', 'mode=0620', 'gid=5'],
-      },
-      { destination: '/dev/mqueue', type: 'mqueue', source: 'mqueue', options: ['nosuid', 'noexec', 'nodev'] },
-      { destination: '/dev/shm', type: 'tmpfs', source: 'shm', options: ['nosuid', 'noexec', 'nodev', 'mode=1777', 'size=65536k'] },
-      { destination: '/sys', type: 'sysfs', source: 'sysfs', options: ['nosuid', 'noexec', 'nodev', 'ro'] },
-    ],
-    linux: {
-      namespaces: [
-        { type: 'mount' },
-        { type: 'network', path: pod.mon.namespaces.net },
-        { type: 'ipc', path: pod.mon.namespaces.ipc },
-        { type: 'uts', path: pod.mon.namespaces.uts },
-        { type: 'pid', path: pod.mon.namespaces.pid },
-      ],
-      // /proc/kcore does not exist on every kernel: missing masked paths are skipped.
-      maskedPaths: ['/proc/kcore', '/proc/timer_list', '/sys/firmware'],
-      readonlyPaths: ['/proc/sys'],
-    },
-    crispRootfs: { lowerDirs: [pod.lower], upperDir: path.join(bundle, 'upper'), workDir: path.join(bundle, 'work') },
-  };
-}
-
-/** Writes `<pod dir>/<id>/config.json` (and the overlay directories) and returns the bundle. */
-function writeBundle(pod: Pod, id: string, args: string[], edit?: (spec: Spec) => void): string {
-  const bundle = path.join(pod.dir, 'containers', id);
-  for (const sub of ['rootfs', 'upper', 'work']) fs.mkdirSync(path.join(bundle, sub), { recursive: true });
-  const spec = baseSpec(pod, bundle, args);
-  edit?.(spec);
-  fs.writeFileSync(path.join(bundle, 'config.json'), JSON.stringify(spec));
-  return bundle;
-}
+const startPod = (t: ExecutionContext, tag: string): Promise<Pod> => startMonitorPod(t, 'ctr', tag);
 
 interface LogRecord {
   time: string;

@@ -10,25 +10,15 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { finished } from 'node:stream/promises';
-import { MonitorClient, type MonitorEvent } from '../../src/sandbox/monitor_client';
-import { monitorBinaryPath, spawnMonitor, type MonitorProcess } from '../../src/sandbox/monitor_spawn';
+import type { MonitorEvent } from '../../src/sandbox/monitor_client';
+import { monitorBinaryPath } from '../../src/sandbox/monitor_spawn';
 import { type ExecStreamParams, type MonitorStream, openAttachStream, openExecStream } from '../../src/sandbox/monitor_stream';
 import { CrispError } from '../../src/util/errors';
-import { run } from '../fixtures/netns';
-import { BUSYBOX, makeBusyboxLayer, mountPointsUnder } from '../fixtures/rootfs';
+import { BUSYBOX } from '../fixtures/rootfs';
+import { type MonitorPod as Pod, startMonitorPod, writeBundle } from '../fixtures/monitor_pod';
 
 const isRoot = process.getuid?.() === 0;
 const serial = isRoot && fs.existsSync(BUSYBOX) ? test.serial : test.skip;
-
-interface Pod {
-  dir: string;
-  podDir: string;
-  lower: string;
-  socket: string;
-  mon: MonitorProcess;
-  client: MonitorClient;
-  events: MonitorEvent[];
-}
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -42,67 +32,14 @@ async function waitUntil(what: string, check: () => boolean, timeoutMs = 10_000)
 
 
 
-async function startPod(t: ExecutionContext, tag: string): Promise<Pod> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `crisp-test-stream-${tag}-`));
-  const podDir = path.join(dir, 'pod');
-  fs.mkdirSync(podDir);
-  let mon: MonitorProcess | undefined;
-  let client: MonitorClient | undefined;
-  t.teardown(async () => {
-    if (client && !client.closed) {
-      await client.shutdown(2_000).catch(() => undefined);
-      client.close();
-    }
-    if (mon) {
-      try {
-        process.kill(mon.pid, 'SIGKILL');
-      } catch {
-        // Gone already.
-      }
-    }
-    for (const mp of mountPointsUnder(dir).reverse()) await run('umount', ['-l', mp]);
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-  const lower = path.join(dir, 'lower');
-  makeBusyboxLayer(lower);
-  mon = await spawnMonitor(podDir, {
-    sandboxId: `stream-${tag}`,
-    hostname: `pod-${tag}`,
-    namespaces: { network: 'pod', ipc: 'pod', uts: 'pod', pid: 'pod' },
-    logLevel: 'debug',
-  });
-  const socket = path.join(podDir, 'monitor.sock');
-  client = await MonitorClient.connect(socket);
-  const events: MonitorEvent[] = [];
-  await client.onEvent((e) => events.push(e));
-  return { dir, podDir, lower, socket, mon, client, events };
-}
+const startPod = (t: ExecutionContext, tag: string): Promise<Pod> => startMonitorPod(t, 'stream', tag);
 
 /** Creates and starts a container running `args`; returns its log path. */
 async function runContainer(pod: Pod, id: string, args: string[], options: { tty?: boolean; stdin?: boolean; stdinOnce?: boolean } = {}): Promise<string> {
-  const bundle = path.join(pod.dir, 'containers', id);
-  for (const sub of ['rootfs', 'upper', 'work']) fs.mkdirSync(path.join(bundle, sub), { recursive: true });
-  const spec = {
-    ociVersion: '1.1.0',
-    process: { args, terminal: options.tty ?? false, env: ['PATH=/bin', 'TERM=xterm'], cwd: '/', user: { uid: 0, gid: 0 } },
-    root: { path: 'rootfs', readonly: false },
-    mounts: [
-      { destination: '/proc', type: 'proc', source: 'proc', options: ['nosuid', 'noexec', 'nodev'] },
-      { destination: '/dev', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'strictatime', 'mode=755', 'size=65536k'] },
-      { destination: '/dev/pts', type: 'devpts', source: 'devpts', options: ['nosuid', 'noexec', 'newinstance', 'ptmxmode=0666', 'mode=0620', 'gid=5'] },
-    ],
-    linux: {
-      namespaces: [
-        { type: 'mount' },
-        { type: 'network', path: pod.mon.namespaces.net },
-        { type: 'ipc', path: pod.mon.namespaces.ipc },
-        { type: 'uts', path: pod.mon.namespaces.uts },
-        { type: 'pid', path: pod.mon.namespaces.pid },
-      ],
-    },
-    crispRootfs: { lowerDirs: [pod.lower], upperDir: path.join(bundle, 'upper'), workDir: path.join(bundle, 'work') },
-  };
-  fs.writeFileSync(path.join(bundle, 'config.json'), JSON.stringify(spec));
+  const bundle = writeBundle(pod, id, args, (spec) => {
+    spec.process.terminal = options.tty ?? false;
+    spec.process.env.push('TERM=xterm');
+  });
   const logPath = path.join(bundle, 'container.log');
   await pod.client.create({ containerId: id, bundleDir: bundle, logPath, tty: options.tty, stdin: options.stdin, stdinOnce: options.stdinOnce });
   await pod.client.start(id);

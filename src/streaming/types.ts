@@ -1,23 +1,11 @@
 import type { Duplex, Readable, Writable } from 'node:stream';
+import type { AttachRequest as CriAttachRequest, ExecRequest as CriExecRequest } from '../generated/runtime/v1/api';
 
-/** What GetExecUrl was asked for (the CRI ExecRequest). */
-export interface ExecRequest {
-  containerId: string;
-  cmd: string[];
-  tty: boolean;
-  stdin: boolean;
-  stdout: boolean;
-  stderr: boolean;
-}
+/** What GetExecUrl was asked for (the CRI ExecRequest; the audit id is kubelet's business). */
+export type ExecRequest = Omit<CriExecRequest, 'auditRequestId'>;
 
 /** What GetAttachUrl was asked for (the CRI AttachRequest). */
-export interface AttachRequest {
-  containerId: string;
-  tty: boolean;
-  stdin: boolean;
-  stdout: boolean;
-  stderr: boolean;
-}
+export type AttachRequest = Omit<CriAttachRequest, 'auditRequestId'>;
 
 /** What GetPortForwardUrl was asked for (the CRI PortForwardRequest). */
 export interface PortForwardRequest {
