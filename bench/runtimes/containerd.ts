@@ -3,14 +3,12 @@
  * file, root, state and socket, the same CNI network and registry hosts, cgroupfs, overlayfs, and a
  * locally built sandbox image.
  */
-import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { CriClient } from '../../src/client/cri_client';
-import { mountStateTmpfs, run } from '../env/host';
+import { run } from '../env/host';
 import { listProcesses, type ProcInfo, withDescendants } from '../env/proc';
-import { tearDownRuntime } from './teardown';
-import { type BenchRuntime, exited, OutputTail, type RuntimeVersion, spawnDaemon, waitForReady, waitForSocket } from './runtime';
+import { DaemonRuntime } from './daemon_runtime';
+import type { RuntimeVersion } from './runtime';
 
 export const CONTAINERD_BINARY = '/usr/bin/containerd';
 const SHIM_NAME = 'containerd-shim-runc-v2';
@@ -51,27 +49,12 @@ export function containerdAvailable(): boolean {
   return fs.existsSync(CONTAINERD_BINARY);
 }
 
-export class ContainerdRuntime implements BenchRuntime {
+export class ContainerdRuntime extends DaemonRuntime {
   readonly name = 'containerd' as const;
-  readonly cgroupParent: string;
-  readonly logRoot: string;
-  private readonly socket: string;
-  private readonly root: string;
-  private readonly state: string;
-  private readonly configFile: string;
-  private readonly tail = new OutputTail();
-  private readonly clients: CriClient[] = [];
-  private child?: ChildProcess;
-  private destroyed = false;
   private shimSocketsBefore?: Set<string>;
 
   constructor(private readonly options: ContainerdRuntimeOptions) {
-    this.cgroupParent = options.cgroupParent;
-    this.socket = path.join(options.dir, 'containerd.sock');
-    this.root = path.join(options.dir, 'root');
-    this.state = path.join(options.dir, 'state');
-    this.logRoot = path.join(options.dir, 'pod-logs');
-    this.configFile = path.join(options.dir, 'config.toml');
+    super(options, path.join(options.dir, 'containerd.sock'));
   }
 
   private config(): string {
@@ -119,24 +102,14 @@ export class ContainerdRuntime implements BenchRuntime {
   }
 
   async start(): Promise<void> {
-    await mountStateTmpfs(this.state);
     fs.mkdirSync(this.logRoot, { recursive: true });
     fs.writeFileSync(this.configFile, this.config());
     this.shimSocketsBefore = new Set(fs.existsSync(SHIM_SOCKET_DIR) ? fs.readdirSync(SHIM_SOCKET_DIR) : []);
-    this.child = spawnDaemon([CONTAINERD_BINARY, '--config', this.configFile], this.tail);
-    await waitForSocket(this.socket, this.child, 20_000, 'containerd', this.tail);
-    const client = this.client();
-    await waitForReady(client, this.child, 30_000, 'containerd', this.tail);
-  }
-
-  client(): CriClient {
-    const client = new CriClient(this.socket);
-    this.clients.push(client);
-    return client;
+    await this.startDaemon([CONTAINERD_BINARY, '--config', this.configFile]);
   }
 
   async version(): Promise<RuntimeVersion> {
-    const v = await this.clients[0]!.call('version', {});
+    const v = await this.firstClient().call('version', {});
     const details: Record<string, string> = {};
     for (const [name, cmd] of [
       ['containerd', CONTAINERD_BINARY],
@@ -151,20 +124,8 @@ export class ContainerdRuntime implements BenchRuntime {
     return { runtimeName: v.runtimeName, runtimeVersion: v.runtimeVersion, runtimeApiVersion: v.runtimeApiVersion, details };
   }
 
-  /** The daemon and its children, except pod processes it spawned directly. */
-  daemonProcesses(): number[] {
-    if (this.child?.pid === undefined || exited(this.child)) return [];
-    const all = listProcesses();
-    const pods = new Set(this.podTree(all));
-    return withDescendants([this.child.pid], all).filter((pid) => !pods.has(pid));
-  }
-
-  podProcesses(): number[] {
-    return this.podTree(listProcesses());
-  }
-
   /** Each shim of this containerd with what it runs (pause and container processes). */
-  private podTree(all: ProcInfo[]): number[] {
+  protected podTree(all: ProcInfo[]): number[] {
     const shims = all
       .filter(isShim)
       .filter((p) => {
@@ -175,24 +136,9 @@ export class ContainerdRuntime implements BenchRuntime {
     return withDescendants(shims, all);
   }
 
-  logTail(): string {
-    return this.tail.toString();
-  }
-
-  async destroy(): Promise<void> {
-    if (this.destroyed) return;
-    this.destroyed = true;
-    await tearDownRuntime({
-      child: this.child,
-      clients: this.clients,
-      client: () => this.client(),
-      podProcesses: () => this.podProcesses(),
-      dir: this.options.dir,
-      cgroupParent: this.cgroupParent,
-    });
+  protected override afterTeardown(): void {
     if (this.shimSocketsBefore) removeStaleShimSockets(this.shimSocketsBefore);
   }
-
 }
 
 /**

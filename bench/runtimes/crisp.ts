@@ -2,14 +2,11 @@
  * crisp as the benchmark runs it: the compiled daemon on temporary directories, logging at info
  * (as in production; the test daemon logs at debug), with the run's CNI network and registry hosts.
  */
-import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { CriClient } from '../../src/client/cri_client';
-import { mountStateTmpfs } from '../env/host';
-import { listProcesses, type ProcInfo, withDescendants } from '../env/proc';
-import { tearDownRuntime } from './teardown';
-import { type BenchRuntime, exited, OutputTail, type RuntimeVersion, spawnDaemon, waitForReady, waitForSocket } from './runtime';
+import { type ProcInfo, withDescendants } from '../env/proc';
+import { DaemonRuntime } from './daemon_runtime';
+import type { RuntimeVersion } from './runtime';
 
 const REPO_ROOT = path.resolve(__dirname, '..', '..', '..');
 const CLI = path.join(REPO_ROOT, 'dist', 'src', 'cli', 'main.js');
@@ -22,30 +19,14 @@ export interface CrispRuntimeOptions {
   cgroupParent: string;
 }
 
-export class CrispRuntime implements BenchRuntime {
+export class CrispRuntime extends DaemonRuntime {
   readonly name = 'crisp' as const;
-  readonly cgroupParent: string;
-  readonly logRoot: string;
-  private readonly socket: string;
-  private readonly root: string;
-  private readonly state: string;
-  private readonly configFile: string;
-  private readonly tail = new OutputTail();
-  private readonly clients: CriClient[] = [];
-  private child?: ChildProcess;
-  private destroyed = false;
 
   constructor(private readonly options: CrispRuntimeOptions) {
-    this.cgroupParent = options.cgroupParent;
-    this.socket = path.join(options.dir, 'crisp.sock');
-    this.root = path.join(options.dir, 'root');
-    this.state = path.join(options.dir, 'state');
-    this.logRoot = path.join(options.dir, 'pod-logs');
-    this.configFile = path.join(options.dir, 'config.toml');
+    super(options, path.join(options.dir, 'crisp.sock'));
   }
 
   async start(): Promise<void> {
-    await mountStateTmpfs(this.state);
     fs.mkdirSync(this.logRoot, { recursive: true });
     fs.writeFileSync(
       this.configFile,
@@ -62,20 +43,11 @@ export class CrispRuntime implements BenchRuntime {
         '',
       ].join('\n'),
     );
-    this.child = spawnDaemon([process.execPath, CLI, 'daemon', '--config', this.configFile], this.tail);
-    await waitForSocket(this.socket, this.child, 20_000, 'crisp', this.tail);
-    const client = this.client();
-    await waitForReady(client, this.child, 30_000, 'crisp', this.tail);
-  }
-
-  client(): CriClient {
-    const client = new CriClient(this.socket);
-    this.clients.push(client);
-    return client;
+    await this.startDaemon([process.execPath, CLI, 'daemon', '--config', this.configFile]);
   }
 
   async version(): Promise<RuntimeVersion> {
-    const v = await this.clients[0]!.call('version', {});
+    const v = await this.firstClient().call('version', {});
     return {
       runtimeName: v.runtimeName,
       runtimeVersion: v.runtimeVersion,
@@ -84,42 +56,12 @@ export class CrispRuntime implements BenchRuntime {
     };
   }
 
-  /** The daemon and its children, except pod processes it spawned directly. */
-  daemonProcesses(): number[] {
-    if (this.child?.pid === undefined || exited(this.child)) return [];
-    const all = listProcesses();
-    const pods = new Set(this.podTree(all));
-    return withDescendants([this.child.pid], all).filter((pid) => !pods.has(pid));
-  }
-
-  podProcesses(): number[] {
-    return this.podTree(listProcesses());
-  }
-
   /**
    * Each pod's monitor with what it runs (the pod's init, containers). Monitors stay the daemon's
    * children (in their own session), so they are also among its descendants.
    */
-  private podTree(all: ProcInfo[]): number[] {
+  protected podTree(all: ProcInfo[]): number[] {
     const monitors = all.filter((p) => p.comm === 'crisp-monitor' && (p.argv[1] ?? '').startsWith(`${this.state}/`)).map((p) => p.pid);
     return withDescendants(monitors, all);
   }
-
-  logTail(): string {
-    return this.tail.toString();
-  }
-
-  async destroy(): Promise<void> {
-    if (this.destroyed) return;
-    this.destroyed = true;
-    await tearDownRuntime({
-      child: this.child,
-      clients: this.clients,
-      client: () => this.client(),
-      podProcesses: () => this.podProcesses(),
-      dir: this.options.dir,
-      cgroupParent: this.cgroupParent,
-    });
-  }
-
 }
