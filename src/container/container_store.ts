@@ -2,8 +2,9 @@ import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { ContainerConfig } from '../generated/runtime/v1/api';
-import { CrispError, failedPrecondition, internal, notFound } from '../util/errors';
+import { CrispError, failedPrecondition, notFound } from '../util/errors';
 import { readJsonIfExists, removeTree, writeJsonAtomic } from '../util/fsutil';
+import { checkpointRecord } from '../util/record_checkpoint';
 
 /**
  * Container lifecycle:
@@ -149,16 +150,7 @@ export class ContainerStore {
   }
 
   async update(c: Container, change: (r: ContainerRecord) => void): Promise<void> {
-    const next = structuredClone(c.record);
-    change(next);
-    const prev = c.record;
-    c.record = next;
-    try {
-      await this.persist(c);
-    } catch (err) {
-      c.record = prev;
-      throw internal(`persisting container ${c.id}: ${(err as Error).message}`, err);
-    }
+    await checkpointRecord(c, path.join(c.bundleDir, 'container.json'), `container ${c.id}`, change);
   }
 
   async delete(c: Container): Promise<void> {

@@ -66,16 +66,8 @@ export const ANNOTATION_SANDBOX_UID = 'io.kubernetes.cri.sandbox-uid';
 export const ANNOTATION_CONTAINER_NAME = 'io.kubernetes.cri.container-name';
 export const ANNOTATION_IMAGE_NAME = 'io.kubernetes.cri.image-name';
 
-/** A device node on the host. */
-export interface HostDevice {
-  type: 'c' | 'b' | 'p';
-  major: number;
-  minor: number;
-  /** Permission bits of the node. */
-  fileMode: number;
-  uid: number;
-  gid: number;
-}
+/** A device node on the host: an OCI device without its path in the container. */
+export type HostDevice = Omit<OciDevice, 'path'>;
 
 export type HostMountPropagation = 'shared' | 'slave' | 'private';
 

@@ -1,8 +1,9 @@
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { PodSandboxConfig } from '../generated/runtime/v1/api';
-import { CrispError, failedPrecondition, internal, notFound } from '../util/errors';
+import { CrispError, failedPrecondition, notFound } from '../util/errors';
 import { readJsonIfExists, removeTree, writeJsonAtomic } from '../util/fsutil';
+import { checkpointRecord } from '../util/record_checkpoint';
 
 /**
  * Sandbox lifecycle:
@@ -128,16 +129,7 @@ export class SandboxStore {
   }
 
   async update(sandbox: Sandbox, change: (r: SandboxRecord) => void): Promise<void> {
-    const next = structuredClone(sandbox.record);
-    change(next);
-    const prev = sandbox.record;
-    sandbox.record = next;
-    try {
-      await this.persist(sandbox);
-    } catch (err) {
-      sandbox.record = prev;
-      throw internal(`persisting sandbox ${sandbox.id}: ${(err as Error).message}`, err);
-    }
+    await checkpointRecord(sandbox, path.join(sandbox.dir, 'sandbox.json'), `sandbox ${sandbox.id}`, change);
   }
 
   async delete(sandbox: Sandbox): Promise<void> {
