@@ -250,7 +250,14 @@ test('bad input: unknown pod or container, stopped pod, missing image, failed ex
     podSandboxId: env.pod,
     config: containerConfig(t, 'true', { mounts: [{ containerPath: '/etc', hostPath: hostFile, readonly: true }] }),
   });
-  await new Promise((r) => setTimeout(r, 200));
+  // Its set-up fails and its exit is recorded before anyone starts it: a start still gets the
+  // set-up failure, and the status says so too.
+  await waitExited(env, neverStarted.containerId);
+  const lateErr = await code(env.c.call('startContainer', { containerId: neverStarted.containerId }));
+  t.regex(lateErr.details, /\/etc/, lateErr.details);
+  const lateStatus = (await env.c.call('containerStatus', { containerId: neverStarted.containerId })).status!;
+  t.is(lateStatus.reason, 'StartError');
+  t.is(lateStatus.message, lateErr.details);
   const stopStarted = Date.now();
   await env.c.call('stopContainer', { containerId: neverStarted.containerId, timeout: 10n });
   await env.c.call('removeContainer', { containerId: neverStarted.containerId });

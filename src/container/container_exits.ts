@@ -28,7 +28,7 @@ export class ContainerExits {
         r.pid = 0;
         r.exitCode = exit.exitCode;
         r.reason = exitReason(exit);
-        r.message = exit.oomKilled ? 'the container exceeded its memory limit' : '';
+        r.message = exit.startError ? exit.startError : exit.oomKilled ? 'the container exceeded its memory limit' : '';
         r.finishedAt = (BigInt(exit.finishedAtMs) * 1_000_000n).toString();
         if (r.startedAt === '0' && exit.startedAtMs) r.startedAt = (BigInt(exit.startedAtMs) * 1_000_000n).toString();
       });

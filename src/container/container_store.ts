@@ -25,6 +25,8 @@ export interface ExitRecord {
   oomKilled?: boolean;
   startedAtMs?: number;
   finishedAtMs: number;
+  /** Why the process never ran its program (a failed set-up or exec); exit code 128 then. */
+  startError?: string | null;
 }
 
 export interface ContainerRecord {
@@ -208,6 +210,7 @@ export async function readExitRecord(c: Container): Promise<ExitRecord | undefin
 
 /** CRI reason for an exit: OOMKilled, Completed (code 0) or Error, as kubelet shows them. */
 export function exitReason(exit: ExitRecord): string {
+  if (exit.startError) return 'StartError';
   if (exit.oomKilled) return 'OOMKilled';
   return exit.exitCode === 0 ? 'Completed' : 'Error';
 }

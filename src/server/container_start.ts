@@ -1,5 +1,5 @@
 import { ContainerEventType, type StartContainerRequest, type StartContainerResponse } from '../generated/runtime/v1/api';
-import { failedPrecondition, invalidArgument } from '../util/errors';
+import { failedPrecondition, internal, invalidArgument } from '../util/errors';
 import type { CallContext } from './instrument';
 import type { CriService } from './service';
 
@@ -8,6 +8,12 @@ export async function startContainer(svc: CriService, req: StartContainerRequest
   if (!req.containerId) throw invalidArgument('container id is empty');
   const container = svc.containers.resolve(req.containerId);
   await svc.containerLocks.run(container.id, async () => {
+    const r = container.record;
+    if (container.state === 'exited' && r.reason === 'StartError' && r.startedAt === '0') {
+      // Its set-up failed before this call came (CreateContainer answers before the set-up is
+      // done): this call is where that failure is reported, whichever came first.
+      throw internal(r.message || `container ${container.id} failed to set up`);
+    }
     if (container.state !== 'created') throw failedPrecondition(`container ${container.id} is ${container.state}, not created`);
     const sandbox = svc.sandboxes.resolve(container.record.sandboxId);
     const client = await svc.pods.client(sandbox);
