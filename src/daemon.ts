@@ -29,7 +29,7 @@ import { CriService } from './server/service';
 import { procNetDev } from './stats/pod_stats';
 import { StatsCollector } from './stats/stats_collector';
 import { packageVersion } from './version';
-import { useAtomicFileWriter, useTreeRemover } from './util/fsutil';
+import { useAtomicFileWriter, useMemoryBackedRoot, useTreeRemover } from './util/fsutil';
 
 /** Something with a start-up recovery pass and a clean shutdown, owned by the daemon. */
 export interface Subsystem {
@@ -95,6 +95,9 @@ export class Daemon {
     service.native = native;
     useAtomicFileWriter((file, data, mode, durable) => native.writeFileAtomic(file, data, mode, durable));
     useTreeRemover((target) => native.removeTree(target));
+    for (const dir of [config.state, config.root]) {
+      if (useMemoryBackedRoot(dir)) log.info({ dir }, 'state files under this directory are in memory: written without the threadpool');
+    }
 
     const registry = new RegistryClient({
       hosts: new RegistryHosts({ configDir: config.registry.configPath, credentials: config.registry.auths }),

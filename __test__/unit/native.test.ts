@@ -6,7 +6,7 @@ import * as path from 'node:path';
 import * as zlib from 'node:zlib';
 import test from 'ava';
 import { CrispError } from '../../src/util/errors';
-import { removeTree, useAtomicFileWriter, useTreeRemover, writeFileAtomic } from '../../src/util/fsutil';
+import { clearMemoryBackedRoots, removeTree, useAtomicFileWriter, useMemoryBackedRoot, useTreeRemover, writeFileAtomic } from '../../src/util/fsutil';
 import type { NativeAddon } from '../../src/native/addon';
 import { FakeNativeCore } from '../../src/native/fake';
 import { loadNative, NATIVE_ADDON_PATH, nativeErrorCode } from '../../src/native/index';
@@ -202,7 +202,7 @@ test('writeFileAtomic replaces a file in one task and reports errno codes', asyn
   t.throws(() => addon.writeFileAtomic(file, 'x', 0o10000, true), { instanceOf: TypeError });
 });
 
-test('fsutil writes through the installed writer and falls back to its own', async (t) => {
+test.serial('fsutil writes through the installed writer and falls back to its own', async (t) => {
   const dir = await tempDir(t);
   const file = path.join(dir, 'state.json');
   const seen: { file: string; durable: boolean }[] = [];
@@ -223,6 +223,43 @@ test('fsutil writes through the installed writer and falls back to its own', asy
   await writeFileAtomic(file, 'built-in');
   t.is(await fsp.readFile(file, 'utf8'), 'built-in');
   t.is(seen.length, 1);
+});
+
+test.serial('files under a memory-backed root are written in place, atomically, without the installed writer', async (t) => {
+  const shm = await fsp.mkdtemp('/dev/shm/crisp-native-test-');
+  t.teardown(() => fsp.rm(shm, { recursive: true, force: true }));
+  const disk = await tempDir(t);
+  t.teardown(() => clearMemoryBackedRoots());
+  t.true(useMemoryBackedRoot(shm), '/dev/shm is tmpfs');
+  t.is(useMemoryBackedRoot(disk), (await fsp.statfs(disk)).type === 0x01021994, 'the temp dir counts only if it is tmpfs');
+  t.false(useMemoryBackedRoot(path.join(shm, 'missing')), 'a missing directory is not recorded');
+  const seen: string[] = [];
+  useAtomicFileWriter(async (f) => {
+    seen.push(f);
+    await fsp.writeFile(f, 'via writer');
+  });
+  t.teardown(() => useAtomicFileWriter(undefined));
+
+  const sub = path.join(shm, 'containers', 'c1');
+  await fsp.mkdir(sub, { recursive: true });
+  const file = path.join(sub, 'container.json');
+  await fsp.writeFile(file, 'old');
+  await writeFileAtomic(file, '{"state":"created"}', 0o640);
+  t.is(await fsp.readFile(file, 'utf8'), '{"state":"created"}');
+  t.is((await fsp.stat(file)).mode & 0o777, 0o640);
+  await writeFileAtomic(file, Buffer.from([1, 2, 3]));
+  t.deepEqual(await fsp.readFile(file), Buffer.from([1, 2, 3]));
+  t.deepEqual(await fsp.readdir(sub), ['container.json'], 'no temporary file is left');
+  const missing = await t.throwsAsync(writeFileAtomic(path.join(shm, 'gone', 'f'), 'x'));
+  t.is((missing as NodeJS.ErrnoException).code, 'ENOENT');
+  t.deepEqual(seen, [], 'the installed writer is not used under the root');
+
+  // A path that only shares a prefix with the root is not under it.
+  const sibling = `${shm}-sibling`;
+  await fsp.mkdir(sibling);
+  t.teardown(() => fsp.rm(sibling, { recursive: true, force: true }));
+  await writeFileAtomic(path.join(sibling, 'f'), 'x');
+  t.deepEqual(seen, [path.join(sibling, 'f')]);
 });
 
 test('cgroupLayout names the directories cgroupCreate makes, without making them', async (t) => {

@@ -16,6 +16,10 @@ export interface WriteOptions {
  * write a temp file in the same directory, fsync it, rename over the target, fsync the directory.
  */
 export async function writeFileAtomic(file: string, data: string | Uint8Array, mode = 0o600, options: WriteOptions = {}): Promise<void> {
+  if (inMemoryBackedRoot(file)) {
+    writeFileAtomicInMemory(file, data, mode);
+    return;
+  }
   const durable = options.durable ?? true;
   if (fileWriter && typeof data === 'string') return fileWriter(file, data, mode, durable);
   const dir = path.dirname(file);
@@ -37,6 +41,59 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array, m
     throw err;
   }
   if (durable) await syncDir(dir);
+}
+
+/** statfs(2) f_type of tmpfs and ramfs: files there live in memory only. */
+const TMPFS_MAGIC = 0x01021994;
+const RAMFS_MAGIC = 0x858458f6;
+
+/** Directories (with a trailing slash) whose files are in memory; see `useMemoryBackedRoot`. */
+const memoryBackedRoots: string[] = [];
+
+/**
+ * Records that files under `dir` live on tmpfs or ramfs when they do, and returns whether.
+ * Writes there skip the threadpool: fsync is a no-op on such a filesystem and a few kilobytes are
+ * a memory copy, while two trips through the threadpool cost a few hundred microseconds on every
+ * state record a CRI call persists. Atomicity (temp file, rename) is kept.
+ */
+export function useMemoryBackedRoot(dir: string): boolean {
+  let type: number;
+  try {
+    type = Number(fs.statfsSync(dir).type);
+  } catch {
+    return false;
+  }
+  if (type !== TMPFS_MAGIC && type !== RAMFS_MAGIC) return false;
+  const root = path.resolve(dir) + path.sep;
+  if (!memoryBackedRoots.includes(root)) memoryBackedRoots.push(root);
+  return true;
+}
+
+/** Forgets every root `useMemoryBackedRoot` recorded (daemon shutdown, tests). */
+export function clearMemoryBackedRoots(): void {
+  memoryBackedRoots.length = 0;
+}
+
+function inMemoryBackedRoot(file: string): boolean {
+  // Usually empty or one or two entries.
+  for (const root of memoryBackedRoots) if (file.startsWith(root)) return true;
+  return false;
+}
+
+function writeFileAtomicInMemory(file: string, data: string | Uint8Array, mode: number): void {
+  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${crypto.randomBytes(4).toString('hex')}.tmp`);
+  const fd = fs.openSync(tmp, 'wx', mode);
+  try {
+    try {
+      fs.writeFileSync(fd, data);
+    } finally {
+      fs.closeSync(fd);
+    }
+    fs.renameSync(tmp, file);
+  } catch (err) {
+    fs.rmSync(tmp, { force: true });
+    throw err;
+  }
 }
 
 /** Same contract as `writeFileAtomic`; rejects with an errno-coded error. */
