@@ -294,6 +294,25 @@ test('mounts: defaults, pod files, shm, CRI mounts by depth, then image volumes'
   t.deepEqual(inp.state.created, [byDest['/var/lib/data']!.source]);
 });
 
+test('mounts: the pod\'s own files and /dev/shm are bound as they are, without host lookups', async (t) => {
+  const inp = input();
+  inp.state.existing.clear();
+  const looked: string[] = [];
+  const host = inp.host as Partial<SpecHost>;
+  const { exists, realpath } = host as Required<Pick<SpecHost, 'exists' | 'realpath'>>;
+  host.exists = async (p) => (looked.push(p), exists(p));
+  host.realpath = async (p) => (looked.push(p), realpath(p));
+  const spec = await buildSpec(inp);
+  const sources = Object.fromEntries(spec.mounts.filter((m) => m.type === 'bind').map((m) => [m.destination, m.source]));
+  t.deepEqual(sources, {
+    '/etc/hostname': `${SANDBOX_DIR}/hostname`,
+    '/etc/hosts': `${SANDBOX_DIR}/hosts`,
+    '/etc/resolv.conf': `${SANDBOX_DIR}/resolv.conf`,
+    '/dev/shm': `${SANDBOX_DIR}/shm`,
+  });
+  t.deepEqual(looked.filter((p) => p.startsWith(SANDBOX_DIR)), []);
+});
+
 test('mounts: host IPC binds the host /dev/shm; a supplied /dev replaces every default under /dev', async (t) => {
   const inp = input({ config: containerConfig({ mounts: [{ containerPath: '/dev', hostPath: '/dev' }] }) });
   inp.sandbox.namespaces.ipc = 'node';

@@ -297,6 +297,12 @@ interface BindRequest {
   hostPath: string;
   readonly: boolean;
   propagation: MountPropagation;
+  /**
+   * A file or directory the runtime made itself for a ready pod (its hostname, hosts, resolv.conf
+   * and /dev/shm): used as it is, without the existence check and symlink resolution a kubelet
+   * host path needs.
+   */
+  runtimeOwned?: boolean;
 }
 
 function validateCriMount(m: Mount): void {
@@ -310,8 +316,12 @@ function validateCriMount(m: Mount): void {
   }
 }
 
-/** Mounts the runtime adds unless a CRI mount already provides the destination. */
-async function runtimeMounts(input: SpecInput, host: SpecHost): Promise<BindRequest[]> {
+/**
+ * Mounts the runtime adds unless a CRI mount already provides the destination. The pod's files
+ * exist once the pod is ready (RunPodSandbox writes them, and mounts the pod's /dev/shm, before it
+ * answers).
+ */
+function runtimeMounts(input: SpecInput): BindRequest[] {
   const readonlyRootfs = input.config.linux?.securityContext?.readonlyRootfs ?? false;
   const dir = input.sandbox.dir;
   const out: BindRequest[] = [];
@@ -320,12 +330,11 @@ async function runtimeMounts(input: SpecInput, host: SpecHost): Promise<BindRequ
     ['/etc/hosts', path.join(dir, 'hosts')],
     ['/etc/resolv.conf', path.join(dir, 'resolv.conf')],
   ];
+  for (const [containerPath, hostPath] of podFiles) {
+    out.push({ containerPath, hostPath, readonly: readonlyRootfs, propagation: MountPropagation.PROPAGATION_PRIVATE, runtimeOwned: true });
+  }
   const shm = input.sandbox.namespaces.ipc === 'node' ? '/dev/shm' : path.join(dir, 'shm');
-  const present = await Promise.all([...podFiles.map(([, hostPath]) => host.exists(hostPath)), host.exists(shm)]);
-  podFiles.forEach(([containerPath, hostPath], i) => {
-    if (present[i]) out.push({ containerPath, hostPath, readonly: readonlyRootfs, propagation: MountPropagation.PROPAGATION_PRIVATE });
-  });
-  if (present[podFiles.length]) out.push({ containerPath: '/dev/shm', hostPath: shm, readonly: false, propagation: MountPropagation.PROPAGATION_PRIVATE });
+  out.push({ containerPath: '/dev/shm', hostPath: shm, readonly: false, propagation: MountPropagation.PROPAGATION_PRIVATE, runtimeOwned: true });
 
   // Image VOLUMEs become empty directories next to the container's writable layer.
   const volumesDir = path.join(path.dirname(input.rootfs.upperDir), 'volumes');
@@ -347,7 +356,7 @@ async function applyMounts(spec: OciSpec, input: SpecInput, host: SpecHost): Pro
     propagation: m.propagation,
   }));
   const criDestinations = new Set(requests.map((r) => cleanPath(r.containerPath)));
-  for (const extra of await runtimeMounts(input, host)) {
+  for (const extra of runtimeMounts(input)) {
     if (!criDestinations.has(cleanPath(extra.containerPath))) requests.push(extra);
   }
   // Shallow destinations first so a deeper mount is not hidden by one mounted over its parent.
@@ -393,6 +402,7 @@ async function applyMounts(spec: OciSpec, input: SpecInput, host: SpecHost): Pro
  * some volume types), and symlinks are resolved so the mount targets the real path.
  */
 async function resolveMountSource(r: BindRequest, host: SpecHost): Promise<string> {
+  if (r.runtimeOwned) return r.hostPath;
   if (!(await host.exists(r.hostPath))) {
     try {
       await host.mkdirAll(r.hostPath);
