@@ -39,8 +39,9 @@ export async function startContainer(svc: CriService, req: StartContainerRequest
     });
   });
   svc.events.publishContainer(container.id, svc.sandboxes.resolve(container.record.sandboxId), ContainerEventType.CONTAINER_STARTED_EVENT);
-  // The process may already have exited between exec and now.
-  await svc.exits.reconcile(container, true);
+  // The process may already have exited between exec and now. A subscribed monitor connection
+  // delivers that exit as an event (handled once the lock above is free); without one, look.
+  if (!svc.pods.connected(container.record.sandboxId)) await svc.exits.reconcile(container, true);
   ctx.log.info({ container: container.id.slice(0, 12) }, 'container started');
   return {};
 }
