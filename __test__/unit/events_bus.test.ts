@@ -129,3 +129,23 @@ test('an event whose pod status cannot be read is still delivered, without statu
   events.close();
   t.is(await sub.next(), undefined);
 });
+
+test('without subscribers nothing is read: the pod status is taken only for events someone receives', async (t) => {
+  let reads = 0;
+  const events = new ContainerEvents({
+    log: silentLogger(),
+    snapshot: async (s) => {
+      reads++;
+      return { podSandboxStatus: { id: s.id } as never, containersStatuses: [] };
+    },
+  });
+  events.publishSandbox(sandbox('p3'), ContainerEventType.CONTAINER_CREATED_EVENT);
+  await events.flush();
+  t.is(reads, 0);
+  const sub = events.subscribe();
+  events.publishContainer('c3', sandbox('p3'), ContainerEventType.CONTAINER_STARTED_EVENT);
+  const e = await sub.next();
+  t.is(e!.containerId, 'c3', 'the event before the subscription is not delivered');
+  t.is(reads, 1);
+  events.close();
+});

@@ -45,6 +45,9 @@ export class ContainerEvents {
   }
 
   private publish(containerId: string, sandbox: Sandbox, type: ContainerEventType): void {
+    // Nobody to tell (kubelet subscribes only with evented PLEG, off by default): an event is for
+    // the subscribers present when it happens, so reading the pod's status would be wasted.
+    if (this.bus.subscriberCount === 0) return;
     const createdAt = this.nowNs();
     // Started now so the status is read in the state the caller is in, delivered in order below.
     const snapshot = this.options.snapshot(sandbox).catch((err: unknown): PodSnapshot => {
