@@ -29,6 +29,7 @@ import { CriService } from './server/service';
 import { procNetDev } from './stats/pod_stats';
 import { StatsCollector } from './stats/stats_collector';
 import { packageVersion } from './version';
+import { ImageFileCache, readFileInLayers } from './container/image_fs';
 import { useAtomicFileWriter, useMemoryBackedRoot, useTreeRemover } from './util/fsutil';
 
 /** Something with a start-up recovery pass and a clean shutdown, owned by the daemon. */
@@ -93,6 +94,7 @@ export class Daemon {
     const native = loadNative();
     log.info({ core: native.coreVersion() }, 'native core loaded');
     service.native = native;
+    service.imageFiles = new ImageFileCache((dirs, p) => readFileInLayers((d, f) => native.locateImageFile(d, f), dirs, p));
     useAtomicFileWriter((file, data, mode, durable) => native.writeFileAtomic(file, data, mode, durable));
     useTreeRemover((target) => native.removeTree(target));
     for (const dir of [config.state, config.root]) {

@@ -44,6 +44,11 @@ export interface NativeAddon {
    * on libuv's threadpool. On rejection `dest` holds a partial tree the caller must delete.
    */
   unpackLayer(path: string, mediaType: RawMediaType, dest: string, options?: RawUnpackOptions): Promise<RawUnpackResult>;
+  /**
+   * Where the merged view of `lowerDirs` (a JSON array, topmost layer first) has a regular file
+   * at the absolute `path`: whiteouts, opaque directories and links respected. Off the event loop.
+   */
+  locateImageFile(lowerDirs: string, path: string): Promise<{ path: string; size: number } | undefined>;
   /** `{"version":1|2,"controllers":[...]}` of this host's cgroup setup. */
   cgroupDriverInfo(): string;
   /** The cgroupfs path of `name` under `parent` (a path or a systemd slice name). */

@@ -1,5 +1,6 @@
 import * as crypto from 'node:crypto';
 import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
 import * as zlib from 'node:zlib';
 import { promisify } from 'node:util';
 import type { CgroupStats } from '../stats/cgroup_stats';
@@ -164,6 +165,16 @@ export class FakeNativeCore implements NativeCore {
 
   coreVersion(): string {
     return this.version;
+  }
+
+  /** The topmost layer with a regular file at `p` (no whiteouts, opaque markers or links: fixtures have none). */
+  async locateImageFile(lowerDirs: readonly string[], p: string): Promise<{ path: string; size: number } | undefined> {
+    for (const dir of lowerDirs) {
+      const full = path.join(dir, p);
+      const st = await fsp.lstat(full).catch(() => undefined);
+      if (st) return st.isFile() ? { path: full, size: st.size } : undefined;
+    }
+    return undefined;
   }
 
   /** Makes the next `unpackLayer` fail as if the addon had rejected with `code`. */

@@ -17,6 +17,13 @@ export interface NativeCore {
    * ResourceExhausted when the disk is full, Internal otherwise.
    */
   unpackLayer(blobPath: string, mediaType: LayerMediaType, dest: string): Promise<UnpackLayerResult>;
+  /**
+   * Where the container's overlay root would have a regular file at `path` (absolute, inside the
+   * image), looked up through the unpacked `lowerDirs`, topmost first: the first layer that has
+   * the path wins; whiteouts, opaque directories and non-directories above hide lower layers;
+   * links are not followed. Undefined when there is no regular file there.
+   */
+  locateImageFile(lowerDirs: readonly string[], path: string): Promise<{ path: string; size: number } | undefined>;
   /** Starts `program arg` in its own session without forking the daemon (see crates/core/src/spawn.rs). */
   spawnDetached(program: string, arg: string, logPath: string): { pid: number; readyFd: number };
   /**
@@ -99,6 +106,7 @@ export const NATIVE_ADDON_PATH = path.resolve(__dirname, '..', '..', '..', 'nati
 const REQUIRED_EXPORTS: ReadonlyArray<keyof NativeAddon> = [
   'coreVersion',
   'unpackLayer',
+  'locateImageFile',
   'cgroupCreate',
   'cgroupLayout',
   'cgroupUpdate',
@@ -329,6 +337,10 @@ class AddonCore implements NativeCore {
     } catch (err) {
       throw fromNetnsConnectError(err, nsPath, port, timeoutMs);
     }
+  }
+
+  locateImageFile(lowerDirs: readonly string[], path: string): Promise<{ path: string; size: number } | undefined> {
+    return this.addon.locateImageFile(JSON.stringify(lowerDirs), path);
   }
 
   async unpackLayer(blobPath: string, mediaType: LayerMediaType, dest: string): Promise<UnpackLayerResult> {

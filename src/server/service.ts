@@ -1,4 +1,4 @@
-import { ImageFileCache } from '../container/image_fs';
+import type { ImageFileCache } from '../container/image_fs';
 import type { Config } from '../config/config';
 import type { Logger } from '../log';
 import type { ContainerExits } from '../container/container_exits';
@@ -53,7 +53,8 @@ export class CriService {
   /** CreateContainer calls in flight, by `<pod>/<name>_<attempt>`, so kubelet's retries join them. */
   readonly containerCreates = new Map<string, Promise<string>>();
   /** /etc/passwd and /etc/group of images, read once per image. */
-  readonly imageFiles = new ImageFileCache();
+  /** Small image files (/etc/passwd, /etc/group) read through layers; set once the native core is loaded. */
+  imageFiles!: ImageFileCache;
   readonly containerLocks = new KeyedLock();
   exits!: ContainerExits;
   streaming!: StreamingServer;

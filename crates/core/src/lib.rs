@@ -14,3 +14,4 @@ pub mod spawn;
 pub mod du;
 pub mod atomic_file;
 pub mod tree;
+pub mod layer_lookup;

@@ -1,7 +1,8 @@
 //! Image exports: layer unpacking and the core's version.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use crisp_core::layer_lookup::{locate, Located};
 use crisp_core::unpack::{unpack_layer_file, UnpackOptions, UnpackStats};
 
 use crate::js::{self, Args, Env, IntoJs, JsError, Value};
@@ -9,6 +10,7 @@ use crate::js::{self, Args, Env, IntoJs, JsError, Value};
 pub fn register(env: Env, exports: Value) -> Result<(), JsError> {
     js::register(env, exports, "coreVersion", core_version)?;
     js::register(env, exports, "unpackLayer", unpack_layer)?;
+    js::register(env, exports, "locateImageFile", locate_image_file)?;
     Ok(())
 }
 
@@ -51,5 +53,41 @@ impl IntoJs for Unpacked {
         result.set_string("diffId", &stats.diff_id)?;
         result.set_string("compression", stats.compression.as_str())?;
         Ok(result.raw())
+    }
+}
+
+/// `locateImageFile(lowerDirs: string (JSON array, topmost first), path: string):
+/// Promise<{path: string, size: number} | undefined>` — where the merged view of the layers has a
+/// regular file at `path` (whiteouts, opaque directories and links respected), off the event loop.
+fn locate_image_file(env: Env, args: &Args) -> Result<Value, JsError> {
+    let dirs_json = args.string(0, "lowerDirs")?;
+    let dirs: Vec<String> = serde_json::from_str(&dirs_json)
+        .map_err(|e| JsError::invalid_arg_value(format!("The \"lowerDirs\" argument must be a JSON array of paths: {e}")))?;
+    let path = args.string(1, "path")?;
+    if !path.starts_with('/') {
+        return Err(JsError::invalid_arg_value(format!("The \"path\" argument must be absolute. Received {path:?}")));
+    }
+    let dirs: Vec<PathBuf> = dirs.into_iter().map(PathBuf::from).collect();
+    js::promise(env, "crisp.locateImageFile", move || {
+        locate(&dirs, &path).map(Location).map_err(|e| {
+            let code = e.raw_os_error().map_or("EINVAL", crisp_core::unpack::errno_name);
+            JsError::new(code, format!("looking up {path} in the image layers: {e}"))
+        })
+    })
+}
+
+struct Location(Located);
+
+impl IntoJs for Location {
+    fn into_js(self, env: Env) -> Result<Value, JsError> {
+        match self.0 {
+            Located::File { path, size } => {
+                let out = env.object()?;
+                out.set_string("path", &path.to_string_lossy())?;
+                out.set_number("size", size as f64)?;
+                Ok(out.raw())
+            }
+            Located::NotAFile => env.undefined(),
+        }
     }
 }

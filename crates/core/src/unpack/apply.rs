@@ -20,7 +20,7 @@ use super::tar::{EntryKind, Header, Timestamp};
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
-const OPAQUE_XATTR: &CStr = c"trusted.overlay.opaque";
+use super::OPAQUE_XATTR;
 /// Overlay metadata (opaque, redirect, metacopy, ...) is derived by the unpacker from whiteouts;
 /// an image must not be able to forge it through xattr records.
 const RESERVED_XATTR_PREFIX: &[u8] = b"trusted.overlay.";

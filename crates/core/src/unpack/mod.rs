@@ -26,6 +26,10 @@ mod testutil;
 #[cfg(test)]
 mod tests;
 
+/// Marks a directory whose lower-layer content overlayfs hides: the unpacker sets it for
+/// `.wh..wh..opq` markers and for whiteouts of directories.
+pub const OPAQUE_XATTR: &std::ffi::CStr = c"trusted.overlay.opaque";
+
 use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::os::fd::AsFd;
