@@ -94,6 +94,7 @@ export class Daemon {
     const native = loadNative();
     log.info({ core: native.coreVersion() }, 'native core loaded');
     service.native = native;
+    fs.mkdirSync(service.emptyLowerDir, { recursive: true, mode: 0o555 });
     service.imageFiles = new ImageFileCache((dirs, p) => readFileInLayers((d, f) => native.locateImageFile(d, f), dirs, p));
     useAtomicFileWriter((file, data, mode, durable) => native.writeFileAtomic(file, data, mode, durable));
     useTreeRemover((target) => native.removeTree(target));

@@ -19,14 +19,15 @@ interface Context {
   registry: RegistryHandle;
   busybox: PushedImage;
   userImage: PushedImage;
+  multilayer: PushedImage;
 }
 const test = anyTest as TestFn<Context>;
 const tag = crypto.randomBytes(3).toString('hex');
 const CGROUP_PARENT = `/crisp-test-c${tag}`;
 
 test.before(async (t) => {
-  const { registry, busybox, pushed } = await startBusyboxRegistry(['user-name']);
-  t.context = { registry, busybox, userImage: pushed['user-name']! };
+  const { registry, busybox, pushed } = await startBusyboxRegistry(['user-name', 'multilayer']);
+  t.context = { registry, busybox, userImage: pushed['user-name']!, multilayer: pushed.multilayer! };
 });
 
 test.after.always(async (t) => {
@@ -125,6 +126,47 @@ test('users, groups and supplemental groups', async (t) => {
     env.c.call('createContainer', { podSandboxId: env.pod, config: containerConfig(t, 'id', { linux: { securityContext: { runAsGroup: { value: 1n } } } }) }),
   )) as grpc.ServiceError;
   t.is(err.code, grpc.status.INVALID_ARGUMENT);
+});
+
+test('image volumes: the image as the container root would show it, read-only; a sub directory or file; errors', async (t) => {
+  const env = await setup(t);
+  const volumeImage = t.context.multilayer.reference;
+  const mount = (containerPath: string, imageSubPath = '') => ({ containerPath, image: { image: volumeImage }, imageSubPath, readonly: true });
+  const script = [
+    'cat /vol/data/keep.txt /vol/data/recreated.txt /vol/data/type-change/inner.txt',
+    'ls /vol/data/remove-me.txt /vol/gone-dir 2>/dev/null || echo hidden',
+    'ls /opq',
+    'cat /keep',
+    'touch /vol/new 2>/dev/null || echo read-only',
+    "grep ' /vol ' /proc/self/mounts | grep -o 'ro,nosuid,nodev' | head -1",
+  ].join('; ');
+  const config = containerConfig(t, script, { mounts: [mount('/vol'), mount('/opq', 'opaque'), mount('/keep', 'data/keep.txt')] });
+  const missing = (await t.throwsAsync(env.c.call('createContainer', { podSandboxId: env.pod, config }))) as grpc.ServiceError;
+  t.is(missing.code, grpc.status.NOT_FOUND, 'the volume image must be pulled first');
+  t.regex(missing.details, /multilayer.*not found/);
+
+  await env.c.call('pullImage', { image: { image: volumeImage } });
+  const id = await run(env, config);
+  const st = await waitExited(env, id);
+  t.is(st.exitCode, 0, logText(st.logPath));
+  t.deepEqual(logText(st.logPath).trim().split('\n'), [
+    'kept from layer 1',
+    'recreated in layer 3',
+    'the file became a directory',
+    'hidden',
+    'new.txt',
+    'kept from layer 1',
+    'read-only',
+    'ro,nosuid,nodev',
+  ]);
+
+  for (const [sub, code] of [['gone-dir', grpc.status.INVALID_ARGUMENT], ['../etc', grpc.status.INVALID_ARGUMENT], ['data/symlink', grpc.status.INVALID_ARGUMENT]] as const) {
+    const err = (await t.throwsAsync(
+      env.c.call('createContainer', { podSandboxId: env.pod, config: containerConfig(t, 'true', { mounts: [mount('/v', sub)] }) }),
+    )) as grpc.ServiceError;
+    t.is(err.code, code, `${sub}: ${err.details}`);
+    t.regex(err.details, /image_sub_path/);
+  }
 });
 
 test('capabilities, no_new_privs, read-only rootfs and masked paths', async (t) => {

@@ -49,6 +49,8 @@ test('readFileInLayers: an oversized file is not read; the native lookup refuses
   t.throws(() => addon.locateImageFile('not json', '/etc/passwd'), { instanceOf: TypeError });
   t.throws(() => addon.locateImageFile('[]', 'etc/passwd'), { instanceOf: TypeError });
   await t.throwsAsync(native.locateImageFile(['/nonexistent-crisp-layer'], '/etc/passwd'), { code: 'ENOENT' } as never);
+  t.throws(() => addon.imageEntry('{}', '/'), { instanceOf: TypeError });
+  await t.throwsAsync(native.imageEntry(['/nonexistent-crisp-layer'], '/'), { code: 'ENOENT' } as never);
 });
 
 test('ImageFileCache reads each file of an image once', async (t) => {

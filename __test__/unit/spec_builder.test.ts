@@ -9,7 +9,7 @@ import {
   SecurityProfile_ProfileType,
   type LinuxContainerSecurityContext,
 } from '../../src/generated/runtime/v1/api';
-import { buildSpec, type HostDevice, type SpecHost, type SpecInput } from '../../src/container/spec_builder';
+import { buildSpec, type HostDevice, imageSubPath, imageVolumeKey, type ImageVolumeSource, type SpecHost, type SpecInput } from '../../src/container/spec_builder';
 import { resolveProcessArgs } from '../../src/container/command';
 import { DEFAULT_CAPABILITIES, KNOWN_CAPABILITIES } from '../../src/container/capabilities';
 import { DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS } from '../../src/container/masked_paths';
@@ -311,6 +311,33 @@ test('mounts: the pod\'s own files and /dev/shm are bound as they are, without h
     '/dev/shm': `${SANDBOX_DIR}/shm`,
   });
   t.deepEqual(looked.filter((p) => p.startsWith(SANDBOX_DIR)), []);
+});
+
+test('mounts: image volumes are read-only overlays of their layers, or a bind of one file', async (t) => {
+  const mounts = [
+    { containerPath: '/models', image: { image: 'registry.example/models:1' }, imageSubPath: '', readonly: true },
+    { containerPath: '/one', image: { image: 'registry.example/tiny:1' }, imageSubPath: 'data', readonly: false },
+    { containerPath: '/etc/app.conf', image: { image: 'registry.example/models:1' }, imageSubPath: 'conf/app.conf', readonly: true },
+  ];
+  const imageVolumes = new Map<string, ImageVolumeSource>([
+    [imageVolumeKey(mounts[0] as never), { kind: 'dir', layers: ['/snap/9/fs', '/snap/8/fs'] }],
+    [imageVolumeKey(mounts[1] as never), { kind: 'dir', layers: ['/snap/5/fs/data'] }],
+    [imageVolumeKey(mounts[2] as never), { kind: 'file', path: '/snap/9/fs/conf/app.conf' }],
+  ]);
+  const inp = input({ config: containerConfig({ mounts }), imageVolumes, emptyLowerDir: '/root/empty' });
+  const spec = await buildSpec(inp);
+  const byDest = Object.fromEntries(spec.mounts.map((m) => [m.destination, m]));
+  t.deepEqual(byDest['/models'], { destination: '/models', type: 'overlay', source: 'overlay', options: ['ro', 'nodev', 'nosuid', 'lowerdir=/snap/9/fs:/snap/8/fs'] });
+  t.deepEqual(byDest['/one']!.options, ['ro', 'nodev', 'nosuid', 'lowerdir=/snap/5/fs/data:/root/empty'], 'one layer gets the empty one below it; read-only regardless');
+  t.deepEqual(byDest['/etc/app.conf'], { destination: '/etc/app.conf', type: 'bind', source: '/snap/9/fs/conf/app.conf', options: ['rbind', 'rprivate', 'ro', 'nosuid', 'nodev'] });
+
+  t.is(imageSubPath({ imageSubPath: 'a/./b/', containerPath: '/x' }), '/a/b');
+  t.is(imageSubPath({ imageSubPath: '', containerPath: '/x' }), '/');
+  for (const bad of ['/abs', '../up', 'a/../../b']) t.throws(() => imageSubPath({ imageSubPath: bad, containerPath: '/x' }), { message: /must be a relative path inside the image/ });
+  const both = input({ config: containerConfig({ mounts: [{ containerPath: '/v', hostPath: '/h', image: { image: 'i' } }] }), imageVolumes });
+  await t.throwsAsync(buildSpec(both), { message: /sets both host_path and image/ });
+  const unresolved = input({ config: containerConfig({ mounts: [{ containerPath: '/v', image: { image: 'other' } }] }), imageVolumes });
+  await t.throwsAsync(buildSpec(unresolved), { message: /was not resolved/ });
 });
 
 test('mounts: host IPC binds the host /dev/shm; a supplied /dev replaces every default under /dev', async (t) => {

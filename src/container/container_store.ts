@@ -45,6 +45,8 @@ export interface ContainerRecord {
   imageId: string;
   /** Snapshots this container's rootfs stacks, so image GC keeps them. */
   chainIds: string[];
+  /** Snapshots its image volumes show (absent in records written before image volumes). */
+  imageVolumeChainIds?: string[];
   /** Absolute path of the CRI log file ("" when kubelet gave none). */
   logPath: string;
   cgroupPath: string;
@@ -197,9 +199,12 @@ export class ContainerStore {
     }
   }
 
-  /** Chain ids used by any container's rootfs. */
+  /** Chain ids used by any container's rootfs or image volumes. */
   *chainIdsInUse(): Iterable<string> {
-    for (const c of this.byId.values()) yield* c.record.chainIds;
+    for (const c of this.byId.values()) {
+      yield* c.record.chainIds;
+      yield* c.record.imageVolumeChainIds ?? [];
+    }
   }
 }
 

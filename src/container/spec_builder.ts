@@ -18,7 +18,7 @@ import {
   type SecurityProfile,
 } from '../generated/runtime/v1/api';
 import type { ImageConfig } from '../image/image_manager';
-import { errorMessage, invalidArgument, unimplemented } from '../util/errors';
+import { errorMessage, internal, invalidArgument } from '../util/errors';
 import { capabilitiesUpTo, KNOWN_CAPABILITIES, resolveCapabilities } from './capabilities';
 import { resolveProcessArgs } from './command';
 import { resolveUserWithHome } from './image_user';
@@ -116,7 +116,37 @@ export interface SpecInput {
   targetPidNamespace?: string;
   /** Host access; defaults to the real host. */
   host?: Partial<SpecHost>;
+  /**
+   * What each image volume mount (a CRI mount with `image` set) shows, keyed by
+   * `imageVolumeKey`: the caller resolves the images and paths before the spec is built.
+   */
+  imageVolumes?: ReadonlyMap<string, ImageVolumeSource>;
+  /** An empty directory that completes a one-layer read-only overlay (overlayfs needs two). */
+  emptyLowerDir?: string;
 }
+
+/** An image volume's content: a directory stacked from layer directories, or a single file. */
+export type ImageVolumeSource = { kind: 'dir'; layers: string[] } | { kind: 'file'; path: string };
+
+/** Identifies an image volume mount by its image and sub path. */
+export function imageVolumeKey(m: Pick<Mount, 'image' | 'imageSubPath'>): string {
+  return `${m.image?.image ?? ''}\n${m.imageSubPath}`;
+}
+
+/**
+ * The sub path of an image volume as an absolute path inside the image ("/" for the whole image);
+ * kubelet validates it, but a path that climbs out of the image is refused here too.
+ */
+export function imageSubPath(m: Pick<Mount, 'imageSubPath' | 'containerPath'>): string {
+  const sub = m.imageSubPath;
+  if (sub.startsWith('/') || sub.split('/').includes('..')) {
+    throw invalidArgument(`image_sub_path "${sub}" of the mount at "${m.containerPath}" must be a relative path inside the image`);
+  }
+  return cleanPath(path.posix.join('/', sub));
+}
+
+/** Longest overlay option string the kernel takes (one page, with room for the rest). */
+const MAX_OVERLAY_OPTIONS = 4000;
 
 export async function buildSpec(input: SpecInput): Promise<OciSpec> {
   const host: SpecHost = { ...nodeSpecHost, ...input.host };
@@ -303,12 +333,18 @@ interface BindRequest {
    * host path needs.
    */
   runtimeOwned?: boolean;
+  /** An image volume: mounted read-only from the image's layers instead of a host path. */
+  image?: ImageVolumeSource;
 }
 
 function validateCriMount(m: Mount): void {
-  if (m.image) throw unimplemented(`image volume mounts are not supported (container_path "${m.containerPath}")`);
   if (!m.containerPath || !path.posix.isAbsolute(m.containerPath)) throw invalidArgument(`mount container_path "${m.containerPath}" is not an absolute path`);
-  if (!m.hostPath) throw invalidArgument(`mount for "${m.containerPath}" has an empty host_path`);
+  if (m.image?.image) {
+    if (m.hostPath) throw invalidArgument(`mount for "${m.containerPath}" sets both host_path and image`);
+    if (m.propagation === MountPropagation.PROPAGATION_BIDIRECTIONAL) throw invalidArgument(`image volume at "${m.containerPath}" cannot have bidirectional propagation`);
+  } else if (!m.hostPath) {
+    throw invalidArgument(`mount for "${m.containerPath}" has an empty host_path`);
+  }
   if (m.uidMappings.length > 0 || m.gidMappings.length > 0) throw invalidArgument(`mount for "${m.containerPath}" has ID mappings, which need user namespaces`);
   if (m.recursiveReadOnly) {
     if (!m.readonly) throw invalidArgument(`recursive read-only mount conflicts with a read-write mount (host_path "${m.hostPath}")`);
@@ -349,12 +385,13 @@ function runtimeMounts(input: SpecInput): BindRequest[] {
 async function applyMounts(spec: OciSpec, input: SpecInput, host: SpecHost): Promise<void> {
   const criMounts = input.config.mounts;
   criMounts.forEach(validateCriMount);
-  const requests: BindRequest[] = criMounts.map((m) => ({
-    containerPath: m.containerPath,
-    hostPath: m.hostPath,
-    readonly: m.readonly,
-    propagation: m.propagation,
-  }));
+  const requests: BindRequest[] = criMounts.map((m) => {
+    if (!m.image?.image) return { containerPath: m.containerPath, hostPath: m.hostPath, readonly: m.readonly, propagation: m.propagation };
+    const image = input.imageVolumes?.get(imageVolumeKey(m));
+    if (!image) throw internal(`image volume "${m.image.image}" at "${m.containerPath}" was not resolved`);
+    // Image volumes are read-only whatever the request says (kubelet always asks for that).
+    return { containerPath: m.containerPath, hostPath: '', readonly: true, propagation: MountPropagation.PROPAGATION_PRIVATE, image };
+  });
   const criDestinations = new Set(requests.map((r) => cleanPath(r.containerPath)));
   for (const extra of runtimeMounts(input)) {
     if (!criDestinations.has(cleanPath(extra.containerPath))) requests.push(extra);
@@ -373,6 +410,10 @@ async function applyMounts(spec: OciSpec, input: SpecInput, host: SpecHost): Pro
     const resolved = sources[i]!;
     if (resolved.status === 'rejected') throw resolved.reason;
     const source = resolved.value;
+    if (r.image?.kind === 'dir') {
+      spec.mounts.push(imageVolumeMount(r.containerPath, r.image.layers, input.emptyLowerDir));
+      continue;
+    }
     const options = ['rbind'];
     switch (r.propagation) {
       case MountPropagation.PROPAGATION_BIDIRECTIONAL:
@@ -393,8 +434,26 @@ async function applyMounts(spec: OciSpec, input: SpecInput, host: SpecHost): Pro
         options.push('rprivate');
     }
     options.push(r.readonly ? 'ro' : 'rw');
+    if (r.image) options.push('nosuid', 'nodev');
     spec.mounts.push({ destination: r.containerPath, type: 'bind', source, options });
   }
+}
+
+/**
+ * A read-only overlay of the layer directories that make up an image volume's directory. With a
+ * single layer the empty directory is stacked under it: overlayfs needs two lower layers without
+ * an upper one, and a bind mount would show the layer's whiteout devices.
+ */
+function imageVolumeMount(destination: string, layers: string[], emptyLowerDir: string | undefined): OciMount {
+  const lower = layers.length > 1 ? layers : [...layers, emptyLowerDir ?? ''];
+  for (const dir of lower) {
+    if (!dir || dir.includes(':') || dir.includes(',')) throw internal(`image volume at "${destination}": layer directory "${dir}" cannot be named in overlay options`);
+  }
+  const options = ['ro', 'nodev', 'nosuid', `lowerdir=${lower.join(':')}`];
+  if (options.join(',').length > MAX_OVERLAY_OPTIONS) {
+    throw invalidArgument(`image volume at "${destination}" stacks ${layers.length} layers: too many for one overlay mount`);
+  }
+  return { destination, type: 'overlay', source: 'overlay', options };
 }
 
 /**
@@ -403,6 +462,8 @@ async function applyMounts(spec: OciSpec, input: SpecInput, host: SpecHost): Pro
  */
 async function resolveMountSource(r: BindRequest, host: SpecHost): Promise<string> {
   if (r.runtimeOwned) return r.hostPath;
+  // A file of an image volume: located in its layer by the native lookup, links excluded.
+  if (r.image) return r.image.kind === 'file' ? r.image.path : '';
   if (!(await host.exists(r.hostPath))) {
     try {
       await host.mkdirAll(r.hostPath);

@@ -49,6 +49,11 @@ export interface NativeAddon {
    * at the absolute `path`: whiteouts, opaque directories and links respected. Off the event loop.
    */
   locateImageFile(lowerDirs: string, path: string): Promise<{ path: string; size: number } | undefined>;
+  /**
+   * What the merged view of `lowerDirs` (JSON array, topmost first) has at the absolute `path`,
+   * as JSON: {kind:"file",path} | {kind:"dir",layers:[...]} | {kind:"other"} | {kind:"missing"}.
+   */
+  imageEntry(lowerDirs: string, path: string): Promise<string>;
   /** `{"version":1|2,"controllers":[...]}` of this host's cgroup setup. */
   cgroupDriverInfo(): string;
   /** The cgroupfs path of `name` under `parent` (a path or a systemd slice name). */

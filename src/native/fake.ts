@@ -11,6 +11,7 @@ import {
   DEFAULT_NETNS_CONNECT_TIMEOUT_MS,
   fromNativeError,
   fromNetnsConnectError,
+  type ImageEntry,
   type LayerMediaType,
   type NativeCore,
   type UnpackLayerResult,
@@ -175,6 +176,20 @@ export class FakeNativeCore implements NativeCore {
       if (st) return st.isFile() ? { path: full, size: st.size } : undefined;
     }
     return undefined;
+  }
+
+  /** Plain lookups: the topmost layer's file, or every layer's directory (fixtures have no whiteouts). */
+  async imageEntry(lowerDirs: readonly string[], p: string): Promise<ImageEntry> {
+    const layers: string[] = [];
+    for (const dir of lowerDirs) {
+      const full = path.join(dir, p);
+      const st = await fsp.lstat(full).catch(() => undefined);
+      if (!st) continue;
+      if (st.isDirectory()) layers.push(full);
+      else if (layers.length === 0) return st.isFile() ? { kind: 'file', path: full } : { kind: 'other' };
+      else break;
+    }
+    return layers.length > 0 ? { kind: 'dir', layers } : { kind: 'missing' };
   }
 
   /** Makes the next `unpackLayer` fail as if the addon had rejected with `code`. */

@@ -7,6 +7,9 @@ export type LayerMediaType = RawMediaType;
 export type UnpackLayerResult = RawUnpackResult;
 
 /** What the rest of crisp uses from the native addon; `FakeNativeCore` stands in for it in tests. */
+/** What an image's merged layers hold at a path (see `NativeCore.imageEntry`). */
+export type ImageEntry = { kind: 'file'; path: string } | { kind: 'dir'; layers: string[] } | { kind: 'other' } | { kind: 'missing' };
+
 export interface NativeCore {
   /** Version of the Rust core the addon was built from. */
   coreVersion(): string;
@@ -24,6 +27,12 @@ export interface NativeCore {
    * links are not followed. Undefined when there is no regular file there.
    */
   locateImageFile(lowerDirs: readonly string[], path: string): Promise<{ path: string; size: number } | undefined>;
+  /**
+   * What the container's overlay root would have at `path` (absolute; `/` is the whole image):
+   * a regular file (where it is), a directory (the layer directories that make it up, topmost
+   * first, whiteouts and opaque markers respected), something else, or nothing.
+   */
+  imageEntry(lowerDirs: readonly string[], path: string): Promise<ImageEntry>;
   /** Starts `program arg` in its own session without forking the daemon (see crates/core/src/spawn.rs). */
   spawnDetached(program: string, arg: string, logPath: string): { pid: number; readyFd: number };
   /**
@@ -107,6 +116,7 @@ const REQUIRED_EXPORTS: ReadonlyArray<keyof NativeAddon> = [
   'coreVersion',
   'unpackLayer',
   'locateImageFile',
+  'imageEntry',
   'cgroupCreate',
   'cgroupLayout',
   'cgroupUpdate',
@@ -341,6 +351,10 @@ class AddonCore implements NativeCore {
 
   locateImageFile(lowerDirs: readonly string[], path: string): Promise<{ path: string; size: number } | undefined> {
     return this.addon.locateImageFile(JSON.stringify(lowerDirs), path);
+  }
+
+  async imageEntry(lowerDirs: readonly string[], path: string): Promise<ImageEntry> {
+    return JSON.parse(await this.addon.imageEntry(JSON.stringify(lowerDirs), path)) as ImageEntry;
   }
 
   async unpackLayer(blobPath: string, mediaType: LayerMediaType, dest: string): Promise<UnpackLayerResult> {

@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { ContainerConfig, ContainerEventType, type CreateContainerRequest, type CreateContainerResponse } from '../generated/runtime/v1/api';
-import { buildSpec } from '../container/spec_builder';
+import { buildSpec, imageSubPath, imageVolumeKey, type ImageVolumeSource } from '../container/spec_builder';
 import { type Container, containerNameKey } from '../container/container_store';
 import { cgroupResources } from '../sandbox/pod_runtime';
 import { sandboxNamespaces } from '../sandbox/sandbox_spec';
@@ -50,6 +50,7 @@ async function doCreate(svc: CriService, sandbox: Sandbox, config: ContainerConf
   const image = svc.images.find(imageName);
   if (!image) throw notFound(`image "${imageName}" not found: pull it first`);
   const imageConfig = await svc.images.readConfig(image.id);
+  const volumes = await resolveImageVolumes(svc, config);
   const id = crypto.randomBytes(32).toString('hex');
   const log = ctx.log.child({ container: id.slice(0, 12) });
   const logPath = config.logPath && sandbox.logDirectory ? path.join(sandbox.logDirectory, config.logPath) : '';
@@ -70,6 +71,7 @@ async function doCreate(svc: CriService, sandbox: Sandbox, config: ContainerConf
     image: imageName,
     imageId: image.id,
     chainIds: image.chainIds,
+    imageVolumeChainIds: volumes.chainIds,
     logPath,
     // Recorded before it exists: undoing removes it if it does.
     cgroupPath: layout.path,
@@ -106,6 +108,8 @@ async function doCreate(svc: CriService, sandbox: Sandbox, config: ContainerConf
         rootfs: { upperDir: container.upperDir, workDir: container.workDir },
         cgroup: { version: layout.version, paths: layout.paths },
         readFileInImage: (p) => svc.imageFiles.get(lowerDirs, p),
+        imageVolumes: volumes.sources,
+        emptyLowerDir: svc.emptyLowerDir,
       }),
       (async () => {
         // Local mkdirs take microseconds; a trip to the threadpool each would cost more.
@@ -154,4 +158,31 @@ async function doCreate(svc: CriService, sandbox: Sandbox, config: ContainerConf
     await cleanup.unwind(log);
     throw err;
   }
+}
+
+/**
+ * What each image volume (a mount with `image` set, KEP-4639) shows: the image must have been
+ * pulled (kubelet pulls it first); its sub path must exist in the image as a directory or file.
+ * Also the snapshots these volumes use, which image garbage collection must keep.
+ */
+async function resolveImageVolumes(svc: CriService, config: ContainerConfig): Promise<{ sources: Map<string, ImageVolumeSource>; chainIds: string[] }> {
+  const sources = new Map<string, ImageVolumeSource>();
+  const chainIds = new Set<string>();
+  for (const m of config.mounts) {
+    const ref = m.image?.image;
+    if (!ref || sources.has(imageVolumeKey(m))) continue;
+    const subPath = imageSubPath(m);
+    const image = svc.images.find(ref);
+    if (!image) throw notFound(`image "${ref}" of the volume at "${m.containerPath}" not found: pull it first`);
+    const lowerDirs = [...image.chainIds].reverse().map((c) => svc.images.snapshots.fsPath(c));
+    const entry = await svc.native.imageEntry(lowerDirs, subPath);
+    if (entry.kind === 'dir') sources.set(imageVolumeKey(m), { kind: 'dir', layers: entry.layers });
+    else if (entry.kind === 'file') sources.set(imageVolumeKey(m), { kind: 'file', path: entry.path });
+    else {
+      const what = entry.kind === 'missing' ? 'does not exist' : 'is neither a directory nor a regular file';
+      throw invalidArgument(`image_sub_path "${m.imageSubPath}" of the volume at "${m.containerPath}" ${what} in image "${ref}"`);
+    }
+    for (const c of image.chainIds) chainIds.add(c);
+  }
+  return { sources, chainIds: [...chainIds] };
 }

@@ -1,3 +1,4 @@
+import * as path from 'node:path';
 import type { ImageFileCache } from '../container/image_fs';
 import type { Config } from '../config/config';
 import type { Logger } from '../log';
@@ -55,6 +56,10 @@ export class CriService {
   /** /etc/passwd and /etc/group of images, read once per image. */
   /** Small image files (/etc/passwd, /etc/group) read through layers; set once the native core is loaded. */
   imageFiles!: ImageFileCache;
+  /** Stays empty: the second lower layer of a one-layer image volume's overlay. */
+  get emptyLowerDir(): string {
+    return path.join(this.config.root, 'empty');
+  }
   readonly containerLocks = new KeyedLock();
   exits!: ContainerExits;
   streaming!: StreamingServer;

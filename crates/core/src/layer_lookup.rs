@@ -12,7 +12,7 @@ use std::path::{Component, Path, PathBuf};
 
 use crate::unpack::OPAQUE_XATTR;
 
-/// What the merged view holds at a path.
+/// What the merged view holds at a path, for reading a file.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Located {
     /// A regular file: where it is, and its size.
@@ -21,34 +21,81 @@ pub enum Located {
     NotAFile,
 }
 
+/// What the merged view holds at a path, for mounting it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// A regular file, and where.
+    File(PathBuf),
+    /// A directory, made of these layers' directories (topmost first): stacked read-only they
+    /// show what the container's root would.
+    Dir(Vec<PathBuf>),
+    /// A link, device, socket or fifo.
+    Other,
+    /// Nothing (absent, whited out, or hidden by an opaque directory).
+    Missing,
+}
+
 /// Looks `path` (absolute, inside the image) up through `lower_dirs`, topmost first.
 pub fn locate(lower_dirs: &[PathBuf], path: &str) -> io::Result<Located> {
     let names = components(path)?;
-    let Some((last, parents)) = names.split_last() else { return Ok(Located::NotAFile) };
+    if names.is_empty() {
+        return Ok(Located::NotAFile);
+    }
     for layer in lower_dirs {
-        match lookup_in_layer(layer, parents, last)? {
-            LayerAnswer::Found(size) => {
-                let mut full = layer.clone();
-                full.extend(names.iter().map(|n| OsStr::from_bytes(n.as_bytes())));
-                return Ok(Located::File { path: full, size });
-            }
-            LayerAnswer::Hidden => return Ok(Located::NotAFile),
-            LayerAnswer::Absent => {}
+        let step = lookup_in_layer(layer, &names)?;
+        match step.kind {
+            Kind::File(size) => return Ok(Located::File { path: join(layer, &names), size }),
+            Kind::Absent if !step.hides_below => {}
+            _ => return Ok(Located::NotAFile),
         }
     }
     Ok(Located::NotAFile)
 }
 
-enum LayerAnswer {
-    /// A regular file of this size.
-    Found(u64),
-    /// This layer decides: nothing below shows through (whiteout, opaque parent, or not a file).
+/// What `path` (absolute, inside the image; `/` is the whole image) is in the merged view.
+pub fn entry(lower_dirs: &[PathBuf], path: &str) -> io::Result<Entry> {
+    let names = components(path)?;
+    let mut dirs = Vec::new();
+    for layer in lower_dirs {
+        let step = lookup_in_layer(layer, &names)?;
+        match step.kind {
+            // A directory above hides whatever non-directory a lower layer has here.
+            Kind::File(_) if dirs.is_empty() => return Ok(Entry::File(join(layer, &names))),
+            Kind::Other if dirs.is_empty() => return Ok(Entry::Other),
+            Kind::Dir => dirs.push(join(layer, &names)),
+            Kind::Absent => {}
+            Kind::File(_) | Kind::Other | Kind::Hidden => break,
+        }
+        if step.hides_below {
+            break;
+        }
+    }
+    Ok(if dirs.is_empty() { Entry::Missing } else { Entry::Dir(dirs) })
+}
+
+fn join(layer: &Path, names: &[CString]) -> PathBuf {
+    let mut full = layer.to_path_buf();
+    full.extend(names.iter().map(|n| OsStr::from_bytes(n.as_bytes())));
+    full
+}
+
+/// What one layer has at a path.
+enum Kind {
+    File(u64),
+    Dir,
+    Other,
+    /// A whiteout, or a non-directory where a parent directory would be.
     Hidden,
-    /// This layer has nothing there; look lower.
     Absent,
 }
 
-fn lookup_in_layer(layer: &Path, parents: &[CString], last: &CString) -> io::Result<LayerAnswer> {
+struct Step {
+    kind: Kind,
+    /// An opaque directory on the way (or the directory itself): lower layers add nothing here.
+    hides_below: bool,
+}
+
+fn lookup_in_layer(layer: &Path, names: &[CString]) -> io::Result<Step> {
     let root = CString::new(layer.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: a valid C string; the descriptor is owned below.
     let fd = unsafe { libc::open(root.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) };
@@ -58,16 +105,18 @@ fn lookup_in_layer(layer: &Path, parents: &[CString], last: &CString) -> io::Res
     // SAFETY: `fd` was just opened and is owned by nothing else.
     let mut dir = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut opaque = is_opaque(dir.as_raw_fd())?;
+    let Some((last, parents)) = names.split_last() else {
+        return Ok(Step { kind: Kind::Dir, hides_below: opaque });
+    };
     for name in parents {
         // SAFETY: `dir` is open and `name` a valid C string.
         let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
         if fd < 0 {
             let err = io::Error::last_os_error();
             return match err.raw_os_error() {
-                Some(libc::ENOENT) if !opaque => Ok(LayerAnswer::Absent),
-                Some(libc::ENOENT) => Ok(LayerAnswer::Hidden),
+                Some(libc::ENOENT) => Ok(Step { kind: Kind::Absent, hides_below: opaque }),
                 // A file, a whiteout or a link where a directory would be: it covers lower layers.
-                Some(libc::ENOTDIR) | Some(libc::ELOOP) => Ok(LayerAnswer::Hidden),
+                Some(libc::ENOTDIR) | Some(libc::ELOOP) => Ok(Step { kind: Kind::Hidden, hides_below: true }),
                 _ => Err(err),
             };
         }
@@ -80,17 +129,30 @@ fn lookup_in_layer(layer: &Path, parents: &[CString], last: &CString) -> io::Res
     if unsafe { libc::fstatat(dir.as_raw_fd(), last.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) } != 0 {
         let err = io::Error::last_os_error();
         return match err.raw_os_error() {
-            Some(libc::ENOENT) if !opaque => Ok(LayerAnswer::Absent),
-            Some(libc::ENOENT) | Some(libc::ENOTDIR) => Ok(LayerAnswer::Hidden),
+            Some(libc::ENOENT) => Ok(Step { kind: Kind::Absent, hides_below: opaque }),
             _ => Err(err),
         };
     }
-    if st.st_mode & libc::S_IFMT == libc::S_IFREG {
-        Ok(LayerAnswer::Found(st.st_size as u64))
-    } else {
-        // A whiteout (0/0 character device) included: whatever is here hides lower layers.
-        Ok(LayerAnswer::Hidden)
-    }
+    let kind = match st.st_mode & libc::S_IFMT {
+        libc::S_IFREG => Kind::File(st.st_size as u64),
+        libc::S_IFDIR => {
+            // SAFETY: as above.
+            let fd = unsafe { libc::openat(dir.as_raw_fd(), last.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: as above.
+            let own = unsafe { OwnedFd::from_raw_fd(fd) };
+            opaque |= is_opaque(own.as_raw_fd())?;
+            Kind::Dir
+        }
+        // overlayfs's whiteout: a 0/0 character device.
+        libc::S_IFCHR if st.st_rdev == 0 => Kind::Hidden,
+        _ => Kind::Other,
+    };
+    // Anything that is not a directory covers what lower layers have at the path.
+    let hides_below = opaque || !matches!(kind, Kind::Dir);
+    Ok(Step { kind, hides_below })
 }
 
 fn is_opaque(fd: RawFd) -> io::Result<bool> {
@@ -246,6 +308,36 @@ mod tests {
         l3.file("lower", "etc/passwd", "lower");
         l3.file("upper", "etc", "a file named etc");
         assert_eq!(found(&l3, &["upper", "lower"], "/etc/passwd"), None);
+    }
+
+    #[test]
+    fn a_directory_is_the_stack_of_the_layers_that_show_through() {
+        let l = Layers::new("dirs");
+        l.file("bottom", "data/a", "a");
+        l.file("middle", "data/b", "b");
+        l.file("top", "data/c", "c");
+        mark_opaque(&l.layer("middle").join("data"));
+        let dirs: Vec<PathBuf> = ["top", "middle", "bottom"].iter().map(|n| l.layer(n)).collect();
+        assert_eq!(entry(&dirs, "/data").unwrap(), Entry::Dir(vec![l.layer("top").join("data"), l.layer("middle").join("data")]), "the opaque middle hides the bottom");
+        assert_eq!(entry(&dirs, "/").unwrap(), Entry::Dir(dirs.clone()), "the whole image");
+        assert_eq!(entry(&dirs, "/data/a").unwrap(), Entry::Missing);
+        assert_eq!(entry(&dirs, "/data/c").unwrap(), Entry::File(l.layer("top").join("data/c")));
+        assert_eq!(entry(&dirs, "/nothing").unwrap(), Entry::Missing);
+        symlink("c", l.layer("top").join("data/link")).unwrap();
+        assert_eq!(entry(&dirs, "/data/link").unwrap(), Entry::Other);
+
+        // A file above a lower directory replaces it; a directory above a lower file too.
+        let l2 = Layers::new("dirs-types");
+        l2.file("bottom", "x/inner", "inner");
+        l2.file("top", "x", "now a file");
+        l2.file("bottom", "y", "a file below");
+        l2.file("top", "y/inner", "a directory above");
+        let dirs2: Vec<PathBuf> = ["top", "bottom"].iter().map(|n| l2.layer(n)).collect();
+        assert_eq!(entry(&dirs2, "/x").unwrap(), Entry::File(l2.layer("top").join("x")));
+        assert_eq!(entry(&dirs2, "/y").unwrap(), Entry::Dir(vec![l2.layer("top").join("y")]));
+        whiteout(&l2.layer("top").join("z"));
+        l2.file("bottom", "z/inner", "whited out");
+        assert_eq!(entry(&dirs2, "/z").unwrap(), Entry::Missing);
     }
 
     #[test]

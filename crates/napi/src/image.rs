@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crisp_core::layer_lookup::{locate, Located};
+use crisp_core::layer_lookup::{entry, locate, Entry, Located};
 use crisp_core::unpack::{unpack_layer_file, UnpackOptions, UnpackStats};
 
 use crate::js::{self, Args, Env, IntoJs, JsError, Value};
@@ -11,6 +11,7 @@ pub fn register(env: Env, exports: Value) -> Result<(), JsError> {
     js::register(env, exports, "coreVersion", core_version)?;
     js::register(env, exports, "unpackLayer", unpack_layer)?;
     js::register(env, exports, "locateImageFile", locate_image_file)?;
+    js::register(env, exports, "imageEntry", image_entry)?;
     Ok(())
 }
 
@@ -56,24 +57,61 @@ impl IntoJs for Unpacked {
     }
 }
 
+fn lower_dirs_arg(args: &Args, index: usize) -> Result<Vec<PathBuf>, JsError> {
+    let text = args.string(index, "lowerDirs")?;
+    let dirs: Vec<String> = serde_json::from_str(&text)
+        .map_err(|e| JsError::invalid_arg_value(format!("The \"lowerDirs\" argument must be a JSON array of paths: {e}")))?;
+    Ok(dirs.into_iter().map(PathBuf::from).collect())
+}
+
+fn image_path_arg(args: &Args, index: usize) -> Result<String, JsError> {
+    let path = args.string(index, "path")?;
+    if !path.starts_with('/') {
+        return Err(JsError::invalid_arg_value(format!("The \"path\" argument must be absolute. Received {path:?}")));
+    }
+    Ok(path)
+}
+
+fn lookup_error(path: &str, e: std::io::Error) -> JsError {
+    let code = e.raw_os_error().map_or("EINVAL", crisp_core::unpack::errno_name);
+    JsError::new(code, format!("looking up {path} in the image layers: {e}"))
+}
+
+/// `imageEntry(lowerDirs: string (JSON array, topmost first), path: string): Promise<string>` —
+/// what the merged view of the layers has at `path`, as JSON: `{"kind":"file","path":...}`,
+/// `{"kind":"dir","layers":[...]}` (the layer directories that show through, topmost first),
+/// `{"kind":"other"}` or `{"kind":"missing"}`. Off the event loop.
+fn image_entry(env: Env, args: &Args) -> Result<Value, JsError> {
+    let dirs = lower_dirs_arg(args, 0)?;
+    let path = image_path_arg(args, 1)?;
+    js::promise(env, "crisp.imageEntry", move || {
+        let found = entry(&dirs, &path).map_err(|e| lookup_error(&path, e))?;
+        let text = |p: &Path| p.to_string_lossy().into_owned();
+        let json = match found {
+            Entry::File(p) => serde_json::json!({ "kind": "file", "path": text(&p) }),
+            Entry::Dir(layers) => serde_json::json!({ "kind": "dir", "layers": layers.iter().map(|p| text(p)).collect::<Vec<_>>() }),
+            Entry::Other => serde_json::json!({ "kind": "other" }),
+            Entry::Missing => serde_json::json!({ "kind": "missing" }),
+        };
+        Ok(JsonText(json.to_string()))
+    })
+}
+
+struct JsonText(String);
+
+impl IntoJs for JsonText {
+    fn into_js(self, env: Env) -> Result<Value, JsError> {
+        env.string(&self.0)
+    }
+}
+
 /// `locateImageFile(lowerDirs: string (JSON array, topmost first), path: string):
 /// Promise<{path: string, size: number} | undefined>` — where the merged view of the layers has a
 /// regular file at `path` (whiteouts, opaque directories and links respected), off the event loop.
 fn locate_image_file(env: Env, args: &Args) -> Result<Value, JsError> {
-    let dirs_json = args.string(0, "lowerDirs")?;
-    let dirs: Vec<String> = serde_json::from_str(&dirs_json)
-        .map_err(|e| JsError::invalid_arg_value(format!("The \"lowerDirs\" argument must be a JSON array of paths: {e}")))?;
-    let path = args.string(1, "path")?;
-    if !path.starts_with('/') {
-        return Err(JsError::invalid_arg_value(format!("The \"path\" argument must be absolute. Received {path:?}")));
-    }
-    let dirs: Vec<PathBuf> = dirs.into_iter().map(PathBuf::from).collect();
-    js::promise(env, "crisp.locateImageFile", move || {
-        locate(&dirs, &path).map(Location).map_err(|e| {
-            let code = e.raw_os_error().map_or("EINVAL", crisp_core::unpack::errno_name);
-            JsError::new(code, format!("looking up {path} in the image layers: {e}"))
-        })
-    })
+    let dirs = lower_dirs_arg(args, 0)?;
+    let path = image_path_arg(args, 1)?;
+    js::promise(env, "crisp.locateImageFile", move || locate(&dirs, &path).map(Location).map_err(|e| lookup_error(&path, e)))
 }
 
 struct Location(Located);
