@@ -1,3 +1,4 @@
+import * as os from 'node:os';
 import { execFileSync } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
@@ -37,12 +38,13 @@ test.after.always(async (t) => {
 
 type Env = PodEnv;
 
-async function setup(t: any, podExtra: Record<string, unknown> = {}): Promise<Env> {
+async function setup(t: any, podExtra: Record<string, unknown> = {}, daemonConfig?: string): Promise<Env> {
   return startPodEnv(t, {
     image: t.context.busybox.reference,
     cgroupParent: CGROUP_PARENT,
     name: 'ctr-pod',
     podExtra: { linux: { cgroupParent: CGROUP_PARENT, securityContext: { namespaceOptions: { network: 2 } } }, ...podExtra },
+    daemonConfig,
   });
 }
 
@@ -167,6 +169,67 @@ test('image volumes: the image as the container root would show it, read-only; a
     t.is(err.code, code, `${sub}: ${err.details}`);
     t.regex(err.details, /image_sub_path/);
   }
+});
+
+test('CDI devices from a YAML spec: nodes with their cgroup permissions, environment, mounts; unknown devices fail', async (t) => {
+  const cdiDir = fs.mkdtempSync(path.join(os.tmpdir(), 'crisp-cdi-e2e-'));
+  t.teardown(() => fs.rmSync(cdiDir, { recursive: true, force: true }));
+  const info = path.join(cdiDir, 'info.txt');
+  fs.writeFileSync(info, 'from the CDI spec\n');
+  fs.writeFileSync(
+    path.join(cdiDir, 'crisp-test.yaml'),
+    [
+      'cdiVersion: 0.6.0',
+      'kind: crisp.test/dev',
+      'containerEdits:',
+      '  mounts:',
+      `    - {hostPath: ${info}, containerPath: /etc/cdi-info, options: [ro, nosuid, nodev, bind]}`,
+      'devices:',
+      '  - name: "null"',
+      '    containerEdits:',
+      '      env: [CDI_DEV=null]',
+      '      deviceNodes: [{path: /dev/crisp-null, hostPath: /dev/null}]',
+      // Not among the nodes every container may use: its cgroup rule is the spec's alone.
+      '  - name: loop-control',
+      '    containerEdits:',
+      '      deviceNodes: [{path: /dev/crisp-loop, hostPath: /dev/loop-control, permissions: r}]',
+      '',
+    ].join('\n'),
+  );
+  const env = await setup(t, {}, `[cdi]\nspec_dirs = ${JSON.stringify([cdiDir])}\n`);
+  const script = [
+    'echo written > /dev/crisp-null && echo "$CDI_DEV"',
+    'cat /etc/cdi-info',
+    '(exec 3</dev/crisp-loop) 2>/dev/null && echo readable || echo unreadable',
+    '(exec 3>/dev/crisp-loop) 2>/dev/null && echo writable || echo denied',
+  ].join('; ');
+  const id = await run(
+    env,
+    containerConfig(t, script, { CDIDevices: [{ name: 'crisp.test/dev=null' }], annotations: { 'cdi.k8s.io/test-plugin': 'crisp.test/dev=loop-control' } }),
+  );
+  const st = await waitExited(env, id);
+  t.is(st.exitCode, 0, logText(st.logPath));
+  t.deepEqual(logText(st.logPath).trim().split('\n').map((l) => l.trim()), ['null', 'from the CDI spec', 'readable', 'denied']);
+
+  const err = (await t.throwsAsync(
+    env.c.call('createContainer', { podSandboxId: env.pod, config: containerConfig(t, 'true', { CDIDevices: [{ name: 'crisp.test/dev=gpu' }] }) }),
+  )) as grpc.ServiceError;
+  t.is(err.code, grpc.status.NOT_FOUND);
+  t.regex(err.details, /crisp\.test\/dev=gpu/);
+});
+
+test('device cgroup: a container may create a node for a host block device but not open it; privileged ones may', async (t) => {
+  const env = await setup(t, { linux: { cgroupParent: CGROUP_PARENT, securityContext: { privileged: true, namespaceOptions: { network: 2 } } } });
+  // A block device of this host that root may read: a loop device (this VM forbids opening its
+  // disk even on the host).
+  const blocks = fs.readdirSync('/sys/block').sort((a, b) => Number(!a.startsWith('loop')) - Number(!b.startsWith('loop')));
+  const disk = fs.readFileSync(`/sys/block/${blocks[0]}/dev`, 'utf8').trim();
+  const [major, minor] = disk.split(':');
+  const script = `mknod /tmp/disk b ${major} ${minor} && echo created; (head -c 1 /tmp/disk > /dev/null) 2>/dev/null && echo readable || echo denied; echo ok > /dev/null && echo null-usable`;
+  const plain = await run(env, containerConfig(t, script));
+  const privileged = await run(env, containerConfig(t, script, { linux: { securityContext: { privileged: true } } }));
+  t.deepEqual(logText((await waitExited(env, plain)).logPath).trim().split('\n'), ['created', 'denied', 'null-usable']);
+  t.deepEqual(logText((await waitExited(env, privileged)).logPath).trim().split('\n'), ['created', 'readable', 'null-usable']);
 });
 
 test('capabilities, no_new_privs, read-only rootfs and masked paths', async (t) => {

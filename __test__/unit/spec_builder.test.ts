@@ -9,6 +9,7 @@ import {
   SecurityProfile_ProfileType,
   type LinuxContainerSecurityContext,
 } from '../../src/generated/runtime/v1/api';
+import type { CdiEdits } from '../../src/container/cdi';
 import { buildSpec, type HostDevice, imageSubPath, imageVolumeKey, type ImageVolumeSource, type SpecHost, type SpecInput } from '../../src/container/spec_builder';
 import { resolveProcessArgs } from '../../src/container/command';
 import { DEFAULT_CAPABILITIES, KNOWN_CAPABILITIES } from '../../src/container/capabilities';
@@ -536,13 +537,62 @@ test('devices: CRI devices with numbers from the host node, cgroup rules with th
     { path: '/dev/dri/card0', type: 'c', major: 226, minor: 0, fileMode: 0o660, uid: 0, gid: 44 },
     { path: '/dev/dri/renderD128', type: 'c', major: 226, minor: 128, fileMode: 0o660, uid: 0, gid: 109 },
   ]);
-  t.deepEqual(spec.linux.resources.devices, [
-    { allow: false, access: 'rwm' },
+  const rules = spec.linux.resources.devices;
+  t.deepEqual(rules[0], { allow: false, access: 'rwm' }, 'everything is denied first');
+  t.deepEqual(rules.slice(1, 3), [
+    { allow: true, type: 'c', access: 'm' },
+    { allow: true, type: 'b', access: 'm' },
+  ]);
+  t.true(rules.some((r) => r.major === 1 && r.minor === 3 && r.access === 'rwm'), '/dev/null is usable');
+  t.false(rules.slice(0, -4).some((r) => r.allow && r.type === 'b' && r.access !== 'm'), 'no block device is usable by default');
+  t.deepEqual(rules.slice(-4), [
     { allow: true, type: 'c', major: 10, minor: 229, access: 'rwm' },
     { allow: true, type: 'b', major: 259, minor: 0, access: 'r' },
     { allow: true, type: 'c', major: 226, minor: 0, access: 'rw' },
     { allow: true, type: 'c', major: 226, minor: 128, access: 'rw' },
   ]);
+});
+
+test('CDI edits: environment replaces, nodes take numbers from the host unless given, mounts bind, groups add', async (t) => {
+  const cdi: CdiEdits = {
+    env: ['GPU=0', 'PATH=/opt/gpu/bin'],
+    deviceNodes: [
+      { path: '/dev/gpu0', hostPath: '/dev/by-name/gpu0', permissions: 'rw' },
+      { path: '/dev/gpuctl', type: 'c', major: 195, minor: 255, fileMode: 0o600, gid: 44 },
+      { path: '/dev/gpu-fifo', type: 'p', major: 0 },
+    ],
+    mounts: [
+      { hostPath: '/usr/lib/gpu', containerPath: '/usr/lib/gpu', options: ['ro', 'nosuid', 'bind'] },
+      { hostPath: '/opt/gpu/bin', containerPath: '/opt/gpu/bin' },
+    ],
+    additionalGids: [44],
+    unsupported: [],
+  };
+  const inp = input(
+    { config: containerConfig({ envs: [{ key: 'GPU', value: 'none' }] }), cdi },
+    { symlinks: { '/dev/by-name/gpu0': '/dev/gpu-real0' }, devices: { '/dev/gpu-real0': { type: 'c', major: 195, minor: 0, fileMode: 0o666, uid: 0, gid: 0 } } },
+  );
+  const spec = await buildSpec(inp);
+  t.true(spec.process.env.includes('GPU=0') && !spec.process.env.includes('GPU=none'), 'the CDI value replaces the config one');
+  t.true(spec.process.env.includes('PATH=/opt/gpu/bin'));
+  t.deepEqual(spec.linux.devices, [
+    { path: '/dev/gpu0', type: 'c', major: 195, minor: 0, fileMode: 0o666, uid: 0, gid: 0 },
+    { path: '/dev/gpuctl', type: 'c', major: 195, minor: 255, fileMode: 0o600, uid: 0, gid: 44 },
+    { path: '/dev/gpu-fifo', type: 'p', major: 0, minor: 0, fileMode: 0o666, uid: 0, gid: 0 },
+  ]);
+  t.deepEqual(spec.linux.resources.devices.slice(-2), [
+    { allow: true, type: 'c', major: 195, minor: 0, access: 'rw' },
+    { allow: true, type: 'c', major: 195, minor: 255, access: 'rwm' },
+  ]);
+  const byDest = Object.fromEntries(spec.mounts.map((m) => [m.destination, m]));
+  t.deepEqual(byDest['/usr/lib/gpu'], { destination: '/usr/lib/gpu', type: 'bind', source: '/usr/lib/gpu', options: ['ro', 'nosuid', 'bind'] });
+  t.deepEqual(byDest['/opt/gpu/bin']!.options, ['rbind']);
+  t.true(spec.process.user.additionalGids!.includes(44));
+
+  const missing = input({ cdi: { ...cdi, deviceNodes: [{ path: '/dev/nope' }] } });
+  t.true(isCrispError(await t.throwsAsync(buildSpec(missing)), 'InvalidArgument'));
+  const badType = input({ cdi: { ...cdi, deviceNodes: [{ path: '/dev/x', type: 'x', major: 1, minor: 1 }] } });
+  await t.throwsAsync(buildSpec(badType), { message: /unknown type "x"/ });
 });
 
 test('devices: missing nodes, non-devices and bad permissions are InvalidArgument', async (t) => {

@@ -42,6 +42,10 @@ export interface Config {
     /** host:port for the Prometheus endpoint; empty disables it. */
     address: string;
   };
+  cdi: {
+    /** Directories of CDI spec files, lowest priority first. */
+    specDirs: string[];
+  };
 }
 
 export interface RegistryAuth {
@@ -67,6 +71,8 @@ export function defaultConfig(): Config {
     cgroup: { driver: 'cgroupfs' },
     runtime: { defaultHandler: 'crisp', handlers: [] },
     metrics: { address: '' },
+    // Where containerd and CRI-O look for CDI specs; the later directory wins.
+    cdi: { specDirs: ['/etc/cdi', '/var/run/cdi'] },
   };
 }
 
@@ -121,6 +127,9 @@ const SCHEMA: Record<string, Record<string, KeySpec> | KeySpec> = {
   },
   metrics: {
     address: { path: ['metrics', 'address'], kind: 'string', doc: 'host:port of the Prometheus endpoint; empty disables it.' },
+  },
+  cdi: {
+    spec_dirs: { path: ['cdi', 'specDirs'], kind: 'string[]', doc: 'CDI spec file directories (JSON or YAML), lowest priority first.' },
   },
 };
 

@@ -19,6 +19,7 @@ import {
 } from '../generated/runtime/v1/api';
 import type { ImageConfig } from '../image/image_manager';
 import { errorMessage, internal, invalidArgument } from '../util/errors';
+import type { CdiEdits } from './cdi';
 import { capabilitiesUpTo, KNOWN_CAPABILITIES, resolveCapabilities } from './capabilities';
 import { resolveProcessArgs } from './command';
 import { resolveUserWithHome } from './image_user';
@@ -123,6 +124,8 @@ export interface SpecInput {
   imageVolumes?: ReadonlyMap<string, ImageVolumeSource>;
   /** An empty directory that completes a one-layer read-only overlay (overlayfs needs two). */
   emptyLowerDir?: string;
+  /** Edits of the CDI devices the container asked for, resolved from the host's spec files. */
+  cdi?: CdiEdits;
 }
 
 /** An image volume's content: a directory stacked from layer directories, or a single file. */
@@ -210,6 +213,7 @@ export async function buildSpec(input: SpecInput): Promise<OciSpec> {
 
   // Devices.
   await applyDevices(spec, config, privileged, host);
+  if (input.cdi) await applyCdiEdits(spec, input.cdi, privileged, host);
 
   // Capabilities, /proc masking, seccomp and AppArmor.
   const allCaps = capabilitiesUpTo(await host.capLastCap());
@@ -257,8 +261,9 @@ function baseSpec(input: SpecInput): OciSpec {
     linux: {
       namespaces: [],
       devices: [],
-      // Deny every device; the ones the container gets are allowed after this rule.
-      resources: { devices: [{ allow: false, access: 'rwm' }] },
+      // Deny every device; the ones every container may use, and those it gets, are allowed after
+      // this rule. The monitor writes them to the container's cgroup before the process exists.
+      resources: { devices: [{ allow: false, access: 'rwm' }, ...DEFAULT_DEVICE_RULES.map((r) => ({ ...r }))] },
       maskedPaths: [],
       readonlyPaths: [],
     },
@@ -511,6 +516,74 @@ function ociDevice(containerPath: string, d: HostDevice): OciDevice {
 
 function deviceRule(d: HostDevice, access: string): OciDeviceCgroup {
   return { allow: true, type: d.type === 'b' ? 'b' : 'c', major: d.major, minor: d.minor, access };
+}
+
+/**
+ * CDI edits, after the container's own settings: environment (replacing same-named variables),
+ * device nodes (type and numbers from the host node when the spec leaves them out) with their
+ * cgroup rules, mounts, and supplementary groups.
+ */
+async function applyCdiEdits(spec: OciSpec, edits: CdiEdits, privileged: boolean, host: SpecHost): Promise<void> {
+  applyOpts(spec, withEnv(edits.env));
+  for (const node of edits.deviceNodes) {
+    const hostPath = node.hostPath || node.path;
+    let device: HostDevice | undefined;
+    if (node.type === undefined || node.major === undefined || (node.minor === undefined && node.type !== 'p')) {
+      let resolved: string;
+      try {
+        resolved = await host.realpath(hostPath);
+      } catch (err) {
+        throw invalidArgument(`CDI device node "${hostPath}" not found: ${errorMessage(err)}`);
+      }
+      device = await host.statDevice(resolved);
+      if (!device) throw invalidArgument(`CDI device node "${hostPath}" is not a device`);
+    }
+    const type = node.type === undefined ? device!.type : cdiDeviceType(node.type, node.path);
+    const full: HostDevice = {
+      type,
+      major: node.major ?? device!.major,
+      minor: node.minor ?? device?.minor ?? 0,
+      fileMode: node.fileMode ?? device?.fileMode ?? 0o666,
+      uid: node.uid ?? 0,
+      gid: node.gid ?? 0,
+    };
+    applyOpts(spec, withDevices([ociDevice(node.path, full)], privileged || type === 'p' ? [] : [deviceRule(full, node.permissions || 'rwm')]));
+  }
+  for (const m of edits.mounts) {
+    const type = m.type || 'bind';
+    const options = m.options ?? [];
+    const bind = type === 'bind' || options.includes('bind') || options.includes('rbind');
+    spec.mounts.push({ destination: m.containerPath, type, source: m.hostPath, options: bind && !options.includes('bind') && !options.includes('rbind') ? ['rbind', ...options] : options });
+  }
+  if (edits.additionalGids.length > 0) {
+    const user = spec.process.user;
+    user.additionalGids = [...new Set([...(user.additionalGids ?? []), ...edits.additionalGids])];
+  }
+}
+
+/**
+ * What every container may do with devices, as runc allows it: create any node (using one is a
+ * separate right), and use the standard nodes, terminals included.
+ */
+const DEFAULT_DEVICE_RULES: readonly OciDeviceCgroup[] = [
+  { allow: true, type: 'c', access: 'm' },
+  { allow: true, type: 'b', access: 'm' },
+  { allow: true, type: 'c', major: 1, minor: 3, access: 'rwm' }, // null
+  { allow: true, type: 'c', major: 1, minor: 5, access: 'rwm' }, // zero
+  { allow: true, type: 'c', major: 1, minor: 7, access: 'rwm' }, // full
+  { allow: true, type: 'c', major: 1, minor: 8, access: 'rwm' }, // random
+  { allow: true, type: 'c', major: 1, minor: 9, access: 'rwm' }, // urandom
+  { allow: true, type: 'c', major: 5, minor: 0, access: 'rwm' }, // tty
+  { allow: true, type: 'c', major: 5, minor: 1, access: 'rwm' }, // console
+  { allow: true, type: 'c', major: 5, minor: 2, access: 'rwm' }, // ptmx
+  { allow: true, type: 'c', major: 136, access: 'rwm' }, // pts/*
+];
+
+/** CDI device types as the OCI spec names them ("c", "b", "p"; "u" is a character device). */
+function cdiDeviceType(type: string, containerPath: string): HostDevice['type'] {
+  if (type === 'c' || type === 'u') return 'c';
+  if (type === 'b' || type === 'p') return type;
+  throw invalidArgument(`CDI device node "${containerPath}" has unknown type "${type}"`);
 }
 
 async function applyDevices(spec: OciSpec, config: ContainerConfig, privileged: boolean, host: SpecHost): Promise<void> {

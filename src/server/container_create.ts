@@ -3,6 +3,7 @@ import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { ContainerConfig, ContainerEventType, type CreateContainerRequest, type CreateContainerResponse } from '../generated/runtime/v1/api';
+import { requestedCdiDevices } from '../container/cdi';
 import { buildSpec, imageSubPath, imageVolumeKey, type ImageVolumeSource } from '../container/spec_builder';
 import { type Container, containerNameKey } from '../container/container_store';
 import { cgroupResources } from '../sandbox/pod_runtime';
@@ -51,6 +52,8 @@ async function doCreate(svc: CriService, sandbox: Sandbox, config: ContainerConf
   if (!image) throw notFound(`image "${imageName}" not found: pull it first`);
   const imageConfig = await svc.images.readConfig(image.id);
   const volumes = await resolveImageVolumes(svc, config);
+  const cdiDevices = requestedCdiDevices(config);
+  const cdi = cdiDevices.length > 0 ? await svc.cdi.resolve(cdiDevices) : undefined;
   const id = crypto.randomBytes(32).toString('hex');
   const log = ctx.log.child({ container: id.slice(0, 12) });
   const logPath = config.logPath && sandbox.logDirectory ? path.join(sandbox.logDirectory, config.logPath) : '';
@@ -109,6 +112,7 @@ async function doCreate(svc: CriService, sandbox: Sandbox, config: ContainerConf
         cgroup: { version: layout.version, paths: layout.paths },
         readFileInImage: (p) => svc.imageFiles.get(lowerDirs, p),
         imageVolumes: volumes.sources,
+        cdi,
         emptyLowerDir: svc.emptyLowerDir,
       }),
       (async () => {

@@ -1,5 +1,6 @@
 import * as path from 'node:path';
 import type { ImageFileCache } from '../container/image_fs';
+import { CdiRegistry } from '../container/cdi';
 import type { Config } from '../config/config';
 import type { Logger } from '../log';
 import type { ContainerExits } from '../container/container_exits';
@@ -56,6 +57,12 @@ export class CriService {
   /** /etc/passwd and /etc/group of images, read once per image. */
   /** Small image files (/etc/passwd, /etc/group) read through layers; set once the native core is loaded. */
   imageFiles!: ImageFileCache;
+  /** CDI spec files, read when a container asks for a CDI device. */
+  get cdi(): CdiRegistry {
+    this.cdiRegistry ??= new CdiRegistry(this.config.cdi.specDirs);
+    return this.cdiRegistry;
+  }
+  private cdiRegistry?: CdiRegistry;
   /** Stays empty: the second lower layer of a one-layer image volume's overlay. */
   get emptyLowerDir(): string {
     return path.join(this.config.root, 'empty');

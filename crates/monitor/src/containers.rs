@@ -371,6 +371,13 @@ impl Server {
         for w in &plan.process.warnings {
             log!(Warn, "container {}: {}", req.container_id, w);
         }
+        // Before the process exists: nothing in the container may open a device the rules do
+        // not allow, from its first instruction on.
+        if let (Some(cgroup), Some(resources)) = (&spec.crisp_cgroup, &spec.linux.resources) {
+            if let Err(e) = cgroup.apply_device_rules(&resources.devices) {
+                return err(id, ErrorCode::Internal, format!("container {}: device rules: {}", req.container_id, e));
+            }
+        }
         let log_file = match LogFile::open(Path::new(&req.log_path)) {
             Ok(f) => f,
             Err(e) => return err(id, ErrorCode::Internal, format!("open log file {}: {}", req.log_path, e)),

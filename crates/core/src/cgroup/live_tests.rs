@@ -226,3 +226,48 @@ fn v2_manager_on_the_hybrid_unified_mount() {
     }
     assert_eq!(read(&mountpoint.join("cgroup.subtree_control")), subtree_before);
 }
+
+/// The v2 device filter, on whatever cgroup2 hierarchy the host has (the unified one on a hybrid
+/// host): a process in the cgroup may open only what the rules allow.
+#[test]
+fn the_v2_device_filter_allows_only_what_the_rules_allow() {
+    if !is_root() {
+        return;
+    }
+    let root = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| crate::sys::fs_magic(p).ok() == Some(crate::sys::CGROUP2_MAGIC));
+    let Some(root) = root else { return };
+    let dir = root.join(format!("crisp-test-devices-{}", std::process::id()));
+    std::fs::create_dir(&dir).unwrap();
+    struct Remove<'a>(&'a Path);
+    impl Drop for Remove<'_> {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir(self.0);
+        }
+    }
+    let _remove = Remove(&dir);
+    let rule = |allow: bool, kind: &str, major: Option<i64>, minor: Option<i64>, access: &str| devices::DeviceRule {
+        allow,
+        kind: Some(kind.into()),
+        major,
+        minor,
+        access: Some(access.into()),
+    };
+    devices::apply_v2(&dir, &[rule(false, "a", None, None, "rwm"), rule(true, "c", Some(1), Some(3), "rwm"), rule(true, "c", Some(1), Some(5), "r")]).unwrap();
+
+    // A shell in the cgroup reports what it could open.
+    use std::os::unix::process::CommandExt;
+    let procs = dir.join("cgroup.procs");
+    let mut cmd = Command::new("/bin/sh");
+    cmd.args(["-c", "for f in '</dev/null' '>/dev/null' '</dev/zero' '>/dev/zero' '</dev/full'; do (eval \"exec 3$f\") 2>/dev/null && echo \"$f ok\" || echo \"$f denied\"; done"]);
+    unsafe {
+        cmd.pre_exec(move || std::fs::write(&procs, b"0"));
+    }
+    let out = cmd.output().expect("run sh in the cgroup");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "</dev/null ok\n>/dev/null ok\n</dev/zero ok\n>/dev/zero denied\n</dev/full denied\n"
+    );
+}

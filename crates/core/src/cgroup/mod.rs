@@ -6,6 +6,7 @@
 //! [`resolve_path`]. [`CgroupSystem::detect`] inspects the host once and hands out a
 //! [`CgroupManager`] for a path.
 
+pub mod devices;
 mod fsutil;
 pub mod json;
 pub mod stats;
@@ -100,6 +101,20 @@ impl CgroupPaths {
         dirs.sort();
         dirs.dedup();
         dirs
+    }
+
+    /// Restricts the devices the cgroup's processes may use to `rules` (OCI order: a leading
+    /// deny-all, then what is allowed): the v1 devices controller, or a BPF filter on v2.
+    pub fn apply_device_rules(&self, rules: &[devices::DeviceRule]) -> Result<()> {
+        if rules.is_empty() {
+            return Ok(());
+        }
+        if self.version == 2 {
+            let dir = self.paths.get(Self::UNIFIED_KEY).ok_or_else(|| Error::Unsupported("no v2 cgroup directory to attach a device filter to".into()))?;
+            return devices::apply_v2(dir, rules);
+        }
+        let dir = self.paths.get("devices").ok_or_else(|| Error::Unsupported("the v1 devices controller is not mounted".into()))?;
+        devices::apply_v1(dir, rules)
     }
 
     /// Moves process `pid` (0 = the caller) into every directory.

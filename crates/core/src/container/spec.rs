@@ -143,6 +143,16 @@ pub struct Linux {
     /// Pod-level sysctls are applied by the monitor; container-level ones are not supported.
     #[serde(default)]
     pub sysctl: BTreeMap<String, String>,
+    /// Only the device rules are read here: the daemon creates the cgroup with the rest.
+    #[serde(default)]
+    pub resources: Option<LinuxResources>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LinuxResources {
+    #[serde(default)]
+    pub devices: Vec<crate::cgroup::devices::DeviceRule>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
