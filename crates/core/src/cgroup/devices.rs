@@ -7,7 +7,6 @@ use std::path::Path;
 
 use serde_derive::{Deserialize, Serialize};
 
-use super::fsutil;
 use super::{Error, Result};
 
 /// One OCI `linux.resources.devices` entry.
@@ -64,9 +63,23 @@ impl DeviceRule {
 /// Applies `rules` in order to a v1 devices cgroup directory: allows to devices.allow, denies to
 /// devices.deny (a leading deny-all clears what the cgroup inherited).
 pub fn apply_v1(dir: &Path, rules: &[DeviceRule]) -> Result<()> {
+    use std::io::Write;
+    // Each write(2) is one rule; the two files stay open across rules (a dozen opens of cgroup
+    // files would cost more than the writes).
+    let open = |name: &str| -> Result<(std::path::PathBuf, std::fs::File)> {
+        let path = dir.join(name);
+        let file = std::fs::OpenOptions::new().write(true).open(&path).map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+        Ok((path, file))
+    };
+    let (mut allow, mut deny) = (None, None);
     for rule in rules {
-        let file = if rule.allow { "devices.allow" } else { "devices.deny" };
-        fsutil::write(&dir.join(file), &rule.v1_line()?)?;
+        let line = rule.v1_line()?;
+        let slot = if rule.allow { &mut allow } else { &mut deny };
+        if slot.is_none() {
+            *slot = Some(open(if rule.allow { "devices.allow" } else { "devices.deny" })?);
+        }
+        let (path, file) = slot.as_mut().expect("opened above");
+        file.write_all(line.as_bytes()).map_err(|e| Error::io(format!("write {:?} to {}", line, path.display()), e))?;
     }
     Ok(())
 }
@@ -266,10 +279,10 @@ mod tests {
         for f in ["devices.allow", "devices.deny"] {
             std::fs::write(dir.join(f), "").unwrap();
         }
-        apply_v1(&dir, &[rule(false, "a", None, None, "rwm"), rule(true, "c", Some(1), Some(3), "rwm")]).unwrap();
-        // A regular file keeps only the last write; the cgroup files take each write as one rule.
+        apply_v1(&dir, &[rule(false, "a", None, None, "rwm"), rule(true, "c", Some(1), Some(3), "rwm"), rule(true, "c", Some(1), Some(5), "r")]).unwrap();
+        // A regular file keeps the writes in sequence; the cgroup files take each write as one rule.
         assert_eq!(std::fs::read_to_string(dir.join("devices.deny")).unwrap(), "a");
-        assert_eq!(std::fs::read_to_string(dir.join("devices.allow")).unwrap(), "c 1:3 rwm");
+        assert_eq!(std::fs::read_to_string(dir.join("devices.allow")).unwrap(), "c 1:3 rwmc 1:5 r", "one write per rule");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
