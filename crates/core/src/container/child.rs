@@ -54,6 +54,9 @@ impl Record {
     }
 }
 
+/// keyctl(2) operation: join (here: create) a session keyring.
+const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+
 /// The set-up steps, as reported in error records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
@@ -93,16 +96,17 @@ pub enum Stage {
     Gate,
     Exec,
     CloseFds,
+    Keyring,
 }
 
 impl Stage {
     pub fn from_u32(v: u32) -> Option<Stage> {
         use Stage::*;
-        const ALL: [Stage; 35] = [
+        const ALL: [Stage; 36] = [
             Signals, CgroupJoin, Setns, UnshareCgroup, Session, Stdio, RootPropagation, Overlay, RootfsOpen, MountTarget,
             Mount, Remount, MountPropagation, Device, Symlink, Cwd, Pivot, ReadonlyPath, MaskedPath, ReadonlyRoot,
             OomScoreAdj, Rlimit, NoNewPrivs, Seccomp, CapBounding, Groups, Setgid, Setuid, Capset, Ambient,
-            ParentDeath, Chdir, Gate, Exec, CloseFds,
+            ParentDeath, Chdir, Gate, Exec, CloseFds, Keyring,
         ];
         ALL.iter().copied().find(|s| *s as u32 == v)
     }
@@ -364,6 +368,13 @@ unsafe fn early(p: &ProcessPlan, io: &ChildIo) {
     // Its own session and process group: signals to the group reach everything it starts,
     // and a terminal can become its controlling terminal.
     check!(io, Stage::Session, 0, unsafe { libc::setsid() });
+    // And its own (anonymous) session keyring, as runc gives every container process: the
+    // monitor's would otherwise be shared by all of the pod's containers and the host session.
+    // A kernel without keys support has nothing to share.
+    let name = p.keyring.as_ref().map_or(std::ptr::null(), |n| n.as_ptr());
+    if unsafe { libc::syscall(libc::SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, name) } < 0 && errno() != libc::ENOSYS {
+        unsafe { fail(io, Stage::Keyring, 0, errno()) }
+    }
     if io.tty {
         check!(io, Stage::Stdio, 0, unsafe { libc::ioctl(io.stdin, libc::TIOCSCTTY, 0) });
     }
@@ -654,11 +665,11 @@ mod tests {
         let r = Record { kind: KIND_ERROR, stage: Stage::Mount as u32, index: 7, errno: libc::EPERM };
         assert_eq!(Record::from_bytes(&r.to_bytes()), r);
         assert_eq!(RECORD_SIZE, 16);
-        for v in 1..=35 {
+        for v in 1..=36 {
             assert_eq!(Stage::from_u32(v).map(|s| s as u32), Some(v));
         }
         assert_eq!(Stage::from_u32(0), None);
-        assert_eq!(Stage::from_u32(36), None);
+        assert_eq!(Stage::from_u32(37), None);
     }
 
     #[test]

@@ -122,6 +122,7 @@ pub fn describe_failure(process: &ProcessPlan, rootfs: Option<&RootfsPlan>, rec:
         Stage::Chdir => format!("chdir to {}", process.cwd.to_string_lossy()),
         Stage::Gate => "wait for start".to_owned(),
         Stage::CloseFds => "close descriptors".to_owned(),
+        Stage::Keyring => "create a session keyring".to_owned(),
     };
     (kind, format!("{}: {}", step, errno_text(errno)))
 }

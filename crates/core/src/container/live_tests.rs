@@ -194,3 +194,16 @@ fn set_up_and_exec_failures_are_reported() {
     assert_eq!(status, sys::ExitStatus::Exited(super::child::SETUP_FAILED_EXIT));
     assert!(!Path::new("/tmp/crisp-escaped").exists());
 }
+
+#[test]
+fn a_container_gets_a_session_keyring_of_its_own_named_after_it() {
+    if !usable() {
+        return;
+    }
+    let fx = fixture("keyring");
+    // The bundle directory ("b") names the container; /proc/keys lists the keyrings it may see.
+    let s = spec(&fx, &["sh", "-c", "grep -c ' _ses\\.b: ' /proc/keys"], "/");
+    let (_, _, out, status) = launch(&fx, &s);
+    assert_eq!(status, sys::ExitStatus::Exited(0), "{}", out);
+    assert_eq!(out.trim(), "1");
+}

@@ -172,6 +172,9 @@ pub struct ProcessPlan {
     /// Signals this process ignores, which execve would pass on ignored: the child restores
     /// them to the default. (Caught signals are reset by execve itself.)
     pub ignored_signals: Vec<c_int>,
+    /// Name of the session keyring the process creates (`_ses.<container id>` as runc names it);
+    /// None for an anonymous one.
+    pub keyring: Option<CString>,
     /// `cgroup.procs` of each hierarchy the process joins (by writing "0").
     pub cgroup_procs: Vec<OwnedFd>,
     /// Namespaces to enter with setns, with their kind for messages.
@@ -368,6 +371,7 @@ fn process_plan(spec: &Spec, o: &ProcessOverrides, cgroup: Option<&CgroupPaths>)
     let candidates = exec_candidates(&program, env).iter().map(cstring).collect::<Result<Vec<_>, _>>()?;
     Ok(ProcessPlan {
         ignored_signals: ignored_signals(),
+        keyring: None,
         cgroup_procs: cgroup_procs(cgroup)?,
         setns: Vec::new(),
         unshare_cgroup: false,
@@ -409,6 +413,10 @@ pub fn ignored_signals() -> Vec<c_int> {
 /// Prepares everything to launch the container described by `spec` from `bundle`.
 pub fn container_plan(spec: &Spec, bundle: &Path) -> Result<ContainerPlan, String> {
     let mut process = process_plan(spec, &ProcessOverrides::default(), spec.crisp_cgroup.as_ref())?;
+    // The bundle directory is named after the container.
+    if let Some(id) = bundle.file_name() {
+        process.keyring = Some(cstring(format!("_ses.{}", id.to_string_lossy()))?);
+    }
 
     let mut clone_flags = libc::CLONE_NEWNS;
     for (kind, flag) in [("pid", libc::CLONE_NEWPID), ("network", libc::CLONE_NEWNET), ("ipc", libc::CLONE_NEWIPC), ("uts", libc::CLONE_NEWUTS)] {
