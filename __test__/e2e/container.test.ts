@@ -232,6 +232,34 @@ test('device cgroup: a container may create a node for a host block device but n
   t.deepEqual(logText((await waitExited(env, privileged)).logPath).trim().split('\n'), ['created', 'readable', 'null-usable']);
 });
 
+test('recursive read-only mounts: mounts below the source are read-only too, unlike with plain readonly', async (t) => {
+  const env = await setup(t);
+  const host = fs.mkdtempSync(path.join(os.tmpdir(), 'crisp-rro-'));
+  fs.mkdirSync(path.join(host, 'sub'));
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', path.join(host, 'sub')]);
+  t.teardown(() => {
+    execFileSync('umount', ['-l', path.join(host, 'sub')]);
+    fs.rmSync(host, { recursive: true, force: true });
+  });
+  const status = await env.c.call('status', {});
+  t.true(status.runtimeHandlers.every((h) => h.features?.recursiveReadOnlyMounts), 'advertised for every handler');
+  const script = [
+    'touch /ro/sub/a 2>/dev/null && echo ro-sub-writable || echo ro-sub-readonly',
+    'touch /rro/sub/b 2>/dev/null && echo rro-sub-writable || echo rro-sub-readonly',
+    'touch /rro/top 2>/dev/null && echo rro-writable || echo rro-readonly',
+  ].join('; ');
+  const id = await run(
+    env,
+    containerConfig(t, script, {
+      mounts: [
+        { containerPath: '/ro', hostPath: host, readonly: true },
+        { containerPath: '/rro', hostPath: host, readonly: true, recursiveReadOnly: true },
+      ],
+    }),
+  );
+  t.deepEqual(logText((await waitExited(env, id)).logPath).trim().split('\n'), ['ro-sub-writable', 'rro-sub-readonly', 'rro-readonly']);
+});
+
 test('capabilities, no_new_privs, read-only rootfs and masked paths', async (t) => {
   const env = await setup(t);
   const script = 'grep -E "^(CapEff|NoNewPrivs)" /proc/self/status; touch /probe && echo writable || echo readonly; wc -c < /proc/keys';

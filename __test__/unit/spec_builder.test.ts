@@ -406,10 +406,18 @@ test('mounts: invalid CRI mounts are rejected', async (t) => {
     { containerPath: 'relative', hostPath: '/x' },
     { containerPath: '/x', hostPath: '' },
     { containerPath: '/x', hostPath: '/x', readonly: false, recursiveReadOnly: true },
+    { containerPath: '/x', hostPath: '/x', readonly: true, recursiveReadOnly: true, propagation: MountPropagation.PROPAGATION_HOST_TO_CONTAINER },
   ]) {
     const err = await t.throwsAsync(buildSpec(input({ config: containerConfig({ mounts: [m] }) })));
     t.true(isCrispError(err, 'InvalidArgument'), String(err));
   }
+});
+
+test('mounts: a recursive read-only mount gets the OCI rro option', async (t) => {
+  const inp = input({ config: containerConfig({ mounts: [{ containerPath: '/data', hostPath: '/srv/data', readonly: true, recursiveReadOnly: true }] }) });
+  inp.state.existing.add('/srv/data');
+  const spec = await buildSpec(inp);
+  t.deepEqual(spec.mounts.find((m) => m.destination === '/data')?.options, ['rbind', 'rprivate', 'ro', 'rro']);
 });
 
 // ---- capabilities, masked paths, privileged ----

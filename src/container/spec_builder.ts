@@ -340,6 +340,8 @@ interface BindRequest {
   runtimeOwned?: boolean;
   /** An image volume: mounted read-only from the image's layers instead of a host path. */
   image?: ImageVolumeSource;
+  /** Every mount under the source read-only too (OCI `rro`), not only the bind mount itself. */
+  recursiveReadOnly?: boolean;
 }
 
 function validateCriMount(m: Mount): void {
@@ -352,8 +354,11 @@ function validateCriMount(m: Mount): void {
   }
   if (m.uidMappings.length > 0 || m.gidMappings.length > 0) throw invalidArgument(`mount for "${m.containerPath}" has ID mappings, which need user namespaces`);
   if (m.recursiveReadOnly) {
+    // kubelet sends it only with readonly and private propagation; anything else is contradictory.
     if (!m.readonly) throw invalidArgument(`recursive read-only mount conflicts with a read-write mount (host_path "${m.hostPath}")`);
-    throw invalidArgument(`recursive read-only mounts are not supported by this runtime (host_path "${m.hostPath}")`);
+    if (m.propagation !== MountPropagation.PROPAGATION_PRIVATE) {
+      throw invalidArgument(`recursive read-only mount of "${m.hostPath}" needs private propagation`);
+    }
   }
 }
 
@@ -391,7 +396,9 @@ async function applyMounts(spec: OciSpec, input: SpecInput, host: SpecHost): Pro
   const criMounts = input.config.mounts;
   criMounts.forEach(validateCriMount);
   const requests: BindRequest[] = criMounts.map((m) => {
-    if (!m.image?.image) return { containerPath: m.containerPath, hostPath: m.hostPath, readonly: m.readonly, propagation: m.propagation };
+    if (!m.image?.image) {
+      return { containerPath: m.containerPath, hostPath: m.hostPath, readonly: m.readonly, propagation: m.propagation, recursiveReadOnly: m.recursiveReadOnly };
+    }
     const image = input.imageVolumes?.get(imageVolumeKey(m));
     if (!image) throw internal(`image volume "${m.image.image}" at "${m.containerPath}" was not resolved`);
     // Image volumes are read-only whatever the request says (kubelet always asks for that).
@@ -439,6 +446,7 @@ async function applyMounts(spec: OciSpec, input: SpecInput, host: SpecHost): Pro
         options.push('rprivate');
     }
     options.push(r.readonly ? 'ro' : 'rw');
+    if (r.recursiveReadOnly) options.push('rro');
     if (r.image) options.push('nosuid', 'nodev');
     spec.mounts.push({ destination: r.containerPath, type: 'bind', source, options });
   }

@@ -1,3 +1,4 @@
+import * as os from 'node:os';
 import * as path from 'node:path';
 import type { ImageFileCache } from '../container/image_fs';
 import { CdiRegistry } from '../container/cdi';
@@ -99,7 +100,7 @@ export class CriService {
 
   /** What each handler supports; user namespaces and recursive read-only mounts are not offered yet. */
   handlerFeatures(): { recursiveReadOnlyMounts: boolean; userNamespaces: boolean } {
-    return { recursiveReadOnlyMounts: false, userNamespaces: false };
+    return { recursiveReadOnlyMounts: kernelHasMountSetattr(), userNamespaces: false };
   }
 
   runtimeFeatures(): { supplementalGroupsPolicy: boolean; userNamespacesHostNetwork: boolean } {
@@ -110,4 +111,10 @@ export class CriService {
   runtimeHandlers(): string[] {
     return [this.config.runtime.defaultHandler, ...this.config.runtime.handlers.filter((h) => h !== this.config.runtime.defaultHandler)];
   }
+}
+
+/** mount_setattr(2), which recursive read-only mounts need, arrived in Linux 5.12. */
+function kernelHasMountSetattr(): boolean {
+  const [major = 0, minor = 0] = os.release().split('.').map((n) => parseInt(n, 10));
+  return major > 5 || (major === 5 && minor >= 12);
 }

@@ -54,6 +54,19 @@ impl Record {
     }
 }
 
+/// struct mount_attr of mount_setattr(2).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+/// mount_setattr(2): apply to the whole mount tree (not in this libc release).
+const AT_RECURSIVE: c_int = 0x8000;
+
 /// keyctl(2) operation: join (here: create) a session keyring.
 const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
 
@@ -97,16 +110,17 @@ pub enum Stage {
     Exec,
     CloseFds,
     Keyring,
+    RecursiveReadonly,
 }
 
 impl Stage {
     pub fn from_u32(v: u32) -> Option<Stage> {
         use Stage::*;
-        const ALL: [Stage; 36] = [
+        const ALL: [Stage; 37] = [
             Signals, CgroupJoin, Setns, UnshareCgroup, Session, Stdio, RootPropagation, Overlay, RootfsOpen, MountTarget,
             Mount, Remount, MountPropagation, Device, Symlink, Cwd, Pivot, ReadonlyPath, MaskedPath, ReadonlyRoot,
             OomScoreAdj, Rlimit, NoNewPrivs, Seccomp, CapBounding, Groups, Setgid, Setuid, Capset, Ambient,
-            ParentDeath, Chdir, Gate, Exec, CloseFds, Keyring,
+            ParentDeath, Chdir, Gate, Exec, CloseFds, Keyring, RecursiveReadonly,
         ];
         ALL.iter().copied().find(|s| *s as u32 == v)
     }
@@ -422,12 +436,12 @@ unsafe fn rootfs(r: &RootfsPlan, io: &ChildIo) {
 
     for (i, op) in r.ops.iter().enumerate() {
         match op {
-            RootfsOp::Mount { target, create, source, fstype, flags, data, remount, propagation } => {
+            RootfsOp::Mount { target, create, source, fstype, flags, data, remount, propagation, recursive_readonly } => {
                 let fd = check!(io, Stage::MountTarget, i, resolve(root, target, Some(*create)));
                 let path = FdPath::new(fd);
                 check!(io, Stage::Mount, i, mount_raw(opt_ptr(source), path.as_ptr(), opt_ptr(fstype), *flags, opt_ptr(data)));
                 unsafe { libc::close(fd) };
-                if remount.is_some() || !propagation.is_empty() {
+                if remount.is_some() || !propagation.is_empty() || *recursive_readonly {
                     // The descriptor named the mountpoint underneath; reopen to reach the new mount.
                     let fd = check!(io, Stage::MountTarget, i, resolve(root, target, None));
                     let path = FdPath::new(fd);
@@ -437,6 +451,14 @@ unsafe fn rootfs(r: &RootfsPlan, io: &ChildIo) {
                     }
                     for p in propagation {
                         check!(io, Stage::MountPropagation, i, mount_raw(std::ptr::null(), path.as_ptr(), std::ptr::null(), *p, std::ptr::null()));
+                    }
+                    if *recursive_readonly {
+                        // Mounts under a bind source come along with rbind; ro on the top one
+                        // leaves them writable, so every one of them is made read-only.
+                        let attr = MountAttr { attr_set: MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: 0 };
+                        check!(io, Stage::RecursiveReadonly, i, unsafe {
+                            libc::syscall(libc::SYS_mount_setattr, fd, c"".as_ptr(), libc::AT_EMPTY_PATH | AT_RECURSIVE, &attr as *const MountAttr, std::mem::size_of::<MountAttr>())
+                        } as c_int);
                     }
                     unsafe { libc::close(fd) };
                 }
@@ -665,11 +687,11 @@ mod tests {
         let r = Record { kind: KIND_ERROR, stage: Stage::Mount as u32, index: 7, errno: libc::EPERM };
         assert_eq!(Record::from_bytes(&r.to_bytes()), r);
         assert_eq!(RECORD_SIZE, 16);
-        for v in 1..=36 {
+        for v in 1..=37 {
             assert_eq!(Stage::from_u32(v).map(|s| s as u32), Some(v));
         }
         assert_eq!(Stage::from_u32(0), None);
-        assert_eq!(Stage::from_u32(37), None);
+        assert_eq!(Stage::from_u32(38), None);
     }
 
     #[test]

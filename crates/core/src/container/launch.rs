@@ -123,6 +123,7 @@ pub fn describe_failure(process: &ProcessPlan, rootfs: Option<&RootfsPlan>, rec:
         Stage::Gate => "wait for start".to_owned(),
         Stage::CloseFds => "close descriptors".to_owned(),
         Stage::Keyring => "create a session keyring".to_owned(),
+        Stage::RecursiveReadonly => format!("{}: make read-only recursively", op()),
     };
     (kind, format!("{}: {}", step, errno_text(errno)))
 }

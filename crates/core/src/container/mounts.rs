@@ -11,6 +11,9 @@ pub struct MountOptions {
     pub propagation: Vec<c_ulong>,
     /// Filesystem-specific options ("mode=755,size=65536k").
     pub data: String,
+    /// `rro` (OCI runtime-spec 1.2): the mount and every mount below it read-only, by
+    /// mount_setattr(2) after the mount is made.
+    pub recursive_readonly: bool,
 }
 
 impl MountOptions {
@@ -86,6 +89,9 @@ pub fn parse_options(options: &[String]) -> MountOptions {
             }
         } else if let Some(p) = propagation_flag(opt) {
             out.propagation.push(p);
+        } else if opt == "rro" {
+            out.recursive_readonly = true;
+            out.flags |= libc::MS_RDONLY;
         } else {
             data.push(opt);
         }
@@ -133,6 +139,12 @@ mod tests {
         assert_eq!(o.remount_flags(), libc::MS_RDONLY | libc::MS_NOSUID);
         assert_eq!(o.propagation, vec![libc::MS_SLAVE | libc::MS_REC]);
         assert_eq!(o.data, "");
+
+        let o = parse_options(&opts(&["rbind", "rprivate", "ro", "rro"]));
+        assert!(o.recursive_readonly && o.is_bind());
+        assert_eq!(o.remount_flags(), libc::MS_RDONLY);
+        assert_eq!(o.data, "", "rro is not passed to the filesystem");
+        assert!(!parse_options(&opts(&["rbind", "ro"])).recursive_readonly);
 
         let o = parse_options(&opts(&["newinstance", "ptmxmode=0666", "mode=0620", "gid=5", "nosuid", "noexec"]));
         assert_eq!(o.flags, libc::MS_NOSUID | libc::MS_NOEXEC);

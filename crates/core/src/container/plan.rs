@@ -101,6 +101,8 @@ pub enum RootfsOp {
         /// Bind mounts get their other flags by a remount of the new mount.
         remount: Option<c_ulong>,
         propagation: Vec<c_ulong>,
+        /// Then made read-only with every mount below it (mount_setattr, AT_RECURSIVE).
+        recursive_readonly: bool,
     },
     /// Remounts an existing mount with these flags (MS_REMOUNT is added).
     Remount { target: RootPath, flags: c_ulong },
@@ -659,6 +661,7 @@ fn mount_op(m: &Mount, dest: &str, kind: &str, opts: MountOptions) -> Result<Roo
             flags: libc::MS_BIND | (opts.flags & libc::MS_REC),
             data: None,
             remount: (remount != 0).then_some(remount),
+            recursive_readonly: opts.recursive_readonly,
             propagation: opts.propagation,
         });
     }
@@ -676,6 +679,7 @@ fn mount_op(m: &Mount, dest: &str, kind: &str, opts: MountOptions) -> Result<Roo
         flags: opts.flags,
         data: (!opts.data.is_empty()).then(|| cstring(&opts.data)).transpose()?,
         remount: None,
+        recursive_readonly: opts.recursive_readonly,
         propagation: opts.propagation,
     })
 }
@@ -692,6 +696,7 @@ fn cgroup_mount(spec: &Spec, dest: &str, opts: &MountOptions, ops: &mut Vec<Root
     if cg.version == 2 {
         if spec.new_namespace("cgroup") {
             ops.push(RootfsOp::Mount {
+                recursive_readonly: false,
                 target: RootPath::new(dest)?,
                 create: Create::Dir,
                 source: Some(cstring("cgroup2")?),
@@ -703,6 +708,7 @@ fn cgroup_mount(spec: &Spec, dest: &str, opts: &MountOptions, ops: &mut Vec<Root
             });
         } else if let Some(dir) = cg.unique_dirs().first() {
             ops.push(RootfsOp::Mount {
+                recursive_readonly: false,
                 target: RootPath::new(dest)?,
                 create: Create::Dir,
                 source: Some(cstring(dir.as_os_str().as_bytes())?),
@@ -717,6 +723,7 @@ fn cgroup_mount(spec: &Spec, dest: &str, opts: &MountOptions, ops: &mut Vec<Root
     }
     let base = flags & !libc::MS_RDONLY;
     ops.push(RootfsOp::Mount {
+        recursive_readonly: false,
         target: RootPath::new(dest)?,
         create: Create::Dir,
         source: Some(cstring("tmpfs")?),
@@ -734,6 +741,7 @@ fn cgroup_mount(spec: &Spec, dest: &str, opts: &MountOptions, ops: &mut Vec<Root
         let hierarchy = hierarchy.to_string_lossy().into_owned();
         if !mounted.contains(&hierarchy) {
             ops.push(RootfsOp::Mount {
+                recursive_readonly: false,
                 target: RootPath::new(&format!("{}/{}", dest, hierarchy))?,
                 create: Create::Dir,
                 source: Some(cstring(dir.as_os_str().as_bytes())?),
