@@ -232,6 +232,55 @@ test('device cgroup: a container may create a node for a host block device but n
   t.deepEqual(logText((await waitExited(env, privileged)).logPath).trim().split('\n'), ['created', 'readable', 'null-usable']);
 });
 
+test('CDI createContainer hooks run in the container\'s mount namespace before pivot_root; a failing one fails the start', async (t) => {
+  const cdiDir = fs.mkdtempSync(path.join(os.tmpdir(), 'crisp-cdi-hooks-'));
+  t.teardown(() => fs.rmSync(cdiDir, { recursive: true, force: true }));
+  const hook = path.join(cdiDir, 'hook.sh');
+  // The bundle's rootfs directory shows the container's root only inside its mount namespace.
+  fs.writeFileSync(
+    hook,
+    [
+      '#!/bin/sh',
+      'state=$(cat)',
+      'bundle=$(echo "$state" | sed -n \'s/.*"bundle":"\\([^"]*\\)".*/\\1/p\')',
+      'id=$(echo "$state" | sed -n \'s/.*"id":"\\([^"]*\\)".*/\\1/p\')',
+      'echo "$id $HOOK_ENV $1" > "$bundle/rootfs/etc/hooked"',
+      '',
+    ].join('\n'),
+    { mode: 0o755 },
+  );
+  const failing = path.join(cdiDir, 'fail.sh');
+  fs.writeFileSync(failing, '#!/bin/sh\necho "no such accelerator" >&2\nexit 3\n', { mode: 0o755 });
+  fs.writeFileSync(
+    path.join(cdiDir, 'hooks.json'),
+    JSON.stringify({
+      cdiVersion: '0.6.0',
+      kind: 'crisp.test/acc',
+      devices: [
+        { name: 'ok', containerEdits: { hooks: [{ hookName: 'createContainer', path: hook, args: ['ldcache-hook', 'update'], env: ['PATH=/usr/bin:/bin', 'HOOK_ENV=from-env'] }] } },
+        { name: 'broken', containerEdits: { hooks: [{ hookName: 'createContainer', path: failing, timeout: 5 }] } },
+      ],
+    }),
+  );
+  const env = await setup(t, {}, `[cdi]\nspec_dirs = ${JSON.stringify([cdiDir])}\n`);
+  const id = await run(env, containerConfig(t, 'cat /etc/hooked', { CDIDevices: [{ name: 'crisp.test/acc=ok' }] }));
+  const st = await waitExited(env, id);
+  t.is(st.exitCode, 0, logText(st.logPath));
+  t.is(logText(st.logPath).trim(), `${id} from-env update`, 'the state on stdin, the hook\'s env and arguments');
+  t.false(fs.existsSync(path.join(env.d.state, 'containers', id, 'rootfs', 'etc', 'hooked')), 'nothing was written on the host side');
+
+  const { containerId } = await env.c.call('createContainer', {
+    podSandboxId: env.pod,
+    config: containerConfig(t, 'true', { CDIDevices: [{ name: 'crisp.test/acc=broken' }] }),
+    sandboxConfig: env.podConfig,
+  });
+  const err = (await t.throwsAsync(env.c.call('startContainer', { containerId }))) as grpc.ServiceError;
+  t.regex(err.details, /createContainer hook .*fail\.sh.*exit status: 3: no such accelerator/);
+  const failed = (await env.c.call('containerStatus', { containerId })).status!;
+  t.is(failed.state, ContainerState.CONTAINER_EXITED);
+  t.is(failed.reason, 'StartError');
+});
+
 test('recursive read-only mounts: mounts below the source are read-only too, unlike with plain readonly', async (t) => {
   const env = await setup(t);
   const host = fs.mkdtempSync(path.join(os.tmpdir(), 'crisp-rro-'));

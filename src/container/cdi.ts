@@ -41,8 +41,17 @@ export interface CdiEdits {
   deviceNodes: CdiDeviceNode[];
   mounts: CdiMount[];
   additionalGids: number[];
-  /** Edits crisp cannot carry out (OCI hooks, intelRdt, netDevices): requesting them fails. */
+  /** createContainer hooks, run in the container's namespaces before pivot_root. */
+  createContainerHooks: CdiHook[];
+  /** Edits crisp cannot carry out (other hook kinds, intelRdt, netDevices): requesting them fails. */
   unsupported: string[];
+}
+
+export interface CdiHook {
+  path: string;
+  args?: string[];
+  env?: string[];
+  timeout?: number;
 }
 
 interface ContainerEditsDoc {
@@ -121,10 +130,21 @@ function parseEdits(value: unknown, where: string): CdiEdits {
   if (value === undefined || value === null) return edits;
   if (!isObject(value)) throw bad('containerEdits is not an object');
   const doc = value as ContainerEditsDoc;
-  // Edits crisp cannot carry out: a device that needs them is refused rather than half-given.
-  if (Array.isArray(doc.hooks) && doc.hooks.length > 0) {
-    const names = doc.hooks.map((h) => (isObject(h) ? String(h.hookName ?? '?') : '?')).join(', ');
-    edits.unsupported.push(`${where}: OCI hooks (${names}) are not run by crisp`);
+  for (const h of list(doc.hooks, 'hooks', bad)) {
+    if (!isObject(h) || typeof h.path !== 'string' || !path.posix.isAbsolute(h.path)) throw bad('a hook needs an absolute path');
+    // Edits crisp cannot carry out: a device that needs them is refused rather than half-given.
+    if (h.hookName !== 'createContainer') {
+      edits.unsupported.push(`${where}: ${String(h.hookName)} hooks are not run by crisp (only createContainer)`);
+      continue;
+    }
+    const hook: CdiHook = { path: h.path };
+    if (h.args !== undefined) hook.args = list(h.args, 'hook args', bad).map((a) => str(a, 'hook args', bad));
+    if (h.env !== undefined) hook.env = list(h.env, 'hook env', bad).map((e) => str(e, 'hook env', bad));
+    if (h.timeout !== undefined) {
+      hook.timeout = int(h.timeout, 'hook timeout', bad);
+      if (hook.timeout === 0) throw bad('a hook timeout must be greater than zero');
+    }
+    edits.createContainerHooks.push(hook);
   }
   if (doc.intelRdt) edits.unsupported.push(`${where}: intelRdt edits are not supported by crisp`);
   if (Array.isArray(doc.netDevices) && doc.netDevices.length > 0) edits.unsupported.push(`${where}: netDevices edits are not supported by crisp`);
@@ -237,7 +257,7 @@ async function readSpecs(dir: string, kinds: ReadonlySet<string>): Promise<{ spe
 }
 
 function emptyEdits(): CdiEdits {
-  return { env: [], deviceNodes: [], mounts: [], additionalGids: [], unsupported: [] };
+  return { env: [], deviceNodes: [], mounts: [], additionalGids: [], createContainerHooks: [], unsupported: [] };
 }
 
 function merge(into: CdiEdits, edits: CdiEdits): void {
@@ -245,6 +265,7 @@ function merge(into: CdiEdits, edits: CdiEdits): void {
   into.deviceNodes.push(...edits.deviceNodes);
   into.mounts.push(...edits.mounts);
   for (const g of edits.additionalGids) if (!into.additionalGids.includes(g)) into.additionalGids.push(g);
+  into.createContainerHooks.push(...edits.createContainerHooks);
   into.unsupported.push(...edits.unsupported);
 }
 

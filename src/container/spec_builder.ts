@@ -563,6 +563,9 @@ async function applyCdiEdits(spec: OciSpec, edits: CdiEdits, privileged: boolean
     const bind = type === 'bind' || options.includes('bind') || options.includes('rbind');
     spec.mounts.push({ destination: m.containerPath, type, source: m.hostPath, options: bind && !options.includes('bind') && !options.includes('rbind') ? ['rbind', ...options] : options });
   }
+  if (edits.createContainerHooks.length > 0) {
+    spec.hooks = { createContainer: [...(spec.hooks?.createContainer ?? []), ...edits.createContainerHooks.map((h) => ({ ...h }))] };
+  }
   if (edits.additionalGids.length > 0) {
     const user = spec.process.user;
     user.additionalGids = [...new Set([...(user.additionalGids ?? []), ...edits.additionalGids])];

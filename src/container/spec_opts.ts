@@ -113,6 +113,16 @@ export interface OciSpec {
   annotations: Record<string, string>;
   crispRootfs: CrispRootfs;
   crispCgroup: CrispCgroup;
+  /** Only createContainer hooks are run (they come from CDI device specs). */
+  hooks?: { createContainer?: OciHook[] };
+}
+
+export interface OciHook {
+  path: string;
+  args?: string[];
+  env?: string[];
+  /** Seconds. */
+  timeout?: number;
 }
 
 export type SpecOpt = (spec: OciSpec) => void;

@@ -15,7 +15,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crisp_core::cgroup::CgroupPaths;
-use crisp_core::container::child::{ChildIo, Record, KIND_ERROR, KIND_READY, RECORD_SIZE};
+use crisp_core::container::child::{ChildIo, Record, KIND_ERROR, KIND_HOOKS, KIND_READY, RECORD_SIZE};
 use crisp_core::container::crilog::{self, LineSplitter, Stream};
 use crisp_core::container::launch::{self, FailureKind};
 use crisp_core::container::plan::{self, ContainerPlan, ProcessOverrides};
@@ -28,6 +28,7 @@ use crisp_core::monitor_proto::{
 use crisp_core::sys::{self, ExitStatus, EPOLLIN};
 
 use crate::base64;
+use crate::hooks;
 use crate::log;
 use crate::server::Server;
 use crate::streams::{self, Attached, Input, STREAM_PAUSE_BYTES};
@@ -99,6 +100,8 @@ pub struct Container {
     status: Option<(OwnedFd, u64)>,
     status_buf: Vec<u8>,
     gate: Option<OwnedFd>,
+    /// Write end of the gate the child waits at before pivot_root while createContainer hooks run.
+    hooks_gate: Option<OwnedFd>,
     waiter: Option<Waiter>,
     /// The create was answered when the process was forked (early reply): the daemon counts the
     /// container as created while it still sets itself up.
@@ -441,11 +444,14 @@ impl Server {
         let (status_r, status_w) = sys::pipe_cloexec()?;
         let (gate_r, gate_w) = sys::pipe_cloexec()?;
         sys::set_nonblocking(status_r.as_raw_fd())?;
-        let io = ChildIo { stdin, stdout, stderr, tty, status: status_w.as_raw_fd(), gate: gate_r.as_raw_fd() };
+        let hooks = if spec.hooks.create_container.is_empty() { None } else { Some(sys::pipe_cloexec()?) };
+        let hooks_gate_r = hooks.as_ref().map_or(-1, |(r, _)| r.as_raw_fd());
+        let io = ChildIo { stdin, stdout, stderr, tty, status: status_w.as_raw_fd(), gate: gate_r.as_raw_fd(), hooks_gate: hooks_gate_r };
         let pid = launch::spawn_container(&plan, &io)?;
         drop(child_ends);
         drop(status_w);
         drop(gate_r);
+        let hooks_gate = hooks.map(|(_, w)| w);
 
         let id = req.container_id.clone();
         let status_token = self.ctrs.token(FdRole::ContainerStatus(id.clone()));
@@ -475,6 +481,7 @@ impl Server {
                 status: Some((status_r, status_token)),
                 status_buf: Vec::new(),
                 gate: Some(gate_w),
+                hooks_gate,
                 waiter: Some(waiter),
                 acknowledged: false,
                 start_requested: false,
@@ -676,7 +683,7 @@ impl Server {
         }
         let (status_r, status_w) = sys::pipe_cloexec()?;
         sys::set_nonblocking(status_r.as_raw_fd())?;
-        let io = ChildIo { stdin, stdout, stderr, tty: wiring.tty, status: status_w.as_raw_fd(), gate: -1 };
+        let io = ChildIo { stdin, stdout, stderr, tty: wiring.tty, status: status_w.as_raw_fd(), gate: -1, hooks_gate: -1 };
         let pid = launch::spawn_exec(&plan, &io)?;
         drop(child_ends);
         drop(status_w);
@@ -804,6 +811,13 @@ impl Server {
         for rec in records {
             match rec.kind {
                 KIND_READY => self.container_ready(id),
+                KIND_HOOKS => {
+                    if let Err(message) = self.run_create_hooks(id) {
+                        self.container_hooks_failed(id, message);
+                        self.close_container_status(id);
+                        return;
+                    }
+                }
                 KIND_ERROR => {
                     self.container_setup_failed(id, &rec);
                     self.close_container_status(id);
@@ -863,6 +877,36 @@ impl Server {
         }
         if let Some(w) = waiter {
             self.reply(w, Response::ok(w.1, Reply::Create(CreateReply { pid })));
+        }
+    }
+
+    /// Runs the container's createContainer hooks in order, then lets its set-up go on. Runs
+    /// them to completion here: only this pod's containers wait meanwhile, and a hook's time is
+    /// bounded.
+    fn run_create_hooks(&mut self, id: &str) -> Result<(), String> {
+        let Some(c) = self.ctrs.containers.get_mut(id) else { return Ok(()) };
+        let Some(spec) = c.spec.as_ref() else { return Ok(()) };
+        let state = hooks::state_json(id, c.pid, &c.bundle, &spec.annotations);
+        for hook in &spec.hooks.create_container {
+            hooks::run_in_container(hook, &state, c.pid, &c.bundle)?;
+        }
+        if let Some(gate) = c.hooks_gate.take() {
+            sys::write_all_fd(gate.as_raw_fd(), b"h").map_err(|e| format!("resume set-up after hooks: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// A createContainer hook failed: the process is killed and the failure reported as a
+    /// set-up failure.
+    fn container_hooks_failed(&mut self, id: &str, message: String) {
+        let Some(c) = self.ctrs.containers.get_mut(id) else { return };
+        log!(Warn, "container {}: {}", id, message);
+        c.hooks_gate = None;
+        let _ = sys::kill(c.pid, libc::SIGKILL);
+        if c.acknowledged {
+            self.fail_acknowledged_create(id, ErrorCode::Internal, message);
+        } else {
+            self.abandon_create(id, ErrorCode::Internal, message);
         }
     }
 

@@ -7,6 +7,7 @@
 
 mod base64;
 mod containers;
+mod hooks;
 mod init;
 mod log;
 mod server;

@@ -32,6 +32,8 @@ pub struct Record {
 pub const RECORD_SIZE: usize = std::mem::size_of::<Record>();
 pub const KIND_READY: u32 = 1;
 pub const KIND_ERROR: u32 = 2;
+/// The root filesystem is assembled, before pivot_root: createContainer hooks may run now.
+pub const KIND_HOOKS: u32 = 3;
 
 impl Record {
     pub fn to_bytes(self) -> [u8; RECORD_SIZE] {
@@ -137,6 +139,9 @@ pub struct ChildIo {
     pub status: RawFd,
     /// Read end of the start gate, or -1 to exec right away.
     pub gate: RawFd,
+    /// Read end of the hooks gate: with one, the child reports KIND_HOOKS once its mounts are
+    /// made and waits for a byte before pivot_root. -1 for none.
+    pub hooks_gate: RawFd,
 }
 
 fn errno() -> i32 {
@@ -513,6 +518,13 @@ unsafe fn rootfs(r: &RootfsPlan, io: &ChildIo) {
         unsafe { libc::close(fd) };
     }
 
+    if io.hooks_gate >= 0 {
+        // createContainer hooks run now, in this mount namespace, where the bundle's rootfs
+        // directory shows the assembled root (it is an empty directory on the host).
+        write_record(io.status, Record { kind: KIND_HOOKS, ..Default::default() });
+        unsafe { wait_gate(io.hooks_gate) };
+    }
+
     // pivot_root(".", ".") stacks the old root on top of the new one; detaching it leaves the
     // container with no reference to the host's mounts. The old root is made a slave first so
     // the detach cannot propagate anywhere.
@@ -561,6 +573,23 @@ unsafe fn rootfs(r: &RootfsPlan, io: &ChildIo) {
         let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | keep;
         check!(io, Stage::ReadonlyRoot, 0, mount_raw(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), flags, std::ptr::null()));
     }
+}
+
+/// Waits for one byte on `gate` and closes it. A gate closed unopened means the container is
+/// being torn down (or the monitor died before the death signal was armed).
+unsafe fn wait_gate(gate: RawFd) {
+    let mut b = [0u8; 1];
+    loop {
+        let n = unsafe { libc::read(gate, b.as_mut_ptr().cast(), 1) };
+        if n == 1 {
+            break;
+        }
+        if n < 0 && errno() == libc::EINTR {
+            continue;
+        }
+        unsafe { libc::_exit(ABANDONED_EXIT) }
+    }
+    unsafe { libc::close(gate) };
 }
 
 /// Limits, privileges, identity, then the gate and execve.
@@ -618,20 +647,7 @@ unsafe fn finish(p: &ProcessPlan, io: &ChildIo) -> ! {
 
     if io.gate >= 0 {
         write_record(io.status, Record { kind: KIND_READY, ..Default::default() });
-        let mut b = [0u8; 1];
-        loop {
-            let n = unsafe { libc::read(io.gate, b.as_mut_ptr().cast(), 1) };
-            if n == 1 {
-                break;
-            }
-            if n < 0 && errno() == libc::EINTR {
-                continue;
-            }
-            // The gate closed unopened: the container is being torn down (or the monitor died
-            // before the death signal was armed).
-            unsafe { libc::_exit(ABANDONED_EXIT) }
-        }
-        unsafe { libc::close(io.gate) };
+        unsafe { wait_gate(io.gate) };
     }
 
     if let (Some(s), true) = (&p.seccomp, p.no_new_privs) {

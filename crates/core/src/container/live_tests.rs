@@ -95,6 +95,7 @@ fn launch(fx: &Fixture, spec: &Spec) -> (Option<Record>, Option<Record>, String,
         tty: false,
         status: status_w.as_raw_fd(),
         gate: gate_r.as_raw_fd(),
+        hooks_gate: -1,
     };
     let pid = spawn_container(&plan, &io).unwrap();
     drop((out_w, status_w, gate_r));

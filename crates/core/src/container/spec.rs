@@ -30,6 +30,41 @@ pub struct Spec {
     pub crisp_rootfs: Option<CrispRootfs>,
     #[serde(default)]
     pub crisp_cgroup: Option<CgroupPaths>,
+    #[serde(default)]
+    pub hooks: Hooks,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// OCI lifecycle hooks. Only createContainer hooks are run (CDI device specs use them); a spec
+/// with any other kind is refused by [`Spec::validate`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Hooks {
+    #[serde(default)]
+    pub create_container: Vec<Hook>,
+    #[serde(default)]
+    pub prestart: Vec<Hook>,
+    #[serde(default)]
+    pub create_runtime: Vec<Hook>,
+    #[serde(default)]
+    pub start_container: Vec<Hook>,
+    #[serde(default)]
+    pub poststart: Vec<Hook>,
+    #[serde(default)]
+    pub poststop: Vec<Hook>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hook {
+    pub path: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Seconds; absent means the runtime's own bound.
+    #[serde(default)]
+    pub timeout: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -248,6 +283,20 @@ impl Spec {
 
     /// Rejects what the launcher cannot honour.
     pub fn validate(&self) -> Result<(), String> {
+        let h = &self.hooks;
+        for (kind, list) in [("prestart", &h.prestart), ("createRuntime", &h.create_runtime), ("startContainer", &h.start_container), ("poststart", &h.poststart), ("poststop", &h.poststop)] {
+            if !list.is_empty() {
+                return Err(format!("{kind} hooks are not supported (only createContainer hooks are run)"));
+            }
+        }
+        for hook in &h.create_container {
+            if !hook.path.starts_with('/') {
+                return Err(format!("hook path {:?} is not absolute", hook.path));
+            }
+            if hook.timeout == Some(0) {
+                return Err(format!("hook {} has a zero timeout", hook.path));
+            }
+        }
         if self.process.args.is_empty() || self.process.args[0].is_empty() {
             return Err("process.args must name the program to run".into());
         }
@@ -355,6 +404,23 @@ impl Spec {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn only_create_container_hooks_with_absolute_paths_pass_validation() {
+        let with_hooks = |hooks: serde_json::Value| {
+            let v = serde_json::json!({
+                "process": {"args": ["true"], "cwd": "/"},
+                "crispRootfs": {"lowerDirs": ["/l"], "upperDir": "/u", "workDir": "/w"},
+                "hooks": hooks
+            });
+            serde_json::from_value::<Spec>(v).unwrap().validate()
+        };
+        let ok = with_hooks(serde_json::json!({"createContainer": [{"path": "/usr/bin/hook", "args": ["hook"], "timeout": 5}]}));
+        assert!(ok.is_ok(), "{ok:?}");
+        assert!(with_hooks(serde_json::json!({"createContainer": [{"path": "hook"}]})).unwrap_err().contains("not absolute"));
+        assert!(with_hooks(serde_json::json!({"createContainer": [{"path": "/h", "timeout": 0}]})).unwrap_err().contains("zero timeout"));
+        assert!(with_hooks(serde_json::json!({"poststart": [{"path": "/h"}]})).unwrap_err().contains("poststart hooks are not supported"));
+    }
     use super::*;
     use serde_json::json;
 

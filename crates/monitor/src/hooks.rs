@@ -1,0 +1,162 @@
+//! OCI createContainer hooks (CDI device specs bring them): run by the monitor inside the
+//! container's namespaces while the container's set-up waits before pivot_root, so a hook sees
+//! the assembled root under `<bundle>/rootfs`, as with runc.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crisp_core::container::spec::Hook;
+use crisp_core::sys;
+
+/// For a hook without a timeout of its own: kubelet gives up on a container start after two
+/// minutes, and the pod's other containers wait while a hook runs.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How much of a failed hook's output goes into the error.
+const OUTPUT_LIMIT: u64 = 2048;
+/// The namespaces a hook joins: those the container has before its process execs.
+const NAMESPACES: [(&str, libc::c_int); 4] = [("ipc", libc::CLONE_NEWIPC), ("uts", libc::CLONE_NEWUTS), ("net", libc::CLONE_NEWNET), ("mnt", libc::CLONE_NEWNS)];
+
+/// The OCI state a hook reads on stdin.
+pub fn state_json(id: &str, pid: libc::pid_t, bundle: &Path, annotations: &BTreeMap<String, String>) -> String {
+    serde_json::json!({
+        "ociVersion": "1.2.0",
+        "id": id,
+        "status": "creating",
+        "pid": pid,
+        "bundle": bundle.to_string_lossy(),
+        "annotations": annotations,
+    })
+    .to_string()
+}
+
+/// Runs `hook` in the namespaces of process `pid` with `state` on its stdin; waits for it, at
+/// most its timeout. Its output is kept in `<bundle>/hook.log` and quoted when it fails.
+pub fn run_in_container(hook: &Hook, state: &str, pid: libc::pid_t, bundle: &Path) -> Result<(), String> {
+    let fail = |what: String| format!("createContainer hook {}: {}", hook.path, what);
+    // Opened here: between fork and exec the child only calls setns.
+    let mut namespaces: Vec<(OwnedFd, libc::c_int)> = Vec::new();
+    for (name, flag) in NAMESPACES {
+        let file = File::open(format!("/proc/{pid}/ns/{name}")).map_err(|e| fail(format!("open the container's {name} namespace: {e}")))?;
+        namespaces.push((OwnedFd::from(file), flag));
+    }
+    let (stdin_r, stdin_w) = sys::pipe_cloexec().map_err(|e| fail(format!("pipe: {e}")))?;
+    // The state is far smaller than a pipe's buffer: written whole before the hook starts.
+    sys::write_all_fd(stdin_w.as_raw_fd(), state.as_bytes()).map_err(|e| fail(format!("write the state: {e}")))?;
+    drop(stdin_w);
+    let log_path = bundle.join("hook.log");
+    let mut log = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&log_path).map_err(|e| fail(format!("{}: {e}", log_path.display())))?;
+    let out = log.try_clone().map_err(|e| fail(e.to_string()))?;
+    let err = log.try_clone().map_err(|e| fail(e.to_string()))?;
+
+    let mut cmd = Command::new(&hook.path);
+    if let Some((arg0, rest)) = hook.args.split_first() {
+        cmd.arg0(arg0).args(rest);
+    }
+    cmd.env_clear();
+    for entry in &hook.env {
+        if let Some((k, v)) = entry.split_once('=') {
+            cmd.env(k, v);
+        }
+    }
+    cmd.stdin(Stdio::from(stdin_r)).stdout(Stdio::from(out)).stderr(Stdio::from(err));
+    let fds: Vec<(libc::c_int, libc::c_int)> = namespaces.iter().map(|(f, flag)| (f.as_raw_fd(), *flag)).collect();
+    // SAFETY: the closure runs in the forked child and only makes async-signal-safe calls.
+    unsafe {
+        cmd.pre_exec(move || {
+            // A fresh process's signals: the monitor blocks the ones it reads through a signalfd
+            // and ignores SIGPIPE, which execve would pass on.
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            for &(fd, flag) in &fds {
+                if libc::setns(fd, flag) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| fail(e.to_string()))?;
+    drop(namespaces);
+    let timeout = hook.timeout.map_or(DEFAULT_TIMEOUT, Duration::from_secs);
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(fail(format!("did not finish within {} s", timeout.as_secs())));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(2)),
+            Err(e) => return Err(fail(format!("wait: {e}"))),
+        }
+    };
+    if status.success() {
+        return Ok(());
+    }
+    let mut output = String::new();
+    let len = log.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = log.seek(SeekFrom::Start(len.saturating_sub(OUTPUT_LIMIT)));
+    let _ = log.take(OUTPUT_LIMIT).read_to_string(&mut output);
+    let output = output.trim();
+    Err(fail(if output.is_empty() { status.to_string() } else { format!("{status}: {output}") }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundle(tag: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("crisp-hooks-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn is_root() -> bool {
+        unsafe { libc::geteuid() == 0 }
+    }
+
+    #[test]
+    fn a_hook_reads_the_state_and_a_slow_one_is_stopped_at_its_timeout() {
+        // Joining namespaces needs root; the monitor's own namespaces stand in for a container's.
+        if !is_root() {
+            return;
+        }
+        let dir = bundle("run");
+        let pid = std::process::id() as libc::pid_t;
+        let state = state_json("c1", pid, &dir, &BTreeMap::from([("a".to_string(), "b".to_string())]));
+        let copy = Hook {
+            path: "/bin/sh".into(),
+            args: vec!["sh".into(), "-c".into(), "cat > \"$OUT\"".into()],
+            env: vec![format!("OUT={}", dir.join("state").display())],
+            timeout: Some(5),
+        };
+        run_in_container(&copy, &state, pid, &dir).unwrap();
+        let got: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("state")).unwrap()).unwrap();
+        assert_eq!(got["id"], "c1");
+        assert_eq!(got["status"], "creating");
+        assert_eq!(got["pid"], pid);
+        assert_eq!(got["annotations"]["a"], "b");
+
+        let slow = Hook { path: "/bin/sleep".into(), args: vec!["sleep".into(), "30".into()], env: vec![], timeout: Some(1) };
+        let started = Instant::now();
+        let err = run_in_container(&slow, &state, pid, &dir).unwrap_err();
+        assert!(err.contains("did not finish within 1 s"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+
+        let failing = Hook { path: "/bin/sh".into(), args: vec!["sh".into(), "-c".into(), "echo broken >&2; exit 4".into()], env: vec![], timeout: None };
+        let err = run_in_container(&failing, &state, pid, &dir).unwrap_err();
+        assert!(err.ends_with("exit status: 4: broken"), "{err}");
+        assert!(run_in_container(&Hook { path: "/nonexistent/hook".into(), ..Hook::default() }, &state, pid, &dir).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
