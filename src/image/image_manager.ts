@@ -176,6 +176,11 @@ export class ImageManager {
    * Finds an image as kubelet names it: by id (or unique id prefix), by tag (normalised, so
    * `busybox` finds `docker.io/library/busybox:latest`), or by repo digest.
    */
+  /** The unpacked layer directories of `image`, topmost first (overlay lowerdir order). */
+  layerDirs(image: ImageRecord): string[] {
+    return [...image.chainIds].reverse().map((c) => this.snapshots.fsPath(c));
+  }
+
   find(name: string): ImageRecord | undefined {
     if (!name) return undefined;
     if (isImageId(name)) return this.images.find(normalizeImageId(name));

@@ -87,7 +87,7 @@ async function doCreate(svc: CriService, sandbox: Sandbox, config: ContainerConf
   cleanup.push('container record', () => svc.containers.delete(container));
   try {
     cleanup.push('cgroup', () => svc.pods.removeCgroup(container.record.cgroupPath));
-    const lowerDirs = [...image.chainIds].reverse().map((c) => svc.images.snapshots.fsPath(c));
+    const lowerDirs = svc.images.layerDirs(image);
     // The cgroup, the spec and the directories are independent: all three at once, and all
     // settle before anything is undone.
     const [cgroup, built, dirs] = await Promise.allSettled([
@@ -178,7 +178,7 @@ async function resolveImageVolumes(svc: CriService, config: ContainerConfig): Pr
     const subPath = imageSubPath(m);
     const image = svc.images.find(ref);
     if (!image) throw notFound(`image "${ref}" of the volume at "${m.containerPath}" not found: pull it first`);
-    const lowerDirs = [...image.chainIds].reverse().map((c) => svc.images.snapshots.fsPath(c));
+    const lowerDirs = svc.images.layerDirs(image);
     const entry = await svc.native.imageEntry(lowerDirs, subPath);
     if (entry.kind === 'dir') sources.set(imageVolumeKey(m), { kind: 'dir', layers: entry.layers });
     else if (entry.kind === 'file') sources.set(imageVolumeKey(m), { kind: 'file', path: entry.path });

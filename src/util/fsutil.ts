@@ -14,6 +14,7 @@ export interface WriteOptions {
 /**
  * Replaces `file` with `data` so that a crash at any point leaves either the old or the new content:
  * write a temp file in the same directory, fsync it, rename over the target, fsync the directory.
+ * Under a memory-backed root (`useMemoryBackedRoot`) the same steps run in place, without fsync.
  */
 export async function writeFileAtomic(file: string, data: string | Uint8Array, mode = 0o600, options: WriteOptions = {}): Promise<void> {
   if (inMemoryBackedRoot(file)) {
@@ -69,7 +70,7 @@ export function useMemoryBackedRoot(dir: string): boolean {
   return true;
 }
 
-/** Forgets every root `useMemoryBackedRoot` recorded (daemon shutdown, tests). */
+/** Forgets every root `useMemoryBackedRoot` recorded (for tests). */
 export function clearMemoryBackedRoots(): void {
   memoryBackedRoots.length = 0;
 }
