@@ -128,6 +128,16 @@ test('users, groups and supplemental groups', async (t) => {
     env.c.call('createContainer', { podSandboxId: env.pod, config: containerConfig(t, 'id', { linux: { securityContext: { runAsGroup: { value: 1n } } } }) }),
   )) as grpc.ServiceError;
   t.is(err.code, grpc.status.INVALID_ARGUMENT);
+
+  // Strict: the image's /etc/group adds nothing; kubelet admits such pods only on runtimes saying so.
+  t.true((await env.c.call('status', {})).features?.supplementalGroupsPolicy);
+  const strict = await run(env, {
+    ...containerConfig(t, 'id', { linux: { securityContext: { supplementalGroups: [5000n], supplementalGroupsPolicy: 1 } } }),
+    image: { image: t.context.userImage.reference },
+  });
+  const st3 = await waitExited(env, strict);
+  t.regex(logText(st3.logPath), /^uid=1000\(test\) gid=1000\(test\) groups=1000\(test\),5000\n?$/);
+  t.deepEqual(st3.user?.linux?.supplementalGroups, [1000n, 5000n]);
 });
 
 test('image volumes: the image as the container root would show it, read-only; a sub directory or file; errors', async (t) => {

@@ -104,7 +104,9 @@ export class CriService {
   }
 
   runtimeFeatures(): { supplementalGroupsPolicy: boolean; userNamespacesHostNetwork: boolean } {
-    return { supplementalGroupsPolicy: false, userNamespacesHostNetwork: false };
+    // Strict (only the requested groups) and Merge (plus the image's /etc/group) are both
+    // honoured; kubelet refuses Strict pods on a runtime that does not say so.
+    return { supplementalGroupsPolicy: true, userNamespacesHostNetwork: false };
   }
 
   /** Handler names accepted in runtime_handler, the default first. */
