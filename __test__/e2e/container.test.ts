@@ -242,7 +242,7 @@ test('device cgroup: a container may create a node for a host block device but n
   t.deepEqual(logText((await waitExited(env, privileged)).logPath).trim().split('\n'), ['created', 'readable', 'null-usable']);
 });
 
-test('CDI createContainer hooks run in the container\'s mount namespace before pivot_root; a failing one fails the start', async (t) => {
+test('CDI hooks: createContainer in the container\'s mount namespace before pivot_root, the others where OCI says; a failing one fails the start', async (t) => {
   const cdiDir = fs.mkdtempSync(path.join(os.tmpdir(), 'crisp-cdi-hooks-'));
   t.teardown(() => fs.rmSync(cdiDir, { recursive: true, force: true }));
   const hook = path.join(cdiDir, 'hook.sh');
@@ -269,6 +269,22 @@ test('CDI createContainer hooks run in the container\'s mount namespace before p
       devices: [
         { name: 'ok', containerEdits: { hooks: [{ hookName: 'createContainer', path: hook, args: ['ldcache-hook', 'update'], env: ['PATH=/usr/bin:/bin', 'HOOK_ENV=from-env'] }] } },
         { name: 'broken', containerEdits: { hooks: [{ hookName: 'createContainer', path: failing, timeout: 5 }] } },
+        {
+          name: 'lifecycle',
+          containerEdits: {
+            hooks: [
+              // Runtime namespaces: host paths; the state says where in the life cycle it runs.
+              ...['createRuntime', 'poststart', 'poststop'].map((hookName) => ({
+                hookName,
+                path: '/bin/sh',
+                args: ['sh', '-c', `grep -o '"status":"[a-z]*"' > ${cdiDir}/${hookName}`],
+              })),
+              // The container's namespaces after pivot_root: the path is the container's own sh.
+              { hookName: 'startContainer', path: '/bin/sh', args: ['sh', '-c', 'echo from-start-hook > /tmp/start-hook'] },
+            ],
+          },
+        },
+        { name: 'start-fails', containerEdits: { hooks: [{ hookName: 'startContainer', path: '/bin/sh', args: ['sh', '-c', 'echo refused >&2; exit 5'] }] } },
       ],
     }),
   );
@@ -278,6 +294,15 @@ test('CDI createContainer hooks run in the container\'s mount namespace before p
   t.is(st.exitCode, 0, logText(st.logPath));
   t.is(logText(st.logPath).trim(), `${id} from-env update`, 'the state on stdin, the hook\'s env and arguments');
   t.false(fs.existsSync(path.join(env.d.state, 'containers', id, 'rootfs', 'etc', 'hooked')), 'nothing was written on the host side');
+
+  const cycle = await run(env, containerConfig(t, 'cat /tmp/start-hook', { CDIDevices: [{ name: 'crisp.test/acc=lifecycle' }] }));
+  const cycleStatus = await waitExited(env, cycle);
+  t.is(logText(cycleStatus.logPath).trim(), 'from-start-hook');
+  const hookFile = (kind: string) => path.join(cdiDir, kind);
+  for (let i = 0; i < 100 && !fs.existsSync(hookFile('poststop')); i++) await new Promise((r) => setTimeout(r, 50));
+  t.is(fs.readFileSync(hookFile('createRuntime'), 'utf8').trim(), '"status":"creating"');
+  t.is(fs.readFileSync(hookFile('poststart'), 'utf8').trim(), '"status":"running"');
+  t.is(fs.readFileSync(hookFile('poststop'), 'utf8').trim(), '"status":"stopped"');
 
   const { containerId } = await env.c.call('createContainer', {
     podSandboxId: env.pod,
@@ -289,6 +314,17 @@ test('CDI createContainer hooks run in the container\'s mount namespace before p
   const failed = (await env.c.call('containerStatus', { containerId })).status!;
   t.is(failed.state, ContainerState.CONTAINER_EXITED);
   t.is(failed.reason, 'StartError');
+
+  const refused = await env.c.call('createContainer', {
+    podSandboxId: env.pod,
+    config: containerConfig(t, 'echo must not run', { CDIDevices: [{ name: 'crisp.test/acc=start-fails' }] }),
+    sandboxConfig: env.podConfig,
+  });
+  const startErr = (await t.throwsAsync(env.c.call('startContainer', { containerId: refused.containerId }))) as grpc.ServiceError;
+  t.regex(startErr.details, /startContainer hook \/bin\/sh: exit status: 5: refused/);
+  const notRun = await waitExited(env, refused.containerId);
+  t.is(notRun.reason, 'StartError');
+  t.is(logText(notRun.logPath), '', 'the process never ran');
 });
 
 test('recursive read-only mounts: mounts below the source are read-only too, unlike with plain readonly', async (t) => {

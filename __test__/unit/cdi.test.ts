@@ -79,7 +79,7 @@ test('a later directory overrides a device; the same device twice in one directo
   await t.throwsAsync(new CdiRegistry([etc!, run!]).resolve(['example.com/nic=n0']), { message: /declared by both .*a\.json and .*b\.json/ });
 });
 
-test('unknown devices are NotFound and name unreadable specs; createContainer hooks are kept, others refused; missing directories are empty', async (t) => {
+test('unknown devices are NotFound and name unreadable specs; OCI hooks are kept, unknown kinds refused; missing directories are empty', async (t) => {
   const [etc] = specDirs(t, 1);
   fs.writeFileSync(path.join(etc!, 'broken.json'), '{ not json');
   fs.writeFileSync(
@@ -91,6 +91,7 @@ test('unknown devices are NotFound and name unreadable specs; createContainer ho
         { name: 'plain', containerEdits: { env: ['A=1'] } },
         { name: 'hooked', containerEdits: { hooks: [{ hookName: 'createContainer', path: '/usr/bin/true', args: ['true', '-x'], timeout: 3 }] } },
         { name: 'poststart', containerEdits: { hooks: [{ hookName: 'poststart', path: '/usr/bin/true' }] } },
+        { name: 'odd', containerEdits: { hooks: [{ hookName: 'prestart', path: '/usr/bin/true' }] } },
       ],
     }),
   );
@@ -99,11 +100,14 @@ test('unknown devices are NotFound and name unreadable specs; createContainer ho
   t.is(unknown.code, 'NotFound');
   t.regex(unknown.message, /example\.com\/acc=nope.*unreadable: .*broken\.json: not valid JSON/);
   t.deepEqual((await registry.resolve(['example.com/acc=plain'])).env, ['A=1']);
-  t.deepEqual((await registry.resolve(['example.com/acc=hooked'])).createContainerHooks, [{ path: '/usr/bin/true', args: ['true', '-x'], timeout: 3 }]);
-  const poststart = (await t.throwsAsync(registry.resolve(['example.com/acc=poststart']))) as CrispError;
-  t.is(poststart.code, 'Unimplemented', 'a device whose spec needs other hooks is refused, not half-given');
-  t.regex(poststart.message, /poststart hooks are not run by crisp/);
-  t.deepEqual(await registry.resolve([]), { env: [], deviceNodes: [], mounts: [], additionalGids: [], createContainerHooks: [], unsupported: [] });
+  t.deepEqual((await registry.resolve(['example.com/acc=hooked', 'example.com/acc=poststart'])).hooks, {
+    createContainer: [{ path: '/usr/bin/true', args: ['true', '-x'], timeout: 3 }],
+    poststart: [{ path: '/usr/bin/true' }],
+  });
+  const odd = (await t.throwsAsync(registry.resolve(['example.com/acc=odd']))) as CrispError;
+  t.is(odd.code, 'Unimplemented', 'a device whose spec needs something crisp does not do is refused, not half-given');
+  t.regex(odd.message, /hook kind "prestart" is not an OCI hook crisp runs/);
+  t.deepEqual(await registry.resolve([]), { env: [], deviceNodes: [], mounts: [], additionalGids: [], hooks: {}, unsupported: [] });
 });
 
 test('spec validation names the file and the problem', (t) => {

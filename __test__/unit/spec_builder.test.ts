@@ -574,7 +574,7 @@ test('CDI edits: environment replaces, nodes take numbers from the host unless g
       { hostPath: '/opt/gpu/bin', containerPath: '/opt/gpu/bin' },
     ],
     additionalGids: [44],
-    createContainerHooks: [{ path: '/usr/bin/gpu-hook', args: ['gpu-hook', 'update-ldcache'], timeout: 5 }],
+    hooks: { createContainer: [{ path: '/usr/bin/gpu-hook', args: ['gpu-hook', 'update-ldcache'], timeout: 5 }], poststop: [{ path: '/usr/bin/gpu-cleanup' }] },
     unsupported: [],
   };
   const inp = input(
@@ -597,7 +597,7 @@ test('CDI edits: environment replaces, nodes take numbers from the host unless g
   t.deepEqual(byDest['/usr/lib/gpu'], { destination: '/usr/lib/gpu', type: 'bind', source: '/usr/lib/gpu', options: ['ro', 'nosuid', 'bind'] });
   t.deepEqual(byDest['/opt/gpu/bin']!.options, ['rbind']);
   t.true(spec.process.user.additionalGids!.includes(44));
-  t.deepEqual(spec.hooks, { createContainer: [{ path: '/usr/bin/gpu-hook', args: ['gpu-hook', 'update-ldcache'], timeout: 5 }] });
+  t.deepEqual(spec.hooks, { createContainer: [{ path: '/usr/bin/gpu-hook', args: ['gpu-hook', 'update-ldcache'], timeout: 5 }], poststop: [{ path: '/usr/bin/gpu-cleanup' }] });
 
   const missing = input({ cdi: { ...cdi, deviceNodes: [{ path: '/dev/nope' }] } });
   t.true(isCrispError(await t.throwsAsync(buildSpec(missing)), 'InvalidArgument'));

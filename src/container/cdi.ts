@@ -41,11 +41,15 @@ export interface CdiEdits {
   deviceNodes: CdiDeviceNode[];
   mounts: CdiMount[];
   additionalGids: number[];
-  /** createContainer hooks, run in the container's namespaces before pivot_root. */
-  createContainerHooks: CdiHook[];
-  /** Edits crisp cannot carry out (other hook kinds, intelRdt, netDevices): requesting them fails. */
+  /** OCI hooks by kind (createRuntime, createContainer, startContainer, poststart, poststop). */
+  hooks: Partial<Record<CdiHookKind, CdiHook[]>>;
+  /** Edits crisp cannot carry out (intelRdt, netDevices, unknown hook kinds): requesting them fails. */
   unsupported: string[];
 }
+
+/** The OCI hook kinds a CDI spec may name. */
+export const CDI_HOOK_KINDS = ['createRuntime', 'createContainer', 'startContainer', 'poststart', 'poststop'] as const;
+export type CdiHookKind = (typeof CDI_HOOK_KINDS)[number];
 
 export interface CdiHook {
   path: string;
@@ -132,9 +136,10 @@ function parseEdits(value: unknown, where: string): CdiEdits {
   const doc = value as ContainerEditsDoc;
   for (const h of list(doc.hooks, 'hooks', bad)) {
     if (!isObject(h) || typeof h.path !== 'string' || !path.posix.isAbsolute(h.path)) throw bad('a hook needs an absolute path');
-    // Edits crisp cannot carry out: a device that needs them is refused rather than half-given.
-    if (h.hookName !== 'createContainer') {
-      edits.unsupported.push(`${where}: ${String(h.hookName)} hooks are not run by crisp (only createContainer)`);
+    const kind = CDI_HOOK_KINDS.find((k) => k === h.hookName);
+    if (!kind) {
+      // Edits crisp cannot carry out: a device that needs them is refused rather than half-given.
+      edits.unsupported.push(`${where}: hook kind ${JSON.stringify(h.hookName)} is not an OCI hook crisp runs`);
       continue;
     }
     const hook: CdiHook = { path: h.path };
@@ -144,7 +149,7 @@ function parseEdits(value: unknown, where: string): CdiEdits {
       hook.timeout = int(h.timeout, 'hook timeout', bad);
       if (hook.timeout === 0) throw bad('a hook timeout must be greater than zero');
     }
-    edits.createContainerHooks.push(hook);
+    (edits.hooks[kind] ??= []).push(hook);
   }
   if (doc.intelRdt) edits.unsupported.push(`${where}: intelRdt edits are not supported by crisp`);
   if (Array.isArray(doc.netDevices) && doc.netDevices.length > 0) edits.unsupported.push(`${where}: netDevices edits are not supported by crisp`);
@@ -257,7 +262,7 @@ async function readSpecs(dir: string, kinds: ReadonlySet<string>): Promise<{ spe
 }
 
 function emptyEdits(): CdiEdits {
-  return { env: [], deviceNodes: [], mounts: [], additionalGids: [], createContainerHooks: [], unsupported: [] };
+  return { env: [], deviceNodes: [], mounts: [], additionalGids: [], hooks: {}, unsupported: [] };
 }
 
 function merge(into: CdiEdits, edits: CdiEdits): void {
@@ -265,7 +270,7 @@ function merge(into: CdiEdits, edits: CdiEdits): void {
   into.deviceNodes.push(...edits.deviceNodes);
   into.mounts.push(...edits.mounts);
   for (const g of edits.additionalGids) if (!into.additionalGids.includes(g)) into.additionalGids.push(g);
-  into.createContainerHooks.push(...edits.createContainerHooks);
+  for (const kind of CDI_HOOK_KINDS) if (edits.hooks[kind]) (into.hooks[kind] ??= []).push(...edits.hooks[kind]!);
   into.unsupported.push(...edits.unsupported);
 }
 

@@ -19,7 +19,7 @@ import {
 } from '../generated/runtime/v1/api';
 import type { ImageConfig } from '../image/image_manager';
 import { errorMessage, internal, invalidArgument } from '../util/errors';
-import type { CdiEdits } from './cdi';
+import { CDI_HOOK_KINDS, type CdiEdits } from './cdi';
 import { capabilitiesUpTo, KNOWN_CAPABILITIES, resolveCapabilities } from './capabilities';
 import { resolveProcessArgs } from './command';
 import { resolveUserWithHome } from './image_user';
@@ -563,8 +563,9 @@ async function applyCdiEdits(spec: OciSpec, edits: CdiEdits, privileged: boolean
     const bind = type === 'bind' || options.includes('bind') || options.includes('rbind');
     spec.mounts.push({ destination: m.containerPath, type, source: m.hostPath, options: bind && !options.includes('bind') && !options.includes('rbind') ? ['rbind', ...options] : options });
   }
-  if (edits.createContainerHooks.length > 0) {
-    spec.hooks = { createContainer: [...(spec.hooks?.createContainer ?? []), ...edits.createContainerHooks.map((h) => ({ ...h }))] };
+  for (const kind of CDI_HOOK_KINDS) {
+    const hooks = edits.hooks[kind];
+    if (hooks?.length) (spec.hooks ??= {})[kind] = [...(spec.hooks?.[kind] ?? []), ...hooks.map((h) => ({ ...h }))];
   }
   if (edits.additionalGids.length > 0) {
     const user = spec.process.user;

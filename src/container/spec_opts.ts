@@ -113,8 +113,8 @@ export interface OciSpec {
   annotations: Record<string, string>;
   crispRootfs: CrispRootfs;
   crispCgroup: CrispCgroup;
-  /** Only createContainer hooks are run (they come from CDI device specs). */
-  hooks?: { createContainer?: OciHook[] };
+  /** OCI lifecycle hooks (from CDI device specs; CRI never sends any). */
+  hooks?: Partial<Record<'createRuntime' | 'createContainer' | 'startContainer' | 'poststart' | 'poststop', OciHook[]>>;
 }
 
 export interface OciHook {

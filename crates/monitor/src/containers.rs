@@ -337,6 +337,20 @@ fn take_records(buf: &mut Vec<u8>) -> Vec<Record> {
     out
 }
 
+/// poststart and poststop hooks: run in the monitor's namespaces; a failure is logged.
+fn run_logged_hooks(kind: &str, status: &str, id: &str, pid: libc::pid_t, bundle: &Path, spec: &Spec) {
+    let list = if kind == "poststart" { &spec.hooks.poststart } else { &spec.hooks.poststop };
+    if list.is_empty() {
+        return;
+    }
+    let state = hooks::state_json(id, status, pid, bundle, &spec.annotations);
+    for hook in list {
+        if let Err(e) = hooks::run(kind, hook, &state, None, bundle) {
+            log!(Warn, "container {}: {}", id, e);
+        }
+    }
+}
+
 fn status_text(status: ExitStatus) -> String {
     match status {
         ExitStatus::Exited(c) => format!("exit status {}", c),
@@ -444,7 +458,8 @@ impl Server {
         let (status_r, status_w) = sys::pipe_cloexec()?;
         let (gate_r, gate_w) = sys::pipe_cloexec()?;
         sys::set_nonblocking(status_r.as_raw_fd())?;
-        let hooks = if spec.hooks.create_container.is_empty() { None } else { Some(sys::pipe_cloexec()?) };
+        let before_pivot = !(spec.hooks.prestart.is_empty() && spec.hooks.create_runtime.is_empty() && spec.hooks.create_container.is_empty());
+        let hooks = if before_pivot { Some(sys::pipe_cloexec()?) } else { None };
         let hooks_gate_r = hooks.as_ref().map_or(-1, |(r, _)| r.as_raw_fd());
         let io = ChildIo { stdin, stdout, stderr, tty, status: status_w.as_raw_fd(), gate: gate_r.as_raw_fd(), hooks_gate: hooks_gate_r };
         let pid = launch::spawn_container(&plan, &io)?;
@@ -532,6 +547,20 @@ impl Server {
     /// Lets a set-up process exec; the answer to `waiter` follows once it has (or failed to).
     fn open_gate(c: &mut Container, waiter: Waiter) -> Option<Response> {
         let id = waiter.1;
+        if let Some(spec) = c.spec.as_ref().filter(|s| !s.hooks.start_container.is_empty()) {
+            // In the container's namespaces, after its pivot_root: paths resolve in its root.
+            let state = hooks::state_json(&c.id, "created", c.pid, &c.bundle, &spec.annotations);
+            for hook in &spec.hooks.start_container {
+                if let Err(message) = hooks::run("startContainer", hook, &state, Some(c.pid), &c.bundle) {
+                    log!(Warn, "container {}: {}", c.id, message);
+                    // The process never runs: it is killed and its exit recorded with this reason.
+                    c.start_error = Some(message.clone());
+                    c.gate = None;
+                    let _ = sys::kill(c.pid, libc::SIGKILL);
+                    return err(id, ErrorCode::Internal, message);
+                }
+            }
+        }
         let Some(gate) = c.gate.take() else {
             return err(id, ErrorCode::Internal, format!("container {} lost its start gate", c.id));
         };
@@ -853,6 +882,9 @@ impl Server {
                 if let Some(w) = waiter {
                     self.reply(w, Response::ok(w.1, Reply::Start(StartReply { pid, started_at_ms: now })));
                 }
+                if let Some(c) = self.ctrs.containers.get(id) {
+                    Self::run_hooks_logged(c, "poststart", "running");
+                }
             }
             _ => {}
         }
@@ -880,15 +912,21 @@ impl Server {
         }
     }
 
-    /// Runs the container's createContainer hooks in order, then lets its set-up go on. Runs
-    /// them to completion here: only this pod's containers wait meanwhile, and a hook's time is
-    /// bounded.
+    /// Runs the container's prestart and createRuntime hooks (in the monitor's namespaces), then
+    /// its createContainer hooks (in the container's), then lets its set-up go on. Runs them to
+    /// completion here: only this pod's containers wait meanwhile, and a hook's time is bounded.
     fn run_create_hooks(&mut self, id: &str) -> Result<(), String> {
         let Some(c) = self.ctrs.containers.get_mut(id) else { return Ok(()) };
         let Some(spec) = c.spec.as_ref() else { return Ok(()) };
-        let state = hooks::state_json(id, c.pid, &c.bundle, &spec.annotations);
+        let state = hooks::state_json(id, "creating", c.pid, &c.bundle, &spec.annotations);
+        for hook in &spec.hooks.prestart {
+            hooks::run("prestart", hook, &state, None, &c.bundle)?;
+        }
+        for hook in &spec.hooks.create_runtime {
+            hooks::run("createRuntime", hook, &state, None, &c.bundle)?;
+        }
         for hook in &spec.hooks.create_container {
-            hooks::run_in_container(hook, &state, c.pid, &c.bundle)?;
+            hooks::run("createContainer", hook, &state, Some(c.pid), &c.bundle)?;
         }
         if let Some(gate) = c.hooks_gate.take() {
             sys::write_all_fd(gate.as_raw_fd(), b"h").map_err(|e| format!("resume set-up after hooks: {e}"))?;
@@ -896,7 +934,15 @@ impl Server {
         Ok(())
     }
 
-    /// A createContainer hook failed: the process is killed and the failure reported as a
+    /// Runs hooks whose failure only warrants a warning (poststart, poststop), in the monitor's
+    /// namespaces.
+    fn run_hooks_logged(c: &Container, kind: &str, status: &str) {
+        if let Some(spec) = c.spec.as_ref() {
+            run_logged_hooks(kind, status, &c.id, c.pid, &c.bundle, spec);
+        }
+    }
+
+    /// A hook before pivot_root failed: the process is killed and the failure reported as a
     /// set-up failure.
     fn container_hooks_failed(&mut self, id: &str, message: String) {
         let Some(c) = self.ctrs.containers.get_mut(id) else { return };
@@ -1065,7 +1111,8 @@ impl Server {
         c.phase = Phase::Exited;
         c.gate = None;
         c.plan = None;
-        c.spec = None;
+        let spec = c.spec.take();
+        let bundle = c.bundle.clone();
         let input = c.input.take();
         if c.outputs.is_empty() {
             c.log.file = None;
@@ -1091,6 +1138,10 @@ impl Server {
             input.close(&self.epoll, &mut self.ctrs.fd_roles);
         }
         self.end_attach_sessions(id, record.exit_code);
+        // After the exit is recorded and announced: the daemon need not wait for these.
+        if let Some(spec) = spec {
+            run_logged_hooks("poststop", "stopped", id, pid, &bundle, &spec);
+        }
     }
 
     fn drain_exec_status(&mut self, key: u64) {

@@ -1,6 +1,8 @@
-//! OCI createContainer hooks (CDI device specs bring them): run by the monitor inside the
-//! container's namespaces while the container's set-up waits before pivot_root, so a hook sees
-//! the assembled root under `<bundle>/rootfs`, as with runc.
+//! OCI lifecycle hooks (CDI device specs bring them), run by the monitor as runc runs them:
+//! prestart, createRuntime (runtime namespaces) and createContainer (container namespaces) while
+//! the container's set-up waits before pivot_root, so `<bundle>/rootfs` is the assembled root;
+//! startContainer (container namespaces) before the process execs; poststart and poststop
+//! (runtime namespaces) after it started and after it exited.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -22,12 +24,12 @@ const OUTPUT_LIMIT: u64 = 2048;
 /// The namespaces a hook joins: those the container has before its process execs.
 const NAMESPACES: [(&str, libc::c_int); 4] = [("ipc", libc::CLONE_NEWIPC), ("uts", libc::CLONE_NEWUTS), ("net", libc::CLONE_NEWNET), ("mnt", libc::CLONE_NEWNS)];
 
-/// The OCI state a hook reads on stdin.
-pub fn state_json(id: &str, pid: libc::pid_t, bundle: &Path, annotations: &BTreeMap<String, String>) -> String {
+/// The OCI state a hook reads on stdin; `status` is creating, created, running or stopped.
+pub fn state_json(id: &str, status: &str, pid: libc::pid_t, bundle: &Path, annotations: &BTreeMap<String, String>) -> String {
     serde_json::json!({
         "ociVersion": "1.2.0",
         "id": id,
-        "status": "creating",
+        "status": status,
         "pid": pid,
         "bundle": bundle.to_string_lossy(),
         "annotations": annotations,
@@ -35,15 +37,18 @@ pub fn state_json(id: &str, pid: libc::pid_t, bundle: &Path, annotations: &BTree
     .to_string()
 }
 
-/// Runs `hook` in the namespaces of process `pid` with `state` on its stdin; waits for it, at
-/// most its timeout. Its output is kept in `<bundle>/hook.log` and quoted when it fails.
-pub fn run_in_container(hook: &Hook, state: &str, pid: libc::pid_t, bundle: &Path) -> Result<(), String> {
-    let fail = |what: String| format!("createContainer hook {}: {}", hook.path, what);
+/// Runs `hook` (of kind `kind`, for messages) with `state` on its stdin, in the namespaces of
+/// process `in_namespaces_of` or else the monitor's own; waits for it, at most its timeout. Its
+/// output is kept in `<bundle>/hook.log` and quoted when it fails.
+pub fn run(kind: &str, hook: &Hook, state: &str, in_namespaces_of: Option<libc::pid_t>, bundle: &Path) -> Result<(), String> {
+    let fail = |what: String| format!("{kind} hook {}: {}", hook.path, what);
     // Opened here: between fork and exec the child only calls setns.
     let mut namespaces: Vec<(OwnedFd, libc::c_int)> = Vec::new();
-    for (name, flag) in NAMESPACES {
-        let file = File::open(format!("/proc/{pid}/ns/{name}")).map_err(|e| fail(format!("open the container's {name} namespace: {e}")))?;
-        namespaces.push((OwnedFd::from(file), flag));
+    if let Some(pid) = in_namespaces_of {
+        for (name, flag) in NAMESPACES {
+            let file = File::open(format!("/proc/{pid}/ns/{name}")).map_err(|e| fail(format!("open the container's {name} namespace: {e}")))?;
+            namespaces.push((OwnedFd::from(file), flag));
+        }
     }
     let (stdin_r, stdin_w) = sys::pipe_cloexec().map_err(|e| fail(format!("pipe: {e}")))?;
     // The state is far smaller than a pipe's buffer: written whole before the hook starts.
@@ -133,14 +138,14 @@ mod tests {
         }
         let dir = bundle("run");
         let pid = std::process::id() as libc::pid_t;
-        let state = state_json("c1", pid, &dir, &BTreeMap::from([("a".to_string(), "b".to_string())]));
+        let state = state_json("c1", "creating", pid, &dir, &BTreeMap::from([("a".to_string(), "b".to_string())]));
         let copy = Hook {
             path: "/bin/sh".into(),
             args: vec!["sh".into(), "-c".into(), "cat > \"$OUT\"".into()],
             env: vec![format!("OUT={}", dir.join("state").display())],
             timeout: Some(5),
         };
-        run_in_container(&copy, &state, pid, &dir).unwrap();
+        run("createContainer", &copy, &state, Some(pid), &dir).unwrap();
         let got: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("state")).unwrap()).unwrap();
         assert_eq!(got["id"], "c1");
         assert_eq!(got["status"], "creating");
@@ -149,14 +154,14 @@ mod tests {
 
         let slow = Hook { path: "/bin/sleep".into(), args: vec!["sleep".into(), "30".into()], env: vec![], timeout: Some(1) };
         let started = Instant::now();
-        let err = run_in_container(&slow, &state, pid, &dir).unwrap_err();
+        let err = run("createContainer", &slow, &state, Some(pid), &dir).unwrap_err();
         assert!(err.contains("did not finish within 1 s"), "{err}");
         assert!(started.elapsed() < Duration::from_secs(5));
 
         let failing = Hook { path: "/bin/sh".into(), args: vec!["sh".into(), "-c".into(), "echo broken >&2; exit 4".into()], env: vec![], timeout: None };
-        let err = run_in_container(&failing, &state, pid, &dir).unwrap_err();
-        assert!(err.ends_with("exit status: 4: broken"), "{err}");
-        assert!(run_in_container(&Hook { path: "/nonexistent/hook".into(), ..Hook::default() }, &state, pid, &dir).is_err());
+        let err = run("poststop", &failing, &state, None, &dir).unwrap_err();
+        assert_eq!(err, "poststop hook /bin/sh: exit status: 4: broken");
+        assert!(run("createRuntime", &Hook { path: "/nonexistent/hook".into(), ..Hook::default() }, &state, None, &dir).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -36,8 +36,7 @@ pub struct Spec {
     pub annotations: BTreeMap<String, String>,
 }
 
-/// OCI lifecycle hooks. Only createContainer hooks are run (CDI device specs use them); a spec
-/// with any other kind is refused by [`Spec::validate`].
+/// OCI lifecycle hooks (CDI device specs bring them; CRI itself never does).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Hooks {
@@ -284,12 +283,7 @@ impl Spec {
     /// Rejects what the launcher cannot honour.
     pub fn validate(&self) -> Result<(), String> {
         let h = &self.hooks;
-        for (kind, list) in [("prestart", &h.prestart), ("createRuntime", &h.create_runtime), ("startContainer", &h.start_container), ("poststart", &h.poststart), ("poststop", &h.poststop)] {
-            if !list.is_empty() {
-                return Err(format!("{kind} hooks are not supported (only createContainer hooks are run)"));
-            }
-        }
-        for hook in &h.create_container {
+        for hook in h.prestart.iter().chain(&h.create_runtime).chain(&h.create_container).chain(&h.start_container).chain(&h.poststart).chain(&h.poststop) {
             if !hook.path.starts_with('/') {
                 return Err(format!("hook path {:?} is not absolute", hook.path));
             }
@@ -406,7 +400,7 @@ impl Spec {
 mod tests {
 
     #[test]
-    fn only_create_container_hooks_with_absolute_paths_pass_validation() {
+    fn hooks_need_absolute_paths_and_positive_timeouts() {
         let with_hooks = |hooks: serde_json::Value| {
             let v = serde_json::json!({
                 "process": {"args": ["true"], "cwd": "/"},
@@ -419,7 +413,8 @@ mod tests {
         assert!(ok.is_ok(), "{ok:?}");
         assert!(with_hooks(serde_json::json!({"createContainer": [{"path": "hook"}]})).unwrap_err().contains("not absolute"));
         assert!(with_hooks(serde_json::json!({"createContainer": [{"path": "/h", "timeout": 0}]})).unwrap_err().contains("zero timeout"));
-        assert!(with_hooks(serde_json::json!({"poststart": [{"path": "/h"}]})).unwrap_err().contains("poststart hooks are not supported"));
+        assert!(with_hooks(serde_json::json!({"poststart": [{"path": "/h"}], "poststop": [{"path": "/h", "timeout": 1}]})).is_ok());
+        assert!(with_hooks(serde_json::json!({"startContainer": [{"path": "h"}]})).unwrap_err().contains("not absolute"));
     }
     use super::*;
     use serde_json::json;
