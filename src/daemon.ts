@@ -7,7 +7,7 @@ import type { Logger } from './log';
 import { ImageManager } from './image/image_manager';
 import { RegistryClient } from './image/registry_client';
 import { RegistryHosts } from './image/registry_hosts';
-import { CriMetrics } from './metrics/cri_metrics';
+import type { CriMetrics } from './metrics/cri_metrics';
 import { MetricsServer } from './metrics/metrics_server';
 import { loadNative } from './native';
 import { CniManager } from './network/cni';
@@ -64,8 +64,9 @@ export class Daemon {
     let daemon: Daemon | undefined;
     try {
       const service = new CriService(config, log, packageVersion());
-      // Process metrics cost a GC observer and an event-loop histogram: only when scraped.
-      service.metrics = new CriMetrics({ processMetrics: config.metrics.address !== '' });
+      // Without an endpoint nothing reads metrics: prom-client is then not even loaded.
+      const criMetrics = config.metrics.address ? new (loadCriMetrics())({ processMetrics: true }) : undefined;
+      if (criMetrics) service.metrics = criMetrics;
       const server = new GrpcServer({
         socket: config.socket,
         table: buildRpcTable(service),
@@ -189,7 +190,8 @@ export class Daemon {
     service.metrics.countRunning('pods', () => readySandboxes(service).length);
     service.metrics.countRunning('containers', () => service.containers.list().filter((c) => c.state === 'running').length);
     if (config.metrics.address) {
-      const metricsServer = new MetricsServer(service.metrics, log.child({ subsystem: 'metrics' }));
+      // The CriMetrics set in start() whenever an address is configured.
+      const metricsServer = new MetricsServer(service.metrics as CriMetrics, log.child({ subsystem: 'metrics' }));
       await metricsServer.listen(config.metrics.address);
       this.subsystems.push({ name: 'metrics', close: () => metricsServer.close() });
     }
@@ -223,4 +225,9 @@ export class Daemon {
     })();
     return this.closing;
   }
+}
+
+/** prom-client, loaded only when a metrics endpoint is configured. */
+function loadCriMetrics(): typeof CriMetrics {
+  return (require('./metrics/cri_metrics') as typeof import('./metrics/cri_metrics')).CriMetrics;
 }

@@ -1,6 +1,5 @@
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { parse as parseYaml } from 'yaml';
 import type { ContainerConfig } from '../generated/runtime/v1/api';
 import { CrispError, errorMessage, invalidArgument, notFound } from '../util/errors';
 
@@ -109,7 +108,8 @@ export function parseCdiSpec(text: string, file: string): CdiSpec {
   const bad = (why: string): CrispError => invalidArgument(`CDI spec ${file}: ${why}`);
   let doc: unknown;
   try {
-    doc = /\.ya?ml$/.test(file) ? parseYaml(text) : JSON.parse(text);
+    // The YAML parser is loaded only for YAML specs: most nodes never read one.
+    doc = /\.ya?ml$/.test(file) ? (require('yaml') as typeof import('yaml')).parse(text) : JSON.parse(text);
   } catch (err) {
     throw bad(`not valid ${/\.ya?ml$/.test(file) ? 'YAML' : 'JSON'}: ${errorMessage(err)}`);
   }

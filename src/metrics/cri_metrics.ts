@@ -1,5 +1,6 @@
 import * as grpc from '@grpc/grpc-js';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { RunningKind, RuntimeMetrics } from './runtime_metrics';
 
 /** Prefix of crisp's own series, after CRI-O's `container_runtime_crio_`. */
 export const METRIC_PREFIX = 'container_runtime_crisp_';
@@ -8,7 +9,7 @@ export const METRIC_PREFIX = 'container_runtime_crisp_';
 const RPC_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120];
 const PULL_BUCKETS = [0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800];
 
-export type RunningKind = 'pods' | 'containers';
+export type { RunningKind } from './runtime_metrics';
 
 export interface CriMetricsOptions {
   /** Also export the Node process's metrics (CPU, memory, event loop lag, GC, handles). */
@@ -19,7 +20,7 @@ export interface CriMetricsOptions {
  * The daemon's Prometheus metrics, in a registry of its own (never prom-client's global one) so
  * that several daemons in one process, as in tests, do not share series.
  */
-export class CriMetrics {
+export class CriMetrics implements RuntimeMetrics {
   readonly registry = new Registry();
   private readonly operations: Counter<'operation_type'>;
   private readonly errors: Counter<'operation_type' | 'code'>;

@@ -9,7 +9,7 @@ import type { ContainerStore } from '../container/container_store';
 import type { ContainerEvents } from '../events/container_events';
 import type { ImageManager } from '../image/image_manager';
 import type { StreamingServer } from '../streaming/server';
-import type { CriMetrics } from '../metrics/cri_metrics';
+import { noMetrics, type RuntimeMetrics } from '../metrics/runtime_metrics';
 import type { NativeCore } from '../native';
 import type { CniManager } from '../network/cni';
 import type { PodRuntime } from '../sandbox/pod_runtime';
@@ -46,7 +46,7 @@ export class CriService {
   native!: NativeCore;
   /** GetContainerEvents fan-out; RPCs that change a pod or container publish here. */
   events!: ContainerEvents;
-  metrics!: CriMetrics;
+  metrics: RuntimeMetrics = noMetrics;
   /** Cached, batched pod and container usage for the stats and metrics RPCs. */
   stats!: StatsCollector;
   /** RunPodSandbox calls in flight, by pod name key, so kubelet's retries join them. */
