@@ -327,6 +327,48 @@ test('CDI hooks: createContainer in the container\'s mount namespace before pivo
   t.is(logText(notRun.logPath), '', 'the process never ran');
 });
 
+test('user namespaces: a hostUsers=false pod maps its root to an unprivileged node range; files, volumes and exec follow', async (t) => {
+  const mapping = { hostId: 200000, containerId: 0, length: 65536 };
+  const userns = { mode: 0 /* POD */, uids: [mapping], gids: [mapping] };
+  const env = await setup(t, { linux: { cgroupParent: CGROUP_PARENT, securityContext: { namespaceOptions: { network: 0, pid: 1, ipc: 0, usernsOptions: userns } } } });
+  t.true((await env.c.call('status', {})).runtimeHandlers.every((h) => h.features?.userNamespaces), 'advertised for every handler');
+  const volume = fs.mkdtempSync(path.join(os.tmpdir(), 'crisp-userns-vol-'));
+  t.teardown(() => fs.rmSync(volume, { recursive: true, force: true }));
+  fs.writeFileSync(path.join(volume, 'owned-by-node-root'), 'data\n');
+  const script = [
+    'id -u',
+    'cat /proc/self/uid_map | tr -s " " | sed "s/^ //"',
+    'stat -c %u /etc/passwd',
+    'touch /etc/written && echo rootfs-writable',
+    'stat -c %u /vol/owned-by-node-root',
+    'touch /vol/from-container && echo volume-writable',
+    'sleep 30',
+  ].join('; ');
+  const id = await run(
+    env,
+    containerConfig(t, script, {
+      linux: { securityContext: { namespaceOptions: { network: 0, pid: 1, ipc: 0, usernsOptions: userns } } },
+      mounts: [{ containerPath: '/vol', hostPath: volume, uidMappings: [mapping], gidMappings: [mapping] }],
+    }),
+  );
+  let out = '';
+  for (let i = 0; i < 100 && !out.includes('volume-writable'); i++) {
+    await new Promise((r) => setTimeout(r, 50));
+    const st = (await env.c.call('containerStatus', { containerId: id })).status!;
+    out = fs.existsSync(st.logPath) ? logText(st.logPath) : '';
+  }
+  t.deepEqual(out.trim().split('\n'), ['0', '0 200000 65536', '0', 'rootfs-writable', '0', 'volume-writable']);
+  // On the node the process is an unprivileged id, and what it wrote belongs to node root.
+  const verbose = await env.c.call('containerStatus', { containerId: id, verbose: true });
+  const pid = JSON.parse(verbose.info.info!).pid as number;
+  t.regex(fs.readFileSync(`/proc/${pid}/status`, 'utf8'), /^Uid:\s+200000\s+200000/m);
+  t.is(fs.statSync(path.join(volume, 'from-container')).uid, 0);
+  const exec = await env.c.call('execSync', { containerId: id, cmd: ['sh', '-c', 'id -u; head -1 /proc/self/uid_map | tr -s " " | sed "s/^ //"'], timeout: 10n });
+  t.is(exec.exitCode, 0, exec.stderr.toString());
+  t.deepEqual(exec.stdout.toString().trim().split('\n'), ['0', '0 200000 65536']);
+  await env.c.call('stopContainer', { containerId: id, timeout: 0n });
+});
+
 test('recursive read-only mounts: mounts below the source are read-only too, unlike with plain readonly', async (t) => {
   const env = await setup(t);
   const host = fs.mkdtempSync(path.join(os.tmpdir(), 'crisp-rro-'));

@@ -159,7 +159,7 @@ serial('a program that cannot be executed fails start with the reason', async (t
   const userns = writeBundle(pod, 'userns', ['true'], (s) => s.linux.namespaces.push({ type: 'user' }));
   const err4 = await t.throwsAsync(pod.client.create({ containerId: 'userns', bundleDir: userns, logPath: path.join(userns, 'log') }));
   t.true(err4 instanceof CrispError && err4.code === 'InvalidArgument');
-  t.regex(err4?.message ?? '', /user namespaces are not supported/);
+  t.regex(err4?.message ?? '', /a new user namespace per container is not supported/);
   // A mount that fails inside the child names the step.
   const badMount = writeBundle(pod, 'mnt', ['true'], (s) =>
     s.mounts.push({ destination: '/data', type: 'tmpfs', source: 'tmpfs', options: ['size=bogus'] }),

@@ -42,3 +42,23 @@ test('sandbox config validation', (t) => {
   });
   t.notThrows(() => validateSandboxConfig(PodSandboxConfig.fromPartial({ metadata: { name: 'p', namespace: 'ns', uid: 'u' }, hostname: 'p-0' })));
 });
+
+test('user namespaces: a POD mode with mappings; refused with node namespaces, odd modes or empty or overflowing mappings', (t) => {
+  const map = { hostId: 200000, containerId: 0, length: 65536 };
+  const pod = (namespaceOptions: Record<string, unknown>) =>
+    PodSandboxConfig.fromPartial({ metadata: { name: 'p', namespace: 'ns', uid: 'u' }, linux: { securityContext: { namespaceOptions } } } as never);
+  const ok = pod({ usernsOptions: { mode: NamespaceMode.POD, uids: [map], gids: [map] } });
+  t.notThrows(() => validateSandboxConfig(ok));
+  t.deepEqual(sandboxNamespaces(ok).userns, { uidMappings: [{ containerId: 0, hostId: 200000, size: 65536 }], gidMappings: [{ containerId: 0, hostId: 200000, size: 65536 }] });
+  t.is(sandboxNamespaces(pod({ usernsOptions: { mode: NamespaceMode.NODE } })).userns, undefined, 'NODE is the node user namespace');
+  t.notThrows(() => validateSandboxConfig(pod({ usernsOptions: { mode: NamespaceMode.NODE } })));
+  const bad: [Record<string, unknown>, RegExp][] = [
+    [{ usernsOptions: { mode: NamespaceMode.CONTAINER, uids: [map], gids: [map] } }, /mode CONTAINER is not valid/],
+    [{ network: NamespaceMode.NODE, usernsOptions: { mode: NamespaceMode.POD, uids: [map], gids: [map] } }, /host network, IPC or PID/],
+    [{ pid: NamespaceMode.NODE, usernsOptions: { mode: NamespaceMode.POD, uids: [map], gids: [map] } }, /host network, IPC or PID/],
+    [{ usernsOptions: { mode: NamespaceMode.POD, uids: [], gids: [map] } }, /uid mappings: between 1 and 340/],
+    [{ usernsOptions: { mode: NamespaceMode.POD, uids: [map], gids: [{ ...map, hostId: 2 ** 32 - 10 }] } }, /gid mapping .* out of range/],
+    [{ usernsOptions: { mode: NamespaceMode.POD, uids: [{ ...map, length: 0 }], gids: [map] } }, /out of range/],
+  ];
+  for (const [ns, message] of bad) t.throws(() => validateSandboxConfig(pod(ns)), { message }, JSON.stringify(ns));
+});

@@ -341,6 +341,41 @@ test('mounts: image volumes are read-only overlays of their layers, or a bind of
   await t.throwsAsync(buildSpec(unresolved), { message: /was not resolved/ });
 });
 
+test('user namespaces: the pod\'s is joined by path with its mappings; id-mapped volumes need the same mappings', async (t) => {
+  const map = { hostId: 200000, containerId: 0, length: 65536 };
+  const userns = { uidMappings: [{ containerId: 0, hostId: 200000, size: 65536 }], gidMappings: [{ containerId: 0, hostId: 200000, size: 65536 }] };
+  const nsOpts = { usernsOptions: { mode: NamespaceMode.POD, uids: [map], gids: [map] } };
+  const inp = input({
+    config: containerConfig({
+      linux: { securityContext: { namespaceOptions: nsOpts } },
+      mounts: [{ containerPath: '/data', hostPath: '/srv/data', uidMappings: [map], gidMappings: [map] }],
+    }),
+  });
+  inp.sandbox.namespaces.userns = userns;
+  inp.sandbox.nsPaths.user = '/state/sandboxes/sb1/ns/user';
+  inp.state.existing.add('/srv/data');
+  const spec = await buildSpec(inp);
+  t.deepEqual(spec.linux.namespaces.find((n) => n.type === 'user'), { type: 'user', path: '/state/sandboxes/sb1/ns/user' });
+  t.deepEqual(spec.linux.uidMappings, [{ containerID: 0, hostID: 200000, size: 65536 }]);
+  t.deepEqual(spec.mounts.find((m) => m.destination === '/data')?.options, ['rbind', 'rprivate', 'rw', 'idmap']);
+
+  const other = input({
+    config: containerConfig({
+      linux: { securityContext: { namespaceOptions: nsOpts } },
+      mounts: [{ containerPath: '/data', hostPath: '/srv/data', uidMappings: [{ ...map, hostId: 300000 }], gidMappings: [map] }],
+    }),
+  });
+  other.sandbox.namespaces.userns = userns;
+  other.sandbox.nsPaths.user = '/u';
+  await t.throwsAsync(buildSpec(other), { message: /ID mappings other than the pod user namespace's/ });
+  const outside = input({ config: containerConfig({ linux: { securityContext: { namespaceOptions: nsOpts } } }) });
+  await t.throwsAsync(buildSpec(outside), { message: /the pod has none/ });
+  const left = input();
+  left.sandbox.namespaces.userns = userns;
+  left.sandbox.nsPaths.user = '/u';
+  await t.throwsAsync(buildSpec(left), { message: /must use it/ });
+});
+
 test('mounts: host IPC binds the host /dev/shm; a supplied /dev replaces every default under /dev', async (t) => {
   const inp = input({ config: containerConfig({ mounts: [{ containerPath: '/dev', hostPath: '/dev' }] }) });
   inp.sandbox.namespaces.ipc = 'node';

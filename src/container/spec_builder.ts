@@ -18,6 +18,7 @@ import {
   type SecurityProfile,
 } from '../generated/runtime/v1/api';
 import type { ImageConfig } from '../image/image_manager';
+import type { IdMapping, PodUserns, SandboxNamespaces } from '../sandbox/sandbox_spec';
 import { errorMessage, internal, invalidArgument } from '../util/errors';
 import { CDI_HOOK_KINDS, type CdiEdits } from './cdi';
 import { capabilitiesUpTo, KNOWN_CAPABILITIES, resolveCapabilities } from './capabilities';
@@ -97,8 +98,8 @@ export interface SandboxInfo {
   id: string;
   /** `<state>/sandboxes/<id>`: holds hostname, resolv.conf, hosts and shm/. */
   dir: string;
-  namespaces: { network: 'pod' | 'node'; ipc: 'pod' | 'node'; uts: 'pod' | 'node'; pid: 'pod' | 'node' | 'container' };
-  nsPaths: { net?: string; ipc?: string; uts?: string; pid?: string };
+  namespaces: SandboxNamespaces;
+  nsPaths: { net?: string; ipc?: string; uts?: string; pid?: string; user?: string };
 }
 
 export interface SpecInput {
@@ -162,8 +163,9 @@ export async function buildSpec(input: SpecInput): Promise<OciSpec> {
   if (privileged && !sandboxConfig.linux?.securityContext?.privileged) {
     throw invalidArgument('no privileged container allowed in a sandbox that is not privileged');
   }
-  if (security?.namespaceOptions?.usernsOptions?.mode === NamespaceMode.POD) {
-    throw invalidArgument('user namespaces are not supported by this runtime handler');
+  const wantsUserns = security?.namespaceOptions?.usernsOptions?.mode === NamespaceMode.POD;
+  if (wantsUserns !== Boolean(input.sandbox.namespaces.userns)) {
+    throw invalidArgument(wantsUserns ? 'the container asks for the pod user namespace, but the pod has none' : 'a container of a pod with a user namespace must use it');
   }
 
   const spec = baseSpec(input);
@@ -291,6 +293,13 @@ function applyNamespaces(spec: OciSpec, input: SpecInput, privileged: boolean): 
   if (namespaces.network === 'pod' && nsPaths.net) applyOpts(spec, withNamespace({ type: 'network', path: nsPaths.net }));
   if (namespaces.ipc === 'pod' && nsPaths.ipc) applyOpts(spec, withNamespace({ type: 'ipc', path: nsPaths.ipc }));
   if (namespaces.uts === 'pod' && nsPaths.uts) applyOpts(spec, withNamespace({ type: 'uts', path: nsPaths.uts }));
+  if (namespaces.userns) {
+    if (!nsPaths.user) throw invalidArgument(`pod ${input.sandbox.id} has no pinned user namespace`);
+    applyOpts(spec, withNamespace({ type: 'user', path: nsPaths.user }));
+    const oci = (list: IdMapping[]) => list.map((m) => ({ containerID: m.containerId, hostID: m.hostId, size: m.size }));
+    spec.linux.uidMappings = oci(namespaces.userns.uidMappings);
+    spec.linux.gidMappings = oci(namespaces.userns.gidMappings);
+  }
 
   const containerPidMode = input.config.linux?.securityContext?.namespaceOptions?.pid;
   if (containerPidMode === NamespaceMode.TARGET) {
@@ -342,9 +351,11 @@ interface BindRequest {
   image?: ImageVolumeSource;
   /** Every mount under the source read-only too (OCI `rro`), not only the bind mount itself. */
   recursiveReadOnly?: boolean;
+  /** Mapped through the pod's user namespace (OCI `idmap`). */
+  idmap?: boolean;
 }
 
-function validateCriMount(m: Mount): void {
+function validateCriMount(m: Mount, userns: PodUserns | undefined): void {
   if (!m.containerPath || !path.posix.isAbsolute(m.containerPath)) throw invalidArgument(`mount container_path "${m.containerPath}" is not an absolute path`);
   if (m.image?.image) {
     if (m.hostPath) throw invalidArgument(`mount for "${m.containerPath}" sets both host_path and image`);
@@ -352,7 +363,14 @@ function validateCriMount(m: Mount): void {
   } else if (!m.hostPath) {
     throw invalidArgument(`mount for "${m.containerPath}" has an empty host_path`);
   }
-  if (m.uidMappings.length > 0 || m.gidMappings.length > 0) throw invalidArgument(`mount for "${m.containerPath}" has ID mappings, which need user namespaces`);
+  if (m.uidMappings.length > 0 || m.gidMappings.length > 0) {
+    // Mapped through the pod's user namespace: only its own mappings can be honoured.
+    const same = (a: { hostId: number; containerId: number; length: number }[], b: IdMapping[] | undefined) =>
+      b !== undefined && a.length === b.length && a.every((x, i) => x.hostId === b[i]!.hostId && x.containerId === b[i]!.containerId && x.length === b[i]!.size);
+    if (!userns || !same(m.uidMappings, userns.uidMappings) || !same(m.gidMappings, userns.gidMappings)) {
+      throw invalidArgument(`mount for "${m.containerPath}" has ID mappings other than the pod user namespace's`);
+    }
+  }
   if (m.recursiveReadOnly) {
     // kubelet sends it only with readonly and private propagation; anything else is contradictory.
     if (!m.readonly) throw invalidArgument(`recursive read-only mount conflicts with a read-write mount (host_path "${m.hostPath}")`);
@@ -394,10 +412,11 @@ function runtimeMounts(input: SpecInput): BindRequest[] {
 
 async function applyMounts(spec: OciSpec, input: SpecInput, host: SpecHost): Promise<void> {
   const criMounts = input.config.mounts;
-  criMounts.forEach(validateCriMount);
+  for (const m of criMounts) validateCriMount(m, input.sandbox.namespaces.userns);
   const requests: BindRequest[] = criMounts.map((m) => {
     if (!m.image?.image) {
-      return { containerPath: m.containerPath, hostPath: m.hostPath, readonly: m.readonly, propagation: m.propagation, recursiveReadOnly: m.recursiveReadOnly };
+      const idmap = m.uidMappings.length > 0 || m.gidMappings.length > 0;
+      return { containerPath: m.containerPath, hostPath: m.hostPath, readonly: m.readonly, propagation: m.propagation, recursiveReadOnly: m.recursiveReadOnly, idmap };
     }
     const image = input.imageVolumes?.get(imageVolumeKey(m));
     if (!image) throw internal(`image volume "${m.image.image}" at "${m.containerPath}" was not resolved`);
@@ -447,6 +466,7 @@ async function applyMounts(spec: OciSpec, input: SpecInput, host: SpecHost): Pro
     }
     options.push(r.readonly ? 'ro' : 'rw');
     if (r.recursiveReadOnly) options.push('rro');
+    if (r.idmap) options.push('idmap');
     if (r.image) options.push('nosuid', 'nodev');
     spec.mounts.push({ destination: r.containerPath, type: 'bind', source, options });
   }

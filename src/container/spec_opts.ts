@@ -89,6 +89,15 @@ export interface OciLinux {
   rootfsPropagation?: 'rprivate' | 'rslave' | 'rshared';
   seccomp?: LinuxSeccomp;
   sysctl?: Record<string, string>;
+  /** The pod user namespace's mappings (the namespace itself is joined by path). */
+  uidMappings?: OciIdMapping[];
+  gidMappings?: OciIdMapping[];
+}
+
+export interface OciIdMapping {
+  containerID: number;
+  hostID: number;
+  size: number;
 }
 
 export interface CrispRootfs {

@@ -49,6 +49,8 @@ export interface MonitorConfig {
   /** Kept at the current value when lowering it is not permitted. */
   oomScoreAdj?: number;
   logLevel?: MonitorLogLevel;
+  /** A pod user namespace: the pod's network, IPC and UTS namespaces are created inside it. */
+  userns?: { uidMappings: { containerId: number; hostId: number; size: number }[]; gidMappings: { containerId: number; hostId: number; size: number }[] };
 }
 
 /** Pinned namespace files of a pod, by kind. */
@@ -57,6 +59,7 @@ export interface PinnedNamespaces {
   ipc?: string;
   uts?: string;
   pid?: string;
+  user?: string;
 }
 
 export interface MonitorProcess {

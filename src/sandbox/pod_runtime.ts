@@ -148,10 +148,10 @@ export class PodRuntime {
   }
 
   /** The pinned namespace files containers of this pod join. */
-  namespacePaths(sandbox: Sandbox): { net?: string; ipc?: string; uts?: string; pid?: string } {
+  namespacePaths(sandbox: Sandbox): { net?: string; ipc?: string; uts?: string; pid?: string; user?: string } {
     const dir = path.join(sandbox.dir, MONITOR_NS_DIR);
-    const out: { net?: string; ipc?: string; uts?: string; pid?: string } = {};
-    for (const kind of ['net', 'ipc', 'uts', 'pid'] as const) {
+    const out: { net?: string; ipc?: string; uts?: string; pid?: string; user?: string } = {};
+    for (const kind of ['net', 'ipc', 'uts', 'pid', 'user'] as const) {
       const file = path.join(dir, kind);
       if (fs.existsSync(file)) out[kind] = file;
     }
@@ -192,11 +192,12 @@ export class PodRuntime {
       {
         sandboxId: sandbox.id,
         hostname: spec.namespaces.uts === 'pod' ? sandbox.config.hostname || sandbox.config.metadata!.name : undefined,
-        namespaces: spec.namespaces,
+        namespaces: { network: spec.namespaces.network, ipc: spec.namespaces.ipc, uts: spec.namespaces.uts, pid: spec.namespaces.pid },
         cgroup: { version: cgroup.version, paths: cgroup.paths },
         sysctls: spec.sysctls,
         oomScoreAdj: SANDBOX_OOM_SCORE_ADJ,
         logLevel: 'info',
+        userns: spec.namespaces.userns,
       },
       this.monitorBinary,
       { spawner: this.native },

@@ -9,6 +9,20 @@ export interface SandboxNamespaces {
   ipc: PodNamespace;
   uts: PodNamespace;
   pid: 'pod' | 'node' | 'container';
+  /** The pod's user namespace (kubelet's hostUsers: false) with its id mappings. */
+  userns?: PodUserns;
+}
+
+/** One line of a uid_map or gid_map. */
+export interface IdMapping {
+  containerId: number;
+  hostId: number;
+  size: number;
+}
+
+export interface PodUserns {
+  uidMappings: IdMapping[];
+  gidMappings: IdMapping[];
 }
 
 /** The namespaces a pod gets. UTS follows the network, as kubelet has no separate option for it. */
@@ -19,7 +33,14 @@ export function sandboxNamespaces(config: PodSandboxConfig): SandboxNamespaces {
   let pid: SandboxNamespaces['pid'] = 'container';
   if (opts?.pid === NamespaceMode.NODE) pid = 'node';
   else if (opts?.pid === NamespaceMode.POD) pid = 'pod';
-  return { network, ipc: node(opts?.ipc), uts: network, pid };
+  const out: SandboxNamespaces = { network, ipc: node(opts?.ipc), uts: network, pid };
+  const userns = opts?.usernsOptions;
+  if (userns?.mode === NamespaceMode.POD) {
+    const map = (list: { hostId: number; containerId: number; length: number }[]): IdMapping[] =>
+      list.map((m) => ({ containerId: m.containerId, hostId: m.hostId, size: m.length }));
+    out.userns = { uidMappings: map(userns.uids), gidMappings: map(userns.gids) };
+  }
+  return out;
 }
 
 const IPC_SYSCTLS = new Set([
@@ -65,7 +86,19 @@ export function validateSandboxConfig(config: PodSandboxConfig | undefined): ass
   if (!m.uid) throw invalidArgument('sandbox metadata.uid is empty');
   const ns = sandboxNamespaces(config);
   if (ns.uts === 'pod' && config.hostname) validateHostname(config.hostname);
-  if (config.linux?.securityContext?.namespaceOptions?.usernsOptions?.mode === NamespaceMode.POD) {
-    throw invalidArgument('user namespaces are not supported by this runtime handler');
+  const userns = config.linux?.securityContext?.namespaceOptions?.usernsOptions;
+  if (userns && userns.mode !== NamespaceMode.NODE) {
+    if (userns.mode !== NamespaceMode.POD) throw invalidArgument(`user namespace mode ${NamespaceMode[userns.mode] ?? userns.mode} is not valid for a pod (NODE or POD)`);
+    if (ns.network === 'node' || ns.ipc === 'node' || ns.pid === 'node') {
+      throw invalidArgument('a pod user namespace cannot be combined with the host network, IPC or PID namespace');
+    }
+    for (const [what, list] of [['uid', userns.uids], ['gid', userns.gids]] as const) {
+      if (list.length === 0 || list.length > 340) throw invalidArgument(`user namespace ${what} mappings: between 1 and 340 are needed, got ${list.length}`);
+      for (const m of list) {
+        if (m.length <= 0 || m.hostId < 0 || m.containerId < 0 || m.hostId + m.length > 2 ** 32 || m.containerId + m.length > 2 ** 32) {
+          throw invalidArgument(`user namespace ${what} mapping ${m.containerId}:${m.hostId}:${m.length} is out of range`);
+        }
+      }
+    }
   }
 }

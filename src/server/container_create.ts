@@ -118,6 +118,9 @@ async function doCreate(svc: CriService, sandbox: Sandbox, config: ContainerConf
       (async () => {
         // Local mkdirs take microseconds; a trip to the threadpool each would cost more.
         fs.mkdirSync(container.upperDir, { mode: 0o755 });
+        // In a pod user namespace the writable layer's root belongs to the container's root.
+        const root = podRootOnNode(sandbox);
+        if (root) fs.chownSync(container.upperDir, root.uid, root.gid);
         fs.mkdirSync(container.workDir, { mode: 0o700 });
         fs.mkdirSync(path.join(container.bundleDir, 'rootfs'), { mode: 0o755 });
         // kubelet's log directory, usually there already.
@@ -189,4 +192,16 @@ async function resolveImageVolumes(svc: CriService, config: ContainerConfig): Pr
     for (const c of image.chainIds) chainIds.add(c);
   }
   return { sources, chainIds: [...chainIds] };
+}
+
+/** The node ids of a pod user namespace's root (uid and gid 0 inside); undefined without one. */
+function podRootOnNode(sandbox: Sandbox): { uid: number; gid: number } | undefined {
+  const userns = sandboxNamespaces(sandbox.config).userns;
+  if (!userns) return undefined;
+  const toNode = (list: { containerId: number; hostId: number; size: number }[]) => {
+    const m = list.find((x) => x.containerId === 0);
+    if (!m) throw invalidArgument(`pod ${sandbox.id}: its user namespace does not map id 0`);
+    return m.hostId;
+  };
+  return { uid: toNode(userns.uidMappings), gid: toNode(userns.gidMappings) };
 }

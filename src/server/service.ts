@@ -100,7 +100,8 @@ export class CriService {
 
   /** What each handler supports; user namespaces and recursive read-only mounts are not offered yet. */
   handlerFeatures(): { recursiveReadOnlyMounts: boolean; userNamespaces: boolean } {
-    return { recursiveReadOnlyMounts: kernelHasMountSetattr(), userNamespaces: false };
+    // Pod user namespaces need id-mapped mounts (mount_setattr too) for the root filesystem.
+    return { recursiveReadOnlyMounts: kernelHasMountSetattr(), userNamespaces: kernelHasMountSetattr() };
   }
 
   runtimeFeatures(): { supplementalGroupsPolicy: boolean; userNamespacesHostNetwork: boolean } {

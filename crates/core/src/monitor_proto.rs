@@ -92,6 +92,33 @@ pub struct MonitorConfig {
     pub oom_score_adj: Option<i32>,
     #[serde(default)]
     pub log_level: LogLevel,
+    /// A user namespace for the pod (kubelet's hostUsers: false): the pod's network, IPC and UTS
+    /// namespaces are then created inside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userns: Option<UsernsConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UsernsConfig {
+    pub uid_mappings: Vec<IdMapping>,
+    pub gid_mappings: Vec<IdMapping>,
+}
+
+/// One line of /proc/<pid>/uid_map or gid_map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IdMapping {
+    pub container_id: u32,
+    pub host_id: u32,
+    pub size: u32,
+}
+
+impl UsernsConfig {
+    /// The uid_map or gid_map file content.
+    pub fn map_text(mappings: &[IdMapping]) -> String {
+        mappings.iter().map(|m| format!("{} {} {}\n", m.container_id, m.host_id, m.size)).collect()
+    }
 }
 
 impl MonitorConfig {
@@ -115,6 +142,20 @@ impl MonitorConfig {
         }
         for key in self.sysctls.keys() {
             check_sysctl(key, &self.namespaces)?;
+        }
+        if let Some(u) = &self.userns {
+            let ns = &self.namespaces;
+            if ns.network != NamespaceMode::Pod || ns.ipc != NamespaceMode::Pod || ns.uts != NamespaceMode::Pod || ns.pid == PidNamespaceMode::Node {
+                return Err("a pod user namespace needs the pod's own network, IPC, UTS and PID namespaces".into());
+            }
+            for (what, list) in [("uid", &u.uid_mappings), ("gid", &u.gid_mappings)] {
+                if list.is_empty() || list.len() > 340 {
+                    return Err(format!("{what} mappings: between 1 and 340 are needed, got {}", list.len()));
+                }
+                if list.iter().any(|m| m.size == 0) {
+                    return Err(format!("{what} mappings: a mapping of size 0"));
+                }
+            }
         }
         Ok(())
     }
@@ -660,6 +701,7 @@ mod tests {
             sysctls: BTreeMap::new(),
             oom_score_adj: None,
             log_level: LogLevel::Info,
+            userns: None,
         };
         let mut c = base.clone();
         c.namespaces.uts = NamespaceMode::Node;
@@ -668,6 +710,18 @@ mod tests {
         let mut c = base.clone();
         c.oom_score_adj = Some(1001);
         assert!(c.validate().is_err());
+        let map = IdMapping { container_id: 0, host_id: 200000, size: 65536 };
+        let mut c = base.clone();
+        c.userns = Some(UsernsConfig { uid_mappings: vec![map], gid_mappings: vec![map] });
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(UsernsConfig::map_text(&[map, IdMapping { container_id: 65536, host_id: 1, size: 1 }]), "0 200000 65536\n65536 1 1\n");
+        c.namespaces.network = NamespaceMode::Node;
+        assert!(c.validate().unwrap_err().contains("own network"));
+        let mut c = base.clone();
+        c.userns = Some(UsernsConfig { uid_mappings: vec![], gid_mappings: vec![map] });
+        assert!(c.validate().unwrap_err().contains("uid mappings"));
+        c.userns = Some(UsernsConfig { uid_mappings: vec![IdMapping { size: 0, ..map }], gid_mappings: vec![map] });
+        assert!(c.validate().unwrap_err().contains("size 0"));
         let mut c = base.clone();
         c.sysctls.insert("vm.swappiness".into(), "0".into());
         assert!(c.validate().unwrap_err().contains("not namespaced"));

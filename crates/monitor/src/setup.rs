@@ -98,9 +98,88 @@ fn steps(sb: &mut Sandbox) -> Result<(), StageError> {
     if ns.uts == NamespaceMode::Pod {
         flags |= libc::CLONE_NEWUTS;
     }
-    if flags != 0 {
+    let mut holder: Option<(libc::pid_t, std::os::fd::OwnedFd)> = None;
+    if let Some(userns) = &cfg.userns {
+        holder = Some(create_in_userns(userns, flags).stage("user_namespace")?);
+    } else if flags != 0 {
         sys::unshare(flags).stage("namespaces")?;
     }
+    let result = steps_in_namespaces(sb, &cfg, holder.as_ref().map(|(pid, _)| *pid));
+    if let Some((pid, hold)) = holder {
+        // Its namespaces are pinned (or the set-up is being undone): it may go.
+        drop(hold);
+        let _ = sys::kill(pid, libc::SIGKILL);
+        let _ = sys::wait_pid(pid);
+    }
+    result
+}
+
+/// Creates the pod's user namespace with its mappings and, inside it, the namespaces in `flags`
+/// (so they belong to it), and moves the monitor into the latter. The monitor itself stays in
+/// the node's user namespace: it needs its privileges there. Returns the helper process that
+/// holds the user namespace until it is pinned, and the pipe end that keeps it waiting.
+fn create_in_userns(userns: &monitor_proto::UsernsConfig, flags: libc::c_int) -> io::Result<(libc::pid_t, std::os::fd::OwnedFd)> {
+    let (to_parent_r, to_parent_w) = sys::pipe_cloexec()?;
+    let (to_child_r, to_child_w) = sys::pipe_cloexec()?;
+    // SAFETY: the monitor is single-threaded here; the child makes raw system calls only.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        let (w, r) = (std::os::fd::AsRawFd::as_raw_fd(&to_parent_w), std::os::fd::AsRawFd::as_raw_fd(&to_child_r));
+        let step = |ok: bool, code: libc::c_int| {
+            if !ok {
+                // SAFETY: ends the forked child without running the parent's destructors.
+                unsafe { libc::_exit(code) };
+            }
+        };
+        let mut b = [0u8; 1];
+        // SAFETY (all below): plain system calls on descriptors this process holds.
+        step(unsafe { libc::unshare(libc::CLONE_NEWUSER) } == 0, 10);
+        step(unsafe { libc::write(w, b"u".as_ptr().cast(), 1) } == 1, 11);
+        step(unsafe { libc::read(r, b.as_mut_ptr().cast(), 1) } == 1, 12);
+        step(flags == 0 || unsafe { libc::unshare(flags) } == 0, 13);
+        step(unsafe { libc::write(w, b"n".as_ptr().cast(), 1) } == 1, 14);
+        // Held until the parent closes its end (or kills it).
+        let _ = unsafe { libc::read(r, b.as_mut_ptr().cast(), 1) };
+        unsafe { libc::_exit(0) };
+    }
+    drop(to_parent_w);
+    drop(to_child_r);
+    let fail = |what: &str, e: io::Error| -> io::Error {
+        let _ = sys::kill(pid, libc::SIGKILL);
+        let _ = sys::wait_pid(pid);
+        io::Error::new(e.kind(), format!("{what}: {e}"))
+    };
+    let wait_byte = |what: &str| -> io::Result<()> {
+        let mut b = [0u8; 1];
+        match unsafe { libc::read(std::os::fd::AsRawFd::as_raw_fd(&to_parent_r), b.as_mut_ptr().cast(), 1) } {
+            1 => Ok(()),
+            _ => Err(io::Error::other(format!("the namespace helper failed before {what}"))),
+        }
+    };
+    wait_byte("its user namespace existed").map_err(|e| fail("create the user namespace", e))?;
+    // A privileged writer may map any range and keeps setgroups allowed.
+    fs::write(format!("/proc/{pid}/uid_map"), monitor_proto::UsernsConfig::map_text(&userns.uid_mappings)).map_err(|e| fail("write uid_map", e))?;
+    fs::write(format!("/proc/{pid}/gid_map"), monitor_proto::UsernsConfig::map_text(&userns.gid_mappings)).map_err(|e| fail("write gid_map", e))?;
+    sys::write_all_fd(std::os::fd::AsRawFd::as_raw_fd(&to_child_w), b"m").map_err(|e| fail("resume the namespace helper", e))?;
+    wait_byte("its namespaces existed").map_err(|e| fail("create the pod namespaces", e))?;
+    for (name, flag) in [("net", libc::CLONE_NEWNET), ("ipc", libc::CLONE_NEWIPC), ("uts", libc::CLONE_NEWUTS)] {
+        if flags & flag == 0 {
+            continue;
+        }
+        let file = fs::File::open(format!("/proc/{pid}/ns/{name}")).map_err(|e| fail("open the pod namespaces", e))?;
+        if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), flag) } != 0 {
+            return Err(fail(&format!("join the pod's {name} namespace"), io::Error::last_os_error()));
+        }
+    }
+    // The open write end keeps the helper (and its user namespace) waiting until it is pinned.
+    Ok((pid, to_child_w))
+}
+
+fn steps_in_namespaces(sb: &mut Sandbox, cfg: &MonitorConfig, userns_holder: Option<libc::pid_t>) -> Result<(), StageError> {
+    let ns = &cfg.namespaces;
 
     if let Some(hostname) = cfg.hostname.as_deref().filter(|h| !h.is_empty()) {
         sys::sethostname(hostname).stage("hostname")?;
@@ -137,6 +216,9 @@ fn steps(sb: &mut Sandbox) -> Result<(), StageError> {
     }
     if let Some(init) = &sb.init {
         pins.push((NsType::Pid, format!("/proc/{}/ns/pid", init.pid)));
+    }
+    if let Some(holder) = userns_holder {
+        pins.push((NsType::User, format!("/proc/{holder}/ns/user")));
     }
     if !pins.is_empty() {
         create_dir(&ns_dir).stage("pin")?;

@@ -113,16 +113,18 @@ pub enum Stage {
     CloseFds,
     Keyring,
     RecursiveReadonly,
+    IdmapMount,
+    JoinUserns,
 }
 
 impl Stage {
     pub fn from_u32(v: u32) -> Option<Stage> {
         use Stage::*;
-        const ALL: [Stage; 37] = [
+        const ALL: [Stage; 39] = [
             Signals, CgroupJoin, Setns, UnshareCgroup, Session, Stdio, RootPropagation, Overlay, RootfsOpen, MountTarget,
             Mount, Remount, MountPropagation, Device, Symlink, Cwd, Pivot, ReadonlyPath, MaskedPath, ReadonlyRoot,
             OomScoreAdj, Rlimit, NoNewPrivs, Seccomp, CapBounding, Groups, Setgid, Setuid, Capset, Ambient,
-            ParentDeath, Chdir, Gate, Exec, CloseFds, Keyring, RecursiveReadonly,
+            ParentDeath, Chdir, Gate, Exec, CloseFds, Keyring, RecursiveReadonly, IdmapMount, JoinUserns,
         ];
         ALL.iter().copied().find(|s| *s as u32 == v)
     }
@@ -436,15 +438,26 @@ unsafe fn rootfs(r: &RootfsPlan, io: &ChildIo) {
     if let Some(dir) = &r.overlay_chdir {
         check!(io, Stage::Overlay, 0, unsafe { libc::chdir(dir.as_ptr()) });
     }
+    if let Some(userns) = &r.idmap_userns {
+        for (i, (src, at)) in r.idmap_layers.iter().enumerate() {
+            check!(io, Stage::IdmapMount, i, unsafe { idmapped_bind(src.as_ptr(), libc::AT_FDCWD, at.as_ptr(), userns.as_raw_fd(), false) });
+        }
+    }
     check!(io, Stage::Overlay, 0, mount_raw(c"overlay".as_ptr(), r.rootfs_dir.as_ptr(), c"overlay".as_ptr(), 0, r.overlay_data.as_ptr()));
     let root = check!(io, Stage::RootfsOpen, 0, unsafe { libc::open(r.rootfs_dir.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) });
 
     for (i, op) in r.ops.iter().enumerate() {
         match op {
-            RootfsOp::Mount { target, create, source, fstype, flags, data, remount, propagation, recursive_readonly } => {
+            RootfsOp::Mount { target, create, source, fstype, flags, data, remount, propagation, recursive_readonly, idmap } => {
                 let fd = check!(io, Stage::MountTarget, i, resolve(root, target, Some(*create)));
                 let path = FdPath::new(fd);
-                check!(io, Stage::Mount, i, mount_raw(opt_ptr(source), path.as_ptr(), opt_ptr(fstype), *flags, opt_ptr(data)));
+                if *idmap {
+                    let userns = r.idmap_userns.as_ref().map_or(-1, |f| f.as_raw_fd());
+                    let src = opt_ptr(source);
+                    check!(io, Stage::Mount, i, unsafe { idmapped_bind(src, fd, c"".as_ptr(), userns, *flags & libc::MS_REC != 0) });
+                } else {
+                    check!(io, Stage::Mount, i, mount_raw(opt_ptr(source), path.as_ptr(), opt_ptr(fstype), *flags, opt_ptr(data)));
+                }
                 unsafe { libc::close(fd) };
                 if remount.is_some() || !propagation.is_empty() || *recursive_readonly {
                     // The descriptor named the mountpoint underneath; reopen to reach the new mount.
@@ -575,6 +588,35 @@ unsafe fn rootfs(r: &RootfsPlan, io: &ChildIo) {
     }
 }
 
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+
+/// Bind-mounts `source` on `target` (a path, or with an empty path the directory `target_fd`
+/// names) through a detached copy mapped into `userns`. Returns -1 with errno set on failure,
+/// like the system calls it makes.
+unsafe fn idmapped_bind(source: *const c_char, target_fd: c_int, target: *const c_char, userns: RawFd, recursive: bool) -> c_int {
+    let rec = if recursive { AT_RECURSIVE as libc::c_uint } else { 0 };
+    let tree = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, source, OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | rec) } as c_int;
+    if tree < 0 {
+        return -1;
+    }
+    let attr = MountAttr { attr_set: MOUNT_ATTR_IDMAP, attr_clr: 0, propagation: 0, userns_fd: userns as u64 };
+    let flags = libc::AT_EMPTY_PATH | if recursive { AT_RECURSIVE } else { 0 };
+    let mut rc = unsafe { libc::syscall(libc::SYS_mount_setattr, tree, c"".as_ptr(), flags, &attr as *const MountAttr, std::mem::size_of::<MountAttr>()) } as c_int;
+    if rc == 0 {
+        // A /proc/self/fd path of an O_PATH descriptor is refused as a move_mount target: the
+        // descriptor itself is passed instead.
+        let t_empty = if target_fd == libc::AT_FDCWD { 0 } else { MOVE_MOUNT_T_EMPTY_PATH };
+        rc = unsafe { libc::syscall(libc::SYS_move_mount, tree, c"".as_ptr(), target_fd, target, MOVE_MOUNT_F_EMPTY_PATH | t_empty) } as c_int;
+    }
+    let e = errno();
+    unsafe { libc::close(tree) };
+    set_errno(e);
+    rc
+}
+
 /// Waits for one byte on `gate` and closes it. A gate closed unopened means the container is
 /// being torn down (or the monitor died before the death signal was armed).
 unsafe fn wait_gate(gate: RawFd) {
@@ -613,6 +655,11 @@ unsafe fn finish(p: &ProcessPlan, io: &ChildIo) -> ! {
         }
     }
 
+    // Limits above are raised with the node's privileges; identity and capabilities below are
+    // the user namespace's.
+    if let Some(userns) = &p.userns {
+        check!(io, Stage::JoinUserns, 0, unsafe { libc::setns(userns.as_raw_fd(), libc::CLONE_NEWUSER) });
+    }
     if p.no_new_privs {
         check!(io, Stage::NoNewPrivs, 0, unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) });
     }
@@ -703,11 +750,11 @@ mod tests {
         let r = Record { kind: KIND_ERROR, stage: Stage::Mount as u32, index: 7, errno: libc::EPERM };
         assert_eq!(Record::from_bytes(&r.to_bytes()), r);
         assert_eq!(RECORD_SIZE, 16);
-        for v in 1..=37 {
+        for v in 1..=39 {
             assert_eq!(Stage::from_u32(v).map(|s| s as u32), Some(v));
         }
         assert_eq!(Stage::from_u32(0), None);
-        assert_eq!(Stage::from_u32(38), None);
+        assert_eq!(Stage::from_u32(40), None);
     }
 
     #[test]

@@ -124,6 +124,8 @@ pub fn describe_failure(process: &ProcessPlan, rootfs: Option<&RootfsPlan>, rec:
         Stage::CloseFds => "close descriptors".to_owned(),
         Stage::Keyring => "create a session keyring".to_owned(),
         Stage::RecursiveReadonly => format!("{}: make read-only recursively", op()),
+        Stage::IdmapMount => format!("id-mapped mount {}", rootfs.and_then(|r| r.idmap_layers.get(i)).map_or_else(op, |(src, _)| src.to_string_lossy().into_owned())),
+        Stage::JoinUserns => "join the pod's user namespace".to_owned(),
     };
     (kind, format!("{}: {}", step, errno_text(errno)))
 }

@@ -103,6 +103,8 @@ pub enum RootfsOp {
         propagation: Vec<c_ulong>,
         /// Then made read-only with every mount below it (mount_setattr, AT_RECURSIVE).
         recursive_readonly: bool,
+        /// A bind mount mapped through the container's user namespace (the plan's idmap_userns).
+        idmap: bool,
     },
     /// Remounts an existing mount with these flags (MS_REMOUNT is added).
     Remount { target: RootPath, flags: c_ulong },
@@ -152,6 +154,10 @@ pub struct RootfsPlan {
     pub readonly_paths: Vec<CString>,
     pub masked_paths: Vec<CString>,
     pub readonly_root: bool,
+    /// With a user namespace: the container's user namespace (the mapping of id-mapped mounts),
+    /// and the layer directories to mount id-mapped at the paths the overlay then stacks.
+    pub idmap_userns: Option<OwnedFd>,
+    pub idmap_layers: Vec<(CString, CString)>,
 }
 
 pub struct CapsPlan {
@@ -177,6 +183,9 @@ pub struct ProcessPlan {
     /// Name of the session keyring the process creates (`_ses.<container id>` as runc names it);
     /// None for an anonymous one.
     pub keyring: Option<CString>,
+    /// The pod's user namespace, joined once the root filesystem is assembled (mounts are made
+    /// with the node's privileges), before the process takes its identity.
+    pub userns: Option<OwnedFd>,
     /// `cgroup.procs` of each hierarchy the process joins (by writing "0").
     pub cgroup_procs: Vec<OwnedFd>,
     /// Namespaces to enter with setns, with their kind for messages.
@@ -374,6 +383,7 @@ fn process_plan(spec: &Spec, o: &ProcessOverrides, cgroup: Option<&CgroupPaths>)
     Ok(ProcessPlan {
         ignored_signals: ignored_signals(),
         keyring: None,
+        userns: None,
         cgroup_procs: cgroup_procs(cgroup)?,
         setns: Vec::new(),
         unshare_cgroup: false,
@@ -449,6 +459,9 @@ pub fn container_plan(spec: &Spec, bundle: &Path) -> Result<ContainerPlan, Strin
         process.setns.push((fd, flag, kind_name(kind)));
     }
 
+    if let Some(path) = spec.namespace_path("user") {
+        process.userns = Some(open_cloexec(Path::new(path), libc::O_RDONLY)?);
+    }
     let rootfs = rootfs_plan(spec, bundle, &mut process.warnings)?;
     Ok(ContainerPlan { clone_flags, process, rootfs })
 }
@@ -482,6 +495,10 @@ pub fn exec_plan(spec: &Spec, pid: libc::pid_t, overrides: &ProcessOverrides) ->
             other => kind_name(other),
         };
         process.setns.push((open_cloexec(&target, libc::O_RDONLY)?, flag, kind));
+    }
+    // Last: once in the container's user namespace, the node's namespaces are out of reach.
+    if spec.namespace_path("user").is_some() {
+        process.setns.push((open_cloexec(&proc_ns.join("user"), libc::O_RDONLY)?, libc::CLONE_NEWUSER, "user"));
     }
     let target_pid = proc_ns.join("pid");
     let pid_ns = if ns_inode(&target_pid)? == ns_inode(Path::new("/proc/self/ns/pid_for_children"))? {
@@ -554,7 +571,33 @@ pub(crate) fn mount_point_containing(mountinfo: &str, path: &Path) -> String {
 
 fn rootfs_plan(spec: &Spec, bundle: &Path, warnings: &mut Vec<String>) -> Result<RootfsPlan, String> {
     let rootfs = spec.crisp_rootfs.as_ref().ok_or("crispRootfs is missing")?;
-    let (overlay_chdir, overlay_data) = overlay_data(rootfs)?;
+    let idmap_userns = match spec.namespace_path("user") {
+        Some(path) => Some(open_cloexec(Path::new(path), libc::O_RDONLY)?),
+        None => None,
+    };
+    let mut idmap_layers = Vec::new();
+    let (overlay_chdir, overlay_data) = if idmap_userns.is_some() {
+        // Files of the image layers belong to the node's ids; seen through mounts mapped into the
+        // container's user namespace they belong to its ids. Every layer is mounted so, at
+        // `<bundle>/idmap/<n>`, and the overlay stacks those. The writable layer is not mapped
+        // (overlay creates its work directory as the node's root, whom the mapping cannot
+        // represent): it belongs to the container's root on the node, and copies up keep the
+        // mapped owners.
+        let dir = bundle.join("idmap");
+        let mut mapped = super::spec::CrispRootfs { lower_dirs: Vec::new(), upper_dir: rootfs.upper_dir.clone(), work_dir: rootfs.work_dir.clone() };
+        let mut add = |src: &Path, name: String| -> Result<PathBuf, String> {
+            let at = dir.join(name);
+            std::fs::create_dir_all(&at).map_err(|e| format!("create {}: {}", at.display(), e))?;
+            idmap_layers.push((cstring(src.as_os_str().as_bytes())?, cstring(at.as_os_str().as_bytes())?));
+            Ok(at)
+        };
+        for (i, lower) in rootfs.lower_dirs.iter().enumerate() {
+            mapped.lower_dirs.push(add(lower, i.to_string())?);
+        }
+        overlay_data(&mapped)?
+    } else {
+        overlay_data(rootfs)?
+    };
     let root_propagation = match spec.linux.rootfs_propagation.as_deref() {
         Some(p) => mounts::propagation_flag(p).ok_or_else(|| format!("unknown rootfsPropagation {:?}", p))?,
         None => libc::MS_PRIVATE | libc::MS_REC,
@@ -637,6 +680,8 @@ fn rootfs_plan(spec: &Spec, bundle: &Path, warnings: &mut Vec<String>) -> Result
         readonly_paths: paths(&spec.linux.readonly_paths)?,
         masked_paths: paths(&spec.linux.masked_paths)?,
         readonly_root: spec.readonly_root(),
+        idmap_userns,
+        idmap_layers,
     })
 }
 
@@ -662,6 +707,7 @@ fn mount_op(m: &Mount, dest: &str, kind: &str, opts: MountOptions) -> Result<Roo
             data: None,
             remount: (remount != 0).then_some(remount),
             recursive_readonly: opts.recursive_readonly,
+            idmap: m.is_idmapped(),
             propagation: opts.propagation,
         });
     }
@@ -672,6 +718,7 @@ fn mount_op(m: &Mount, dest: &str, kind: &str, opts: MountOptions) -> Result<Roo
         return Err(format!("mount options for {} are longer than a page", dest));
     }
     Ok(RootfsOp::Mount {
+        idmap: false,
         target,
         create: Create::Dir,
         source: Some(cstring(m.source.as_deref().filter(|s| !s.is_empty()).unwrap_or(kind))?),
@@ -696,6 +743,7 @@ fn cgroup_mount(spec: &Spec, dest: &str, opts: &MountOptions, ops: &mut Vec<Root
     if cg.version == 2 {
         if spec.new_namespace("cgroup") {
             ops.push(RootfsOp::Mount {
+                idmap: false,
                 recursive_readonly: false,
                 target: RootPath::new(dest)?,
                 create: Create::Dir,
@@ -708,6 +756,7 @@ fn cgroup_mount(spec: &Spec, dest: &str, opts: &MountOptions, ops: &mut Vec<Root
             });
         } else if let Some(dir) = cg.unique_dirs().first() {
             ops.push(RootfsOp::Mount {
+                idmap: false,
                 recursive_readonly: false,
                 target: RootPath::new(dest)?,
                 create: Create::Dir,
@@ -723,6 +772,7 @@ fn cgroup_mount(spec: &Spec, dest: &str, opts: &MountOptions, ops: &mut Vec<Root
     }
     let base = flags & !libc::MS_RDONLY;
     ops.push(RootfsOp::Mount {
+        idmap: false,
         recursive_readonly: false,
         target: RootPath::new(dest)?,
         create: Create::Dir,
@@ -741,6 +791,7 @@ fn cgroup_mount(spec: &Spec, dest: &str, opts: &MountOptions, ops: &mut Vec<Root
         let hierarchy = hierarchy.to_string_lossy().into_owned();
         if !mounted.contains(&hierarchy) {
             ops.push(RootfsOp::Mount {
+                idmap: false,
                 recursive_readonly: false,
                 target: RootPath::new(&format!("{}/{}", dest, hierarchy))?,
                 create: Create::Dir,

@@ -155,6 +155,13 @@ pub struct Mount {
     pub gid_mappings: Vec<serde_json::Value>,
 }
 
+impl Mount {
+    /// Mapped through the container's user namespace (OCI `idmap`/`ridmap`, or mappings given).
+    pub fn is_idmapped(&self) -> bool {
+        !self.uid_mappings.is_empty() || !self.gid_mappings.is_empty() || self.options.iter().any(|o| o == "idmap" || o == "ridmap")
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Linux {
@@ -322,7 +329,8 @@ impl Spec {
             }
             seen.push(ns.kind.as_str());
             match ns.kind.as_str() {
-                "user" => return Err("user namespaces are not supported".into()),
+                // The pod's, joined once the root filesystem is assembled.
+                "user" if ns.path.is_none() => return Err("a new user namespace per container is not supported (only the pod's)".into()),
                 "time" => return Err("time namespaces are not supported".into()),
                 "mount" if ns.path.is_some() => {
                     return Err("joining an existing mount namespace is not supported".into())
@@ -330,8 +338,9 @@ impl Spec {
                 _ => {}
             }
         }
-        if !self.linux.uid_mappings.is_empty() || !self.linux.gid_mappings.is_empty() {
-            return Err("uid/gid mappings need a user namespace, which is not supported".into());
+        let userns = self.namespace_path("user").is_some();
+        if !userns && (!self.linux.uid_mappings.is_empty() || !self.linux.gid_mappings.is_empty()) {
+            return Err("uid/gid mappings need a user namespace".into());
         }
         let rootfs = self.crisp_rootfs.as_ref().ok_or("crispRootfs is missing")?;
         if rootfs.lower_dirs.is_empty() {
@@ -347,11 +356,9 @@ impl Spec {
             if !m.destination.starts_with('/') {
                 return Err(format!("mount destination {:?} is not absolute", m.destination));
             }
-            if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
-                return Err(format!("id-mapped mount {:?} is not supported", m.destination));
-            }
-            if m.options.iter().any(|o| o == "idmap" || o == "ridmap") {
-                return Err(format!("id-mapped mount {:?} is not supported", m.destination));
+            // Id-mapped mounts use the container's user namespace for their mapping.
+            if !userns && m.is_idmapped() {
+                return Err(format!("id-mapped mount {:?} needs a user namespace", m.destination));
             }
         }
         for d in &self.linux.devices {
@@ -398,6 +405,19 @@ impl Spec {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_pods_user_namespace_allows_mappings_and_id_mapped_mounts() {
+        let v = serde_json::json!({
+            "process": {"args": ["true"], "cwd": "/"},
+            "crispRootfs": {"lowerDirs": ["/l"], "upperDir": "/u", "workDir": "/w"},
+            "linux": {"namespaces": [{"type": "user", "path": "/state/ns/user"}], "uidMappings": [{"containerID": 0, "hostID": 200000, "size": 65536}]},
+            "mounts": [{"destination": "/data", "type": "bind", "source": "/srv", "options": ["rbind", "idmap"]}]
+        });
+        let spec: Spec = serde_json::from_value(v).unwrap();
+        assert_eq!(spec.validate(), Ok(()));
+        assert!(spec.mounts[0].is_idmapped());
+    }
 
     #[test]
     fn hooks_need_absolute_paths_and_positive_timeouts() {
@@ -493,7 +513,7 @@ mod tests {
     fn rejects_what_cannot_be_honoured() {
         type Edit = Box<dyn Fn(&mut serde_json::Value)>;
         let cases: Vec<(&str, Edit)> = vec![
-            ("user namespaces", Box::new(|v| v["linux"] = json!({"namespaces": [{"type": "user"}]}))),
+            ("a new user namespace", Box::new(|v| v["linux"] = json!({"namespaces": [{"type": "user"}]}))),
             ("mount namespace", Box::new(|v| v["linux"] = json!({"namespaces": [{"type": "mount", "path": "/x"}]}))),
             ("unknown namespace", Box::new(|v| v["linux"] = json!({"namespaces": [{"type": "bogus"}]}))),
             ("listed twice", Box::new(|v| v["linux"] = json!({"namespaces": [{"type": "pid"}, {"type": "pid"}]}))),
