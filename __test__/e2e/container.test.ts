@@ -327,7 +327,7 @@ test('CDI hooks: createContainer in the container\'s mount namespace before pivo
   t.is(logText(notRun.logPath), '', 'the process never ran');
 });
 
-test('user namespaces: a hostUsers=false pod maps its root to an unprivileged node range; files, volumes and exec follow', async (t) => {
+test('user namespaces: a hostUsers=false pod maps its root to an unprivileged node range; files, volumes, image volumes and exec follow', async (t) => {
   const mapping = { hostId: 200000, containerId: 0, length: 65536 };
   const userns = { mode: 0 /* POD */, uids: [mapping], gids: [mapping] };
   const env = await setup(t, { linux: { cgroupParent: CGROUP_PARENT, securityContext: { namespaceOptions: { network: 0, pid: 1, ipc: 0, usernsOptions: userns } } } });
@@ -342,22 +342,27 @@ test('user namespaces: a hostUsers=false pod maps its root to an unprivileged no
     'touch /etc/written && echo rootfs-writable',
     'stat -c %u /vol/owned-by-node-root',
     'touch /vol/from-container && echo volume-writable',
+    'stat -c %u /img/data/keep.txt',
     'sleep 30',
   ].join('; ');
+  await env.c.call('pullImage', { image: { image: t.context.multilayer.reference } });
   const id = await run(
     env,
     containerConfig(t, script, {
       linux: { securityContext: { namespaceOptions: { network: 0, pid: 1, ipc: 0, usernsOptions: userns } } },
-      mounts: [{ containerPath: '/vol', hostPath: volume, uidMappings: [mapping], gidMappings: [mapping] }],
+      mounts: [
+        { containerPath: '/vol', hostPath: volume, uidMappings: [mapping], gidMappings: [mapping] },
+        { containerPath: '/img', image: { image: t.context.multilayer.reference }, readonly: true },
+      ],
     }),
   );
   let out = '';
-  for (let i = 0; i < 100 && !out.includes('volume-writable'); i++) {
+  for (let i = 0; i < 100 && out.trim().split('\n').length < 7; i++) {
     await new Promise((r) => setTimeout(r, 50));
     const st = (await env.c.call('containerStatus', { containerId: id })).status!;
     out = fs.existsSync(st.logPath) ? logText(st.logPath) : '';
   }
-  t.deepEqual(out.trim().split('\n'), ['0', '0 200000 65536', '0', 'rootfs-writable', '0', 'volume-writable']);
+  t.deepEqual(out.trim().split('\n'), ['0', '0 200000 65536', '0', 'rootfs-writable', '0', 'volume-writable', '0'], 'ids as the container sees them');
   // On the node the process is an unprivileged id, and what it wrote belongs to node root.
   const verbose = await env.c.call('containerStatus', { containerId: id, verbose: true });
   const pid = JSON.parse(verbose.info.info!).pid as number;

@@ -421,7 +421,8 @@ async function applyMounts(spec: OciSpec, input: SpecInput, host: SpecHost): Pro
     const image = input.imageVolumes?.get(imageVolumeKey(m));
     if (!image) throw internal(`image volume "${m.image.image}" at "${m.containerPath}" was not resolved`);
     // Image volumes are read-only whatever the request says (kubelet always asks for that).
-    return { containerPath: m.containerPath, hostPath: '', readonly: true, propagation: MountPropagation.PROPAGATION_PRIVATE, image };
+    const idmap = Boolean(input.sandbox.namespaces.userns);
+    return { containerPath: m.containerPath, hostPath: '', readonly: true, propagation: MountPropagation.PROPAGATION_PRIVATE, image, idmap };
   });
   const criDestinations = new Set(requests.map((r) => cleanPath(r.containerPath)));
   for (const extra of runtimeMounts(input)) {
@@ -442,7 +443,10 @@ async function applyMounts(spec: OciSpec, input: SpecInput, host: SpecHost): Pro
     if (resolved.status === 'rejected') throw resolved.reason;
     const source = resolved.value;
     if (r.image?.kind === 'dir') {
-      spec.mounts.push(imageVolumeMount(r.containerPath, r.image.layers, input.emptyLowerDir));
+      const mount = imageVolumeMount(r.containerPath, r.image.layers, input.emptyLowerDir);
+      // In a pod user namespace its layers are mapped like the root filesystem's.
+      if (input.sandbox.namespaces.userns) mount.options.push('idmap');
+      spec.mounts.push(mount);
       continue;
     }
     const options = ['rbind'];

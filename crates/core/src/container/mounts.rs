@@ -89,6 +89,8 @@ pub fn parse_options(options: &[String]) -> MountOptions {
             }
         } else if let Some(p) = propagation_flag(opt) {
             out.propagation.push(p);
+        } else if opt == "idmap" || opt == "ridmap" {
+            // Carried by the mount itself (the container's user namespace), not a filesystem option.
         } else if opt == "rro" {
             out.recursive_readonly = true;
             out.flags |= libc::MS_RDONLY;

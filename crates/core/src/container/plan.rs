@@ -509,6 +509,31 @@ pub fn exec_plan(spec: &Spec, pid: libc::pid_t, overrides: &ProcessOverrides) ->
     Ok(ExecPlan { process, pid_ns })
 }
 
+fn dir_for_idmap(bundle: &Path) -> PathBuf {
+    bundle.join("idmap")
+}
+
+/// Rewrites the `lowerdir=` of overlay options to id-mapped copies of its layers, mounted at
+/// `<dir>/v<mount>-<n>` before the root is assembled.
+fn idmapped_lowerdirs(data: &str, dir: &Path, mount: usize, idmap_layers: &mut Vec<(CString, CString)>) -> Result<String, String> {
+    let mut out = Vec::new();
+    for opt in data.split(',').filter(|o| !o.is_empty()) {
+        let Some(list) = opt.strip_prefix("lowerdir=") else {
+            out.push(opt.to_string());
+            continue;
+        };
+        let mut mapped = Vec::new();
+        for (n, layer) in list.split(':').enumerate() {
+            let at = dir.join(format!("v{mount}-{n}"));
+            std::fs::create_dir_all(&at).map_err(|e| format!("create {}: {}", at.display(), e))?;
+            idmap_layers.push((cstring(layer)?, cstring(at.as_os_str().as_bytes())?));
+            mapped.push(at.to_string_lossy().into_owned());
+        }
+        out.push(format!("lowerdir={}", mapped.join(":")));
+    }
+    Ok(out.join(","))
+}
+
 fn overlay_data(rootfs: &super::spec::CrispRootfs) -> Result<(Option<CString>, CString), String> {
     let render = |strip: &Path| -> String {
         let rel = |p: &Path| p.strip_prefix(strip).unwrap_or(p).to_string_lossy().into_owned();
@@ -583,7 +608,7 @@ fn rootfs_plan(spec: &Spec, bundle: &Path, warnings: &mut Vec<String>) -> Result
         // (overlay creates its work directory as the node's root, whom the mapping cannot
         // represent): it belongs to the container's root on the node, and copies up keep the
         // mapped owners.
-        let dir = bundle.join("idmap");
+        let dir = dir_for_idmap(bundle);
         let mut mapped = super::spec::CrispRootfs { lower_dirs: Vec::new(), upper_dir: rootfs.upper_dir.clone(), work_dir: rootfs.work_dir.clone() };
         let mut add = |src: &Path, name: String| -> Result<PathBuf, String> {
             let at = dir.join(name);
@@ -615,7 +640,11 @@ fn rootfs_plan(spec: &Spec, bundle: &Path, warnings: &mut Vec<String>) -> Result
     let mut dev_pts = false;
     for m in &spec.mounts {
         let kind = m.kind.as_deref().unwrap_or("");
-        let opts = mounts::parse_options(&m.options);
+        let mut opts = mounts::parse_options(&m.options);
+        if kind == "overlay" && m.is_idmapped() && idmap_userns.is_some() {
+            // A read-only overlay (an image volume): its layers are mapped like the root's.
+            opts.data = idmapped_lowerdirs(&opts.data, &dir_for_idmap(bundle), ops.len(), &mut idmap_layers)?;
+        }
         let dest = clean_destination(&m.destination);
         if dest == "/dev" && !opts.is_bind() && kind != "bind" {
             dev_tmpfs = true;
@@ -718,7 +747,6 @@ fn mount_op(m: &Mount, dest: &str, kind: &str, opts: MountOptions) -> Result<Roo
         return Err(format!("mount options for {} are longer than a page", dest));
     }
     Ok(RootfsOp::Mount {
-        idmap: false,
         target,
         create: Create::Dir,
         source: Some(cstring(m.source.as_deref().filter(|s| !s.is_empty()).unwrap_or(kind))?),
@@ -727,6 +755,8 @@ fn mount_op(m: &Mount, dest: &str, kind: &str, opts: MountOptions) -> Result<Roo
         data: (!opts.data.is_empty()).then(|| cstring(&opts.data)).transpose()?,
         remount: None,
         recursive_readonly: opts.recursive_readonly,
+        // Only bind mounts are mapped by the child; an overlay's layers are mapped beforehand.
+        idmap: false,
         propagation: opts.propagation,
     })
 }
@@ -817,6 +847,22 @@ fn cgroup_mount(spec: &Spec, dest: &str, opts: &MountOptions, ops: &mut Vec<Root
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn an_id_mapped_overlay_stacks_mapped_copies_of_its_layers() {
+        let dir = std::env::temp_dir().join(format!("crisp-idmap-plan-{}", std::process::id()));
+        let mut layers = Vec::new();
+        let data = idmapped_lowerdirs("ro,lowerdir=/snap/2/fs:/snap/1/fs", &dir, 7, &mut layers).unwrap();
+        assert_eq!(data, format!("ro,lowerdir={0}/v7-0:{0}/v7-1", dir.display()));
+        assert_eq!(layers, vec![
+            (cstring("/snap/2/fs").unwrap(), cstring(format!("{}/v7-0", dir.display())).unwrap()),
+            (cstring("/snap/1/fs").unwrap(), cstring(format!("{}/v7-1", dir.display())).unwrap()),
+        ]);
+        assert!(dir.join("v7-1").is_dir(), "the mountpoints are made by the plan");
+        std::fs::remove_dir_all(&dir).unwrap();
+        let opts = mounts::parse_options(&["ro".to_string(), "idmap".to_string(), "lowerdir=/a:/b".to_string()]);
+        assert_eq!(opts.data, "lowerdir=/a:/b", "idmap is not a filesystem option");
+    }
     use super::*;
     use crate::container::spec::CrispRootfs;
     use serde_json::json;
