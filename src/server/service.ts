@@ -100,8 +100,8 @@ export class CriService {
 
   /** What each handler supports; user namespaces and recursive read-only mounts are not offered yet. */
   handlerFeatures(): { recursiveReadOnlyMounts: boolean; userNamespaces: boolean } {
-    // Pod user namespaces need id-mapped mounts (mount_setattr too) for the root filesystem.
-    return { recursiveReadOnlyMounts: kernelHasMountSetattr(), userNamespaces: kernelHasMountSetattr() };
+    // Pod user namespaces need overlayfs over id-mapped layers for the root filesystem (5.19).
+    return { recursiveReadOnlyMounts: kernelAtLeast(5, 12), userNamespaces: kernelAtLeast(5, 19) };
   }
 
   runtimeFeatures(): { supplementalGroupsPolicy: boolean; userNamespacesHostNetwork: boolean } {
@@ -116,8 +116,8 @@ export class CriService {
   }
 }
 
-/** mount_setattr(2), which recursive read-only mounts need, arrived in Linux 5.12. */
-function kernelHasMountSetattr(): boolean {
+/** Whether the running kernel is at least `major.minor` (mount_setattr(2) came in 5.12). */
+function kernelAtLeast(wantMajor: number, wantMinor: number): boolean {
   const [major = 0, minor = 0] = os.release().split('.').map((n) => parseInt(n, 10));
-  return major > 5 || (major === 5 && minor >= 12);
+  return major > wantMajor || (major === wantMajor && minor >= wantMinor);
 }
