@@ -254,6 +254,33 @@ test('two pods reach each other, and a hostPort on 127.0.0.1 reaches a server in
   for (const id of [a, b]) assertNothingLeft(t, d, id);
 });
 
+test('a user-namespaced pod: bridge networking and sysctls work, its namespaces belong to its user namespace, removal leaves nothing', async (t) => {
+  const { d, c } = await daemon(t);
+  const map = { hostId: 300000, containerId: 0, length: 65536 };
+  const config = podConfig('userns', {
+    linux: {
+      cgroupParent: `/crisp-test-${tag}`,
+      sysctls: { 'net.ipv4.ip_unprivileged_port_start': '80' },
+      securityContext: { namespaceOptions: { usernsOptions: { mode: NamespaceMode.POD, uids: [map], gids: [map] } } },
+    },
+  });
+  const id = (await c.call('runPodSandbox', { config })).podSandboxId;
+  const other = (await c.call('runPodSandbox', { config: podConfig('plain') })).podSandboxId;
+  const ipOf = async (pod: string) => (await c.call('podSandboxStatus', { podSandboxId: pod })).status!.network!.ip;
+  const nsDir = path.join(d.state, 'sandboxes', id, 'ns');
+  t.true(fs.existsSync(path.join(nsDir, 'user')), 'the user namespace is pinned');
+  nsenter('net', path.join(nsDir, 'net'), ['busybox', 'ping', '-c', '1', '-W', '2', await ipOf(other)]);
+  t.is(nsenter('net', path.join(nsDir, 'net'), ['cat', '/proc/sys/net/ipv4/ip_unprivileged_port_start']).trim(), '80');
+  // Inside its user namespace the pod's root is root: it may administer its own network.
+  const inside = execFileSync('nsenter', [`--user=${path.join(nsDir, 'user')}`, `--net=${path.join(nsDir, 'net')}`, 'busybox', 'sh', '-c', 'cat /proc/self/uid_map; ip link set lo mtu 1400 && echo admin'], {
+    encoding: 'utf8',
+  });
+  t.regex(inside, /^\s*0\s+300000\s+65536\n/);
+  t.regex(inside, /admin/);
+  for (const pod of [id, other]) await c.call('removePodSandbox', { podSandboxId: pod });
+  for (const pod of [id, other]) assertNothingLeft(t, d, pod);
+});
+
 test('PID namespace shared by the pod: PID 1 there is crisp\'s init, not a container', async (t) => {
   const { d, c } = await daemon(t);
   const config = podConfig('sharedpid', {
