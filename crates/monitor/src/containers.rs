@@ -20,7 +20,7 @@ use crisp_core::container::crilog::{self, LineSplitter, Stream};
 use crisp_core::container::launch::{self, FailureKind};
 use crisp_core::container::plan::{self, ContainerPlan, ProcessOverrides};
 use crisp_core::container::pty;
-use crisp_core::container::spec::Spec;
+use crisp_core::container::spec::{Hook, Spec};
 use crisp_core::monitor_proto::{
     self, frame, ContainerInfo, ContainerRef, ContainerState, CreateReply, CreateRequest, ErrorCode, Event, ExecReply,
     ExecRequest, ExecStreamReply, ExitEvent, ExitRecord, ProcessSpec, Reply, Response, SignalRequest, StartReply,
@@ -338,8 +338,7 @@ fn take_records(buf: &mut Vec<u8>) -> Vec<Record> {
 }
 
 /// poststart and poststop hooks: run in the monitor's namespaces; a failure is logged.
-fn run_logged_hooks(kind: &str, status: &str, id: &str, pid: libc::pid_t, bundle: &Path, spec: &Spec) {
-    let list = if kind == "poststart" { &spec.hooks.poststart } else { &spec.hooks.poststop };
+fn run_logged_hooks(kind: &str, list: &[Hook], status: &str, id: &str, pid: libc::pid_t, bundle: &Path, spec: &Spec) {
     if list.is_empty() {
         return;
     }
@@ -883,7 +882,9 @@ impl Server {
                     self.reply(w, Response::ok(w.1, Reply::Start(StartReply { pid, started_at_ms: now })));
                 }
                 if let Some(c) = self.ctrs.containers.get(id) {
-                    Self::run_hooks_logged(c, "poststart", "running");
+                    if let Some(spec) = c.spec.as_ref() {
+                        run_logged_hooks("poststart", &spec.hooks.poststart, "running", &c.id, c.pid, &c.bundle, spec);
+                    }
                 }
             }
             _ => {}
@@ -932,14 +933,6 @@ impl Server {
             sys::write_all_fd(gate.as_raw_fd(), b"h").map_err(|e| format!("resume set-up after hooks: {e}"))?;
         }
         Ok(())
-    }
-
-    /// Runs hooks whose failure only warrants a warning (poststart, poststop), in the monitor's
-    /// namespaces.
-    fn run_hooks_logged(c: &Container, kind: &str, status: &str) {
-        if let Some(spec) = c.spec.as_ref() {
-            run_logged_hooks(kind, status, &c.id, c.pid, &c.bundle, spec);
-        }
     }
 
     /// A hook before pivot_root failed: the process is killed and the failure reported as a
@@ -1140,7 +1133,7 @@ impl Server {
         self.end_attach_sessions(id, record.exit_code);
         // After the exit is recorded and announced: the daemon need not wait for these.
         if let Some(spec) = spec {
-            run_logged_hooks("poststop", "stopped", id, pid, &bundle, &spec);
+            run_logged_hooks("poststop", &spec.hooks.poststop, "stopped", id, pid, &bundle, &spec);
         }
     }
 
