@@ -59,6 +59,7 @@ test('user namespaces: a POD mode with mappings; refused with node namespaces, o
     [{ usernsOptions: { mode: NamespaceMode.POD, uids: [], gids: [map] } }, /uid mappings: between 1 and 340/],
     [{ usernsOptions: { mode: NamespaceMode.POD, uids: [map], gids: [{ ...map, hostId: 2 ** 32 - 10 }] } }, /gid mapping .* out of range/],
     [{ usernsOptions: { mode: NamespaceMode.POD, uids: [{ ...map, length: 0 }], gids: [map] } }, /out of range/],
+    [{ usernsOptions: { mode: NamespaceMode.POD, uids: [map], gids: [{ ...map, containerId: 1000 }] } }, /do not map gid 0/],
   ];
   for (const [ns, message] of bad) t.throws(() => validateSandboxConfig(pod(ns)), { message }, JSON.stringify(ns));
 });

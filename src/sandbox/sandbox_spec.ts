@@ -94,6 +94,8 @@ export function validateSandboxConfig(config: PodSandboxConfig | undefined): ass
     }
     for (const [what, list] of [['uid', userns.uids], ['gid', userns.gids]] as const) {
       if (list.length === 0 || list.length > 340) throw invalidArgument(`user namespace ${what} mappings: between 1 and 340 are needed, got ${list.length}`);
+      // The container's root owns its writable layer through this mapping.
+      if (!list.some((m) => m.containerId === 0)) throw invalidArgument(`user namespace ${what} mappings do not map ${what} 0`);
       for (const m of list) {
         if (m.length <= 0 || m.hostId < 0 || m.containerId < 0 || m.hostId + m.length > 2 ** 32 || m.containerId + m.length > 2 ** 32) {
           throw invalidArgument(`user namespace ${what} mapping ${m.containerId}:${m.hostId}:${m.length} is out of range`);

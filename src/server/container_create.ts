@@ -7,10 +7,10 @@ import { requestedCdiDevices } from '../container/cdi';
 import { buildSpec, imageSubPath, imageVolumeKey, type ImageVolumeSource } from '../container/spec_builder';
 import { type Container, containerNameKey } from '../container/container_store';
 import { cgroupResources } from '../sandbox/pod_runtime';
-import { sandboxNamespaces } from '../sandbox/sandbox_spec';
+import { type SandboxNamespaces, sandboxNamespaces } from '../sandbox/sandbox_spec';
 import type { Sandbox } from '../sandbox/sandbox_store';
 import { CleanupStack } from '../util/cleanup';
-import { errorMessage, failedPrecondition, invalidArgument, notFound } from '../util/errors';
+import { errorMessage, failedPrecondition, internal, invalidArgument, notFound } from '../util/errors';
 import { writeJsonAtomic } from '../util/fsutil';
 import type { CallContext } from './instrument';
 import type { CriService } from './service';
@@ -61,6 +61,7 @@ async function doCreate(svc: CriService, sandbox: Sandbox, config: ContainerConf
   // The container's cgroup lives next to the sandbox's, under kubelet's pod cgroup.
   const cgroupParent = svc.pods.cgroupParentOf(sandbox);
   const layout = svc.pods.cgroupLayout(cgroupParent, id);
+  const namespaces = sandboxNamespaces(sandbox.config);
 
   const container: Container = await svc.containers.create({
     version: 1,
@@ -104,7 +105,7 @@ async function doCreate(svc: CriService, sandbox: Sandbox, config: ContainerConf
         sandbox: {
           id: sandbox.id,
           dir: sandbox.dir,
-          namespaces: sandboxNamespaces(sandbox.config),
+          namespaces,
           nsPaths: svc.pods.namespacePaths(sandbox),
         },
         image: { config: imageConfig, lowerDirs },
@@ -119,7 +120,7 @@ async function doCreate(svc: CriService, sandbox: Sandbox, config: ContainerConf
         // Local mkdirs take microseconds; a trip to the threadpool each would cost more.
         fs.mkdirSync(container.upperDir, { mode: 0o755 });
         // In a pod user namespace the writable layer's root belongs to the container's root.
-        const root = podRootOnNode(sandbox);
+        const root = podRootOnNode(sandbox, namespaces);
         if (root) fs.chownSync(container.upperDir, root.uid, root.gid);
         fs.mkdirSync(container.workDir, { mode: 0o700 });
         fs.mkdirSync(path.join(container.bundleDir, 'rootfs'), { mode: 0o755 });
@@ -195,12 +196,13 @@ async function resolveImageVolumes(svc: CriService, config: ContainerConfig): Pr
 }
 
 /** The node ids of a pod user namespace's root (uid and gid 0 inside); undefined without one. */
-function podRootOnNode(sandbox: Sandbox): { uid: number; gid: number } | undefined {
-  const userns = sandboxNamespaces(sandbox.config).userns;
+function podRootOnNode(sandbox: Sandbox, namespaces: SandboxNamespaces): { uid: number; gid: number } | undefined {
+  const userns = namespaces.userns;
   if (!userns) return undefined;
   const toNode = (list: { containerId: number; hostId: number; size: number }[]) => {
     const m = list.find((x) => x.containerId === 0);
-    if (!m) throw invalidArgument(`pod ${sandbox.id}: its user namespace does not map id 0`);
+    // RunPodSandbox refused pods whose mappings leave id 0 out.
+    if (!m) throw internal(`pod ${sandbox.id}: its user namespace does not map id 0`);
     return m.hostId;
   };
   return { uid: toNode(userns.uidMappings), gid: toNode(userns.gidMappings) };

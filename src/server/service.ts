@@ -55,7 +55,6 @@ export class CriService {
   containers!: ContainerStore;
   /** CreateContainer calls in flight, by `<pod>/<name>_<attempt>`, so kubelet's retries join them. */
   readonly containerCreates = new Map<string, Promise<string>>();
-  /** /etc/passwd and /etc/group of images, read once per image. */
   /** Small image files (/etc/passwd, /etc/group) read through layers; set once the native core is loaded. */
   imageFiles!: ImageFileCache;
   /** CDI spec files, read when a container asks for a CDI device. */
@@ -98,10 +97,9 @@ export class CriService {
     return Object.fromEntries([...this.infoSources].map(([key, source]) => [key, source()]));
   }
 
-  /** What each handler supports; user namespaces and recursive read-only mounts are not offered yet. */
+  /** What each handler supports, as far as the running kernel allows. */
   handlerFeatures(): { recursiveReadOnlyMounts: boolean; userNamespaces: boolean } {
-    // Pod user namespaces need overlayfs over id-mapped layers for the root filesystem (5.19).
-    return { recursiveReadOnlyMounts: kernelAtLeast(5, 12), userNamespaces: kernelAtLeast(5, 19) };
+    return HANDLER_FEATURES;
   }
 
   runtimeFeatures(): { supplementalGroupsPolicy: boolean; userNamespacesHostNetwork: boolean } {
@@ -116,8 +114,15 @@ export class CriService {
   }
 }
 
-/** Whether the running kernel is at least `major.minor` (mount_setattr(2) came in 5.12). */
+/** Whether the running kernel is at least `major.minor`. */
 function kernelAtLeast(wantMajor: number, wantMinor: number): boolean {
   const [major = 0, minor = 0] = os.release().split('.').map((n) => parseInt(n, 10));
   return major > wantMajor || (major === wantMajor && minor >= wantMinor);
 }
+
+/**
+ * Recursive read-only mounts need mount_setattr(2) (Linux 5.12); pod user namespaces need
+ * overlayfs over id-mapped layers for the root filesystem (5.19). The kernel does not change
+ * under a running daemon, and kubelet asks for Status every few seconds.
+ */
+const HANDLER_FEATURES = Object.freeze({ recursiveReadOnlyMounts: kernelAtLeast(5, 12), userNamespaces: kernelAtLeast(5, 19) });
