@@ -328,9 +328,10 @@ serial('a rejected configuration fails at its stage and leaves nothing behind', 
     sysctls: { 'vm.swappiness': '1' },
   };
   const err = await t.throwsAsync(spawnMonitor(fx.dir, config));
+  // The message first: if this fails, it says what happened instead.
+  t.regex(err!.message, /failed at config: .*vm\.swappiness.*not namespaced/);
   t.true(err instanceof CrispError);
   t.is((err as CrispError).code, 'InvalidArgument');
-  t.regex(err!.message, /failed at config: .*vm\.swappiness.*not namespaced/);
   t.false(fs.existsSync(path.join(fx.dir, 'monitor.sock')));
   t.false(fs.existsSync(path.join(fx.dir, 'ns')));
   t.deepEqual(mountsUnder(fx.dir), []);
@@ -344,6 +345,7 @@ serial('a monitor that never reports ready is killed and reaped at the deadline'
   const started = Date.now();
   const err = await t.throwsAsync(spawnMonitor(fx.dir, podConfig('sb-hang'), fake, { timeoutMs: 300 }));
   t.is((err as CrispError).code, 'DeadlineExceeded');
+  t.regex(err!.message, /within 300 ms \(pid \d+: state S/, 'the message says what the process was doing');
   t.true(Date.now() - started < 5_000);
   const pid = Number(fs.readFileSync(path.join(fx.dir, 'fake.pid'), 'utf8'));
   fx.pids.push(pid);

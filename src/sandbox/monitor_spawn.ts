@@ -198,6 +198,8 @@ interface StartingMonitor {
   failed: Promise<Error>;
   killAndReap(): Promise<void>;
   detach(): void;
+  /** What the process is doing, for an error message ("pid 12: state S, waiting in do_epoll_wait"). */
+  describe(): string;
 }
 
 /**
@@ -224,6 +226,7 @@ function nativeChild(spawner: MonitorSpawner, binary: string, bundleDir: string,
     detach() {
       ready.destroy();
     },
+    describe: () => describeProcess(pid),
   };
 }
 
@@ -247,7 +250,31 @@ async function nodeChild(binary: string, bundleDir: string, logPath: string): Pr
     killAndReap: () => killAndReap(child),
     // While the daemon runs, node still reaps it when it exits.
     detach: () => child.unref(),
+    describe: () =>
+      child.exitCode !== null || child.signalCode !== null
+        ? `pid ${child.pid} exited (${child.exitCode ?? child.signalCode})`
+        : child.pid === undefined
+          ? 'not started'
+          : describeProcess(child.pid),
   };
+}
+
+/** The scheduler state and kernel wait channel of a process, from procfs. */
+export function describeProcess(pid: number): string {
+  let state: string | undefined;
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    state = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0];
+  } catch {
+    return `pid ${pid} is gone`;
+  }
+  let wchan = '';
+  try {
+    wchan = fs.readFileSync(`/proc/${pid}/wchan`, 'utf8').trim();
+  } catch {
+    // Not available on every kernel.
+  }
+  return `pid ${pid}: state ${state}${wchan && wchan !== '0' ? `, waiting in ${wchan}` : ''}`;
 }
 
 /** Reads the first line from the child's descriptor 3, failing on EOF, spawn error or timeout. */
@@ -268,7 +295,7 @@ function readReadyLine(child: StartingMonitor, timeoutMs: number): Promise<strin
     // If the event loop itself stalled past the deadline, the readiness line may be waiting to be
     // read: let the poll phase deliver it (setImmediate runs after it) before giving up.
     const timer = setTimeout(
-      () => setImmediate(() => finish(deadlineExceeded(`monitor did not report readiness within ${timeoutMs} ms`))),
+      () => setImmediate(() => finish(deadlineExceeded(`monitor did not report readiness within ${timeoutMs} ms (${child.describe()})`))),
       timeoutMs,
     );
     void child.failed.then((err) => finish(err));
