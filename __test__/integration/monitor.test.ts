@@ -5,7 +5,10 @@
  */
 import test, { type ExecutionContext } from 'ava';
 import { spawn } from 'node:child_process';
+import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
+// The module object itself (not a namespace copy), so a test can wrap one of its functions.
+import fsp = require('node:fs/promises');
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { MONITOR_PROTOCOL_VERSION, MonitorClient, type MonitorEvent } from '../../src/sandbox/monitor_client';
@@ -336,6 +339,34 @@ serial('a rejected configuration fails at its stage and leaves nothing behind', 
   t.false(fs.existsSync(path.join(fx.dir, 'ns')));
   t.deepEqual(mountsUnder(fx.dir), []);
   t.regex(fs.readFileSync(path.join(fx.dir, 'monitor.log'), 'utf8'), /setup failed at config/);
+});
+
+serial('a monitor that fails at once is heard however long closing its log file takes', async (t) => {
+  // Node resumes a child's extra stdio pipes when it exits and drops what nobody listens to: the
+  // readiness line must be collected from the moment the monitor exists. Closing the log file is
+  // a threadpool trip; here it waits behind jobs filling the threadpool while the monitor fails.
+  const fx = newFixture(t, 'quick');
+  const fake = path.join(fx.dir, 'failing-monitor');
+  fs.writeFileSync(fake, `#!/bin/sh\necho '{"ok":false,"stage":"config","error":"rejected at once"}' >&3\n`, { mode: 0o755 });
+  const realOpen = fsp.open;
+  const busy: Promise<unknown>[] = [];
+  (fsp as { open: typeof fsp.open }).open = async (...args: Parameters<typeof fsp.open>) => {
+    const handle = await realOpen(...args);
+    if (String(args[0]).endsWith('monitor.log')) {
+      for (let i = 0; i < 4; i++) busy.push(new Promise((resolve) => crypto.pbkdf2('p', 's', 200_000, 64, 'sha512', resolve)));
+    }
+    return handle;
+  };
+  let err: Error | undefined;
+  try {
+    err = await t.throwsAsync(spawnMonitor(fx.dir, podConfig('sb-quick'), fake, { timeoutMs: 5_000 }));
+  } finally {
+    (fsp as { open: typeof fsp.open }).open = realOpen;
+    await Promise.all(busy);
+  }
+  t.is(busy.length, 4, 'the log file was opened through fs/promises');
+  t.regex(err!.message, /failed at config: rejected at once/);
+  t.is((err as CrispError).code, 'InvalidArgument');
 });
 
 serial('a monitor that never reports ready is killed and reaped at the deadline', async (t) => {

@@ -192,8 +192,14 @@ export async function spawnMonitor(
 
 /** A monitor process being started, however it was spawned. */
 interface StartingMonitor {
-  /** The readiness pipe (descriptor 3 in the child). */
-  ready: Readable;
+  /**
+   * The first line read from the readiness pipe (descriptor 3 in the child). Collection starts
+   * as the child is created: node resumes a child's extra stdio pipes once it exits and drops
+   * whatever nobody listens to yet, so a monitor that fails at once would otherwise lose its line.
+   */
+  readyLine: Promise<string>;
+  /** Stops reading the readiness pipe. */
+  closeReady(): void;
   /** Resolves if the child could not be started at all. */
   failed: Promise<Error>;
   killAndReap(): Promise<void>;
@@ -210,7 +216,8 @@ function nativeChild(spawner: MonitorSpawner, binary: string, bundleDir: string,
   const { pid, readyFd } = spawner.spawnDetached(binary, bundleDir, logPath);
   const ready = new net.Socket({ fd: readyFd, readable: true, writable: false });
   return {
-    ready,
+    readyLine: firstLine(ready),
+    closeReady: () => ready.destroy(),
     failed: new Promise<Error>(() => undefined),
     async killAndReap() {
       ready.destroy();
@@ -232,31 +239,35 @@ function nativeChild(spawner: MonitorSpawner, binary: string, bundleDir: string,
 
 async function nodeChild(binary: string, bundleDir: string, logPath: string): Promise<StartingMonitor> {
   const log = await fsp.open(logPath, 'a', 0o600);
-  let child: ChildProcess;
+  let starting: StartingMonitor;
   try {
-    child = spawn(binary, [bundleDir], {
+    const child = spawn(binary, [bundleDir], {
       detached: true,
       cwd: '/',
       // The monitor and what it starts must not inherit the daemon's environment.
       env: { PATH: process.env.PATH ?? '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' },
       stdio: ['ignore', log.fd, log.fd, 'pipe'],
     });
+    // Listeners go on before anything else is awaited (see StartingMonitor.readyLine).
+    const pipe = child.stdio[3] as Readable;
+    starting = {
+      readyLine: firstLine(pipe),
+      closeReady: () => pipe.destroy(),
+      failed: new Promise<Error>((resolve) => child.once('error', (err) => resolve(new Error(`cannot start monitor: ${err.message}`)))),
+      killAndReap: () => killAndReap(child),
+      // While the daemon runs, node still reaps it when it exits.
+      detach: () => child.unref(),
+      describe: () =>
+        child.exitCode !== null || child.signalCode !== null
+          ? `pid ${child.pid} exited (${child.exitCode ?? child.signalCode})`
+          : child.pid === undefined
+            ? 'not started'
+            : describeProcess(child.pid),
+    };
   } finally {
     await log.close();
   }
-  return {
-    ready: child.stdio[3] as Readable,
-    failed: new Promise<Error>((resolve) => child.once('error', (err) => resolve(new Error(`cannot start monitor: ${err.message}`)))),
-    killAndReap: () => killAndReap(child),
-    // While the daemon runs, node still reaps it when it exits.
-    detach: () => child.unref(),
-    describe: () =>
-      child.exitCode !== null || child.signalCode !== null
-        ? `pid ${child.pid} exited (${child.exitCode ?? child.signalCode})`
-        : child.pid === undefined
-          ? 'not started'
-          : describeProcess(child.pid),
-  };
+  return starting;
 }
 
 /** The scheduler state and kernel wait channel of a process, from procfs. */
@@ -277,39 +288,42 @@ export function describeProcess(pid: number): string {
   return `pid ${pid}: state ${state}${wchan && wchan !== '0' ? `, waiting in ${wchan}` : ''}`;
 }
 
-/** Reads the first line from the child's descriptor 3, failing on EOF, spawn error or timeout. */
-function readReadyLine(child: StartingMonitor, timeoutMs: number): Promise<string> {
-  const pipe = child.ready;
+/** Collects the first line of a stream from now on; EOF before a line and stream errors reject. */
+function firstLine(pipe: Readable): Promise<string> {
   return new Promise<string>((resolve, reject) => {
     let buffer = '';
-    let settled = false;
-    const finish = (err: Error | undefined, value?: string): void => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(timer);
-      pipe.removeAllListeners('data');
-      pipe.destroy();
-      if (err) reject(err);
-      else resolve(value as string);
-    };
-    // If the event loop itself stalled past the deadline, the readiness line may be waiting to be
-    // read: let the poll phase deliver it (setImmediate runs after it) before giving up.
-    const timer = setTimeout(
-      () => setImmediate(() => finish(deadlineExceeded(`monitor did not report readiness within ${timeoutMs} ms (${child.describe()})`))),
-      timeoutMs,
-    );
-    void child.failed.then((err) => finish(err));
     pipe.setEncoding('utf8');
     pipe.on('data', (chunk: string) => {
       buffer += chunk;
       const newline = buffer.indexOf('\n');
-      if (newline >= 0) finish(undefined, buffer.slice(0, newline));
+      if (newline >= 0) {
+        pipe.removeAllListeners('data');
+        resolve(buffer.slice(0, newline));
+      }
     });
     pipe.on('end', () => {
-      if (buffer.trim() !== '') finish(undefined, buffer.trim());
-      else finish(new Error('monitor exited before reporting readiness (see its monitor.log)'));
+      if (buffer.trim() !== '') resolve(buffer.trim());
+      else reject(new Error('monitor exited before reporting readiness (see its monitor.log)'));
     });
-    pipe.on('error', (err: Error) => finish(new Error(`readiness pipe: ${err.message}`)));
+    pipe.on('error', (err: Error) => reject(new Error(`readiness pipe: ${err.message}`)));
+  });
+}
+
+/** Waits for the readiness line, failing on EOF, spawn error or timeout; the pipe is closed after. */
+function readReadyLine(child: StartingMonitor, timeoutMs: number): Promise<string> {
+  let timer: NodeJS.Timeout | undefined;
+  // If the event loop itself stalled past the deadline, the readiness line may be waiting to be
+  // read: let the poll phase deliver it (setImmediate runs after it) before giving up.
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => setImmediate(() => reject(deadlineExceeded(`monitor did not report readiness within ${timeoutMs} ms (${child.describe()})`))),
+      timeoutMs,
+    );
+  });
+  const failed = child.failed.then((err) => Promise.reject(err));
+  return Promise.race([child.readyLine, failed, deadline]).finally(() => {
+    clearTimeout(timer);
+    child.closeReady();
   });
 }
 
