@@ -198,6 +198,8 @@ test.serial('a client that disconnects mid-exec leaves no process behind and no 
   const id = await run(t, env, 'exec sleep 300');
   const pid = await monitorPid(env);
   const fds = () => fs.readdirSync(`/proc/${pid}/fd`).length;
+  // After a first exec the monitor holds what entering the container takes until it exits.
+  t.is((await env.c.call('execSync', { containerId: id, cmd: ['true'], timeout: 10n })).exitCode, 0);
   // Let the daemon's own monitor connection settle.
   await new Promise((r) => setTimeout(r, 200));
   const before = fds();

@@ -40,6 +40,17 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 const startPod = (t: ExecutionContext, tag: string): Promise<Pod> => startMonitorPod(t, 'ctr', tag);
 
+/** Whether one of the process's descriptors is `link` (e.g. "mnt:[4026532]"). */
+function monitorHolds(pid: number, link: string): boolean {
+  return fs.readdirSync(`/proc/${pid}/fd`).some((fd) => {
+    try {
+      return fs.readlinkSync(`/proc/${pid}/fd/${fd}`) === link;
+    } catch {
+      return false;
+    }
+  });
+}
+
 interface LogRecord {
   time: string;
   stream: 'stdout' | 'stderr';
@@ -212,7 +223,8 @@ serial('exec returns output and exit code, and its timeout kills it', async (t) 
   const pod = await startPod(t, 'exec');
   const bundle = writeBundle(pod, 'app', ['sleep', '1000']);
   await pod.client.create({ containerId: 'app', bundleDir: bundle, logPath: path.join(bundle, 'log') });
-  await pod.client.start('app');
+  const { pid } = await pod.client.start('app');
+  const mountNs = fs.readlinkSync(`/proc/${pid}/ns/mnt`);
 
   const r = await pod.client.exec({
     containerId: 'app',
@@ -239,12 +251,16 @@ serial('exec returns output and exit code, and its timeout kills it', async (t) 
 
   const missing = await t.throwsAsync(pod.client.exec({ containerId: 'app', execId: 'e4', process: { args: ['no-such-tool'] } }));
   t.regex(missing?.message ?? '', /executable file not found in \$PATH/);
+  // The monitor keeps what entering the container takes between execs...
+  t.true(monitorHolds(pod.mon.pid, mountNs), 'the container mount namespace is held for exec');
 
   // The main process is not PID 1 of the pod's namespace, so SIGTERM's default action applies.
   await pod.client.signal('app', 'SIGTERM');
   const exit = await waitForExit(pod, 'app');
   t.is(exit.exitCode, 143);
   t.is(exit.signal, 15);
+  // ...and lets go of it when the container exits: it would keep the root filesystem mounted.
+  t.false(monitorHolds(pod.mon.pid, mountNs), 'nothing of the exited container is held');
   const notRunning = await t.throwsAsync(pod.client.exec({ containerId: 'app', execId: 'e5', process: { args: ['true'] } }));
   t.true(notRunning instanceof CrispError && notRunning.code === 'FailedPrecondition');
   // Signalling an exited container is not an error.

@@ -92,6 +92,15 @@ function exec(pod: Pod, containerId: string, args: string[], streams: Partial<Ex
   });
 }
 
+/**
+ * Runs one exec, after which the monitor holds what entering the container takes (its cgroups and
+ * namespaces) until the container exits: descriptors counted after it belong to sessions only.
+ */
+async function openExecTarget(pod: Pod): Promise<void> {
+  const r = await pod.client.exec({ containerId: 'app', execId: 'first', process: { args: ['true'] } });
+  if (r.exitCode !== 0) throw new Error(`true exited ${r.exitCode}`);
+}
+
 function openFds(pid: number): number {
   return fs.readdirSync(`/proc/${pid}/fd`).length;
 }
@@ -187,6 +196,7 @@ serial('exec_stream with a terminal: resize, echoed input, all output on stdout,
 serial('exec_stream refusals: a program that cannot run, an unknown container, not the first request', async (t) => {
   const pod = await startPod(t, 'refuse');
   await runContainer(pod, 'app', ['sleep', '1000']);
+  await openExecTarget(pod);
   const fdsBefore = openFds(pod.mon.pid);
 
   const missing = await t.throwsAsync(exec(pod, 'app', ['no-such-tool']));
@@ -217,6 +227,7 @@ serial('exec_stream refusals: a program that cannot run, an unknown container, n
 serial('a client that leaves kills the exec with its process group and jobs; no descriptor stays open', async (t) => {
   const pod = await startPod(t, 'leave');
   await runContainer(pod, 'app', ['sleep', '1000']);
+  await openExecTarget(pod);
   // Settle the descriptors of the event connection and the container.
   await sleep(100);
   const fdsBefore = openFds(pod.mon.pid);

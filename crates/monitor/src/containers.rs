@@ -123,6 +123,8 @@ pub struct Container {
     /// The attached connection whose stdin counts for stdinOnce.
     pub(crate) stdin_owner: Option<u64>,
     cgroup: Option<CgroupPaths>,
+    /// Its cgroups and namespaces opened for exec, from the first exec until it exits.
+    exec_target: Option<plan::ExecTarget>,
     oom_baseline: Option<u64>,
     started_at_ms: Option<u64>,
     start_error: Option<String>,
@@ -203,6 +205,9 @@ pub struct Containers {
     failed_creates: HashMap<String, (ErrorCode, String)>,
     next_token: u64,
     next_exec: u64,
+    /// Signals the monitor ignores, which exec'd processes reset. Asked once: the monitor sets
+    /// its dispositions before it serves anything.
+    ignored_signals: Vec<libc::c_int>,
 }
 
 /// How many unclaimed set-up failures are kept (a daemon removes such containers promptly).
@@ -210,7 +215,7 @@ const MAX_FAILED_CREATES: usize = 64;
 
 impl Containers {
     pub fn new() -> Self {
-        Containers { next_token: FD_TOKEN_BASE, ..Default::default() }
+        Containers { next_token: FD_TOKEN_BASE, ignored_signals: plan::ignored_signals(), ..Default::default() }
     }
 
     pub fn list(&self) -> Vec<ContainerInfo> {
@@ -510,6 +515,7 @@ impl Server {
                 cgroup,
                 oom_baseline,
                 started_at_ms: None,
+                exec_target: None,
                 start_error: None,
                 exit: None,
             },
@@ -631,11 +637,11 @@ impl Server {
     }
 
     /// The plan for a process exec'd into a running container.
-    pub(crate) fn exec_plan(&self, container_id: &str, p: &ProcessSpec) -> Result<plan::ExecPlan, (ErrorCode, String)> {
+    pub(crate) fn exec_plan(&mut self, container_id: &str, p: &ProcessSpec) -> Result<plan::ExecPlan, (ErrorCode, String)> {
         if self.shutting_down() {
             return Err((ErrorCode::FailedPrecondition, "the pod is shutting down".into()));
         }
-        let Some(c) = self.ctrs.containers.get(container_id) else {
+        let Some(c) = self.ctrs.containers.get_mut(container_id) else {
             return Err((ErrorCode::NotFound, format!("container {} not found", container_id)));
         };
         let (Phase::Running, Some(spec)) = (c.phase, c.spec.as_ref()) else {
@@ -652,8 +658,13 @@ impl Server {
         if overrides.args.is_empty() {
             return Err((ErrorCode::InvalidArgument, "exec needs a command".into()));
         }
-        // The container is our unreaped child, so its PID cannot have been reused.
-        plan::exec_plan(spec, c.pid, &overrides).map_err(|e| (ErrorCode::InvalidArgument, format!("exec in container {}: {}", container_id, e)))
+        let failed = |e: String| (ErrorCode::InvalidArgument, format!("exec in container {}: {}", container_id, e));
+        if c.exec_target.is_none() {
+            // The container is our unreaped child, so its PID cannot have been reused.
+            c.exec_target = Some(plan::exec_target(spec, c.pid).map_err(failed)?);
+        }
+        let target = c.exec_target.as_ref().expect("set above");
+        plan::exec_plan(spec, target, &overrides, &self.ctrs.ignored_signals).map_err(failed)
     }
 
     /// Forks the exec'd process; returns the session's key. A stream exec's output is watched
@@ -1104,6 +1115,8 @@ impl Server {
         c.phase = Phase::Exited;
         c.gate = None;
         c.plan = None;
+        // Its namespaces must not outlive it here: the mount namespace holds the root filesystem.
+        c.exec_target = None;
         let spec = c.spec.take();
         let bundle = c.bundle.clone();
         let input = c.input.take();

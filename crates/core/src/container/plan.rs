@@ -7,6 +7,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use libc::{c_char, c_int, c_ulong};
 
@@ -187,9 +188,9 @@ pub struct ProcessPlan {
     /// with the node's privileges), before the process takes its identity.
     pub userns: Option<OwnedFd>,
     /// `cgroup.procs` of each hierarchy the process joins (by writing "0").
-    pub cgroup_procs: Vec<OwnedFd>,
+    pub cgroup_procs: Vec<Arc<OwnedFd>>,
     /// Namespaces to enter with setns, with their kind for messages.
-    pub setns: Vec<(OwnedFd, c_int, &'static str)>,
+    pub setns: Vec<(Arc<OwnedFd>, c_int, &'static str)>,
     pub unshare_cgroup: bool,
     pub oom_score_adj: Option<CString>,
     pub rlimits: Vec<RlimitPlan>,
@@ -232,7 +233,17 @@ pub struct ExecPlan {
     pub process: ProcessPlan,
     /// The container's PID namespace when it is not the one the caller's children land in;
     /// the caller must enter it (for children) around the fork.
-    pub pid_ns: Option<OwnedFd>,
+    pub pid_ns: Option<Arc<OwnedFd>>,
+}
+
+/// What entering a running container takes: its cgroups and the namespaces it does not share
+/// with the caller, opened. The same for every exec while the container runs, so a caller may
+/// keep it for that long (and must drop it when the container exits: it pins the namespaces).
+#[derive(Clone)]
+pub struct ExecTarget {
+    pub cgroup_procs: Vec<Arc<OwnedFd>>,
+    pub setns: Vec<(Arc<OwnedFd>, c_int, &'static str)>,
+    pub pid_ns: Option<Arc<OwnedFd>>,
 }
 
 /// Process fields an exec may override.
@@ -275,9 +286,9 @@ fn ns_inode(path: &Path) -> Result<(u64, u64), String> {
     Ok((md.dev(), md.ino()))
 }
 
-fn cgroup_procs(cgroup: Option<&CgroupPaths>) -> Result<Vec<OwnedFd>, String> {
+fn cgroup_procs(cgroup: Option<&CgroupPaths>) -> Result<Vec<Arc<OwnedFd>>, String> {
     let Some(cg) = cgroup else { return Ok(Vec::new()) };
-    cg.unique_dirs().into_iter().map(|dir| open_cloexec(&dir.join("cgroup.procs"), libc::O_WRONLY)).collect()
+    cg.unique_dirs().into_iter().map(|dir| open_cloexec(&dir.join("cgroup.procs"), libc::O_WRONLY).map(Arc::new)).collect()
 }
 
 fn rlimit_resource(name: &str) -> Option<c_int> {
@@ -314,7 +325,7 @@ pub fn exec_candidates(program: &str, env: &[String]) -> Vec<String> {
         .collect()
 }
 
-fn process_plan(spec: &Spec, o: &ProcessOverrides, cgroup: Option<&CgroupPaths>) -> Result<ProcessPlan, String> {
+fn process_plan(spec: &Spec, o: &ProcessOverrides, cgroup_procs: Vec<Arc<OwnedFd>>, ignored_signals: Vec<c_int>) -> Result<ProcessPlan, String> {
     let p = &spec.process;
     let mut warnings = Vec::new();
     let args = if o.args.is_empty() { &p.args } else { &o.args };
@@ -381,10 +392,10 @@ fn process_plan(spec: &Spec, o: &ProcessOverrides, cgroup: Option<&CgroupPaths>)
     let program = args[0].clone();
     let candidates = exec_candidates(&program, env).iter().map(cstring).collect::<Result<Vec<_>, _>>()?;
     Ok(ProcessPlan {
-        ignored_signals: ignored_signals(),
+        ignored_signals,
         keyring: None,
         userns: None,
-        cgroup_procs: cgroup_procs(cgroup)?,
+        cgroup_procs,
         setns: Vec::new(),
         unshare_cgroup: false,
         oom_score_adj: p.oom_score_adj.map(|v| cstring(v.to_string())).transpose()?,
@@ -405,8 +416,8 @@ fn process_plan(spec: &Spec, o: &ProcessOverrides, cgroup: Option<&CgroupPaths>)
     })
 }
 
-/// The signals this process has set to SIG_IGN. Asked of the kernel every time: it is one
-/// sigaction per signal here, instead of one per signal in every child.
+/// The signals this process has set to SIG_IGN: one sigaction per signal, so a caller whose
+/// dispositions do not change (the monitor) asks once and passes the answer to `exec_plan`.
 pub fn ignored_signals() -> Vec<c_int> {
     let mut out = Vec::new();
     for sig in 1..libc::SIGRTMAX() {
@@ -424,7 +435,7 @@ pub fn ignored_signals() -> Vec<c_int> {
 
 /// Prepares everything to launch the container described by `spec` from `bundle`.
 pub fn container_plan(spec: &Spec, bundle: &Path) -> Result<ContainerPlan, String> {
-    let mut process = process_plan(spec, &ProcessOverrides::default(), spec.crisp_cgroup.as_ref())?;
+    let mut process = process_plan(spec, &ProcessOverrides::default(), cgroup_procs(spec.crisp_cgroup.as_ref())?, ignored_signals())?;
     // The bundle directory is named after the container.
     if let Some(id) = bundle.file_name() {
         process.keyring = Some(cstring(format!("_ses.{}", id.to_string_lossy()))?);
@@ -456,7 +467,7 @@ pub fn container_plan(spec: &Spec, bundle: &Path) -> Result<ContainerPlan, Strin
             return Err(format!("joining PID namespace {} is not supported: it is not the pod's", path));
         }
         let fd = open_cloexec(Path::new(path), libc::O_RDONLY)?;
-        process.setns.push((fd, flag, kind_name(kind)));
+        process.setns.push((Arc::new(fd), flag, kind_name(kind)));
     }
 
     if let Some(path) = spec.namespace_path("user") {
@@ -478,11 +489,12 @@ fn kind_name(kind: &str) -> &'static str {
 }
 
 /// Prepares an exec into the running container whose main process is `pid`.
-pub fn exec_plan(spec: &Spec, pid: libc::pid_t, overrides: &ProcessOverrides) -> Result<ExecPlan, String> {
-    let mut process = process_plan(spec, overrides, spec.crisp_cgroup.as_ref())?;
+pub fn exec_target(spec: &Spec, pid: libc::pid_t) -> Result<ExecTarget, String> {
+    let cgroup_procs = cgroup_procs(spec.crisp_cgroup.as_ref())?;
     // The container's PID may be reused once it is gone: open its namespaces first and let the
     // caller check the process is still the container afterwards.
     let proc_ns = PathBuf::from(format!("/proc/{}/ns", pid));
+    let mut setns = Vec::new();
     for (name, flag) in [("ipc", libc::CLONE_NEWIPC), ("uts", libc::CLONE_NEWUTS), ("net", libc::CLONE_NEWNET), ("cgroup", libc::CLONE_NEWCGROUP), ("mnt", libc::CLONE_NEWNS)] {
         let target = proc_ns.join(name);
         let current = Path::new("/proc/self/ns").join(name);
@@ -494,19 +506,27 @@ pub fn exec_plan(spec: &Spec, pid: libc::pid_t, overrides: &ProcessOverrides) ->
             "mnt" => "mount",
             other => kind_name(other),
         };
-        process.setns.push((open_cloexec(&target, libc::O_RDONLY)?, flag, kind));
+        setns.push((Arc::new(open_cloexec(&target, libc::O_RDONLY)?), flag, kind));
     }
     // Last: once in the container's user namespace, the node's namespaces are out of reach.
     if spec.namespace_path("user").is_some() {
-        process.setns.push((open_cloexec(&proc_ns.join("user"), libc::O_RDONLY)?, libc::CLONE_NEWUSER, "user"));
+        setns.push((Arc::new(open_cloexec(&proc_ns.join("user"), libc::O_RDONLY)?), libc::CLONE_NEWUSER, "user"));
     }
     let target_pid = proc_ns.join("pid");
     let pid_ns = if ns_inode(&target_pid)? == ns_inode(Path::new("/proc/self/ns/pid_for_children"))? {
         None
     } else {
-        Some(open_cloexec(&target_pid, libc::O_RDONLY)?)
+        Some(Arc::new(open_cloexec(&target_pid, libc::O_RDONLY)?))
     };
-    Ok(ExecPlan { process, pid_ns })
+    Ok(ExecTarget { cgroup_procs, setns, pid_ns })
+}
+
+/// A process to exec into the running container `target` was opened for, with the caller's
+/// ignored signals (see `ignored_signals`).
+pub fn exec_plan(spec: &Spec, target: &ExecTarget, overrides: &ProcessOverrides, ignored_signals: &[c_int]) -> Result<ExecPlan, String> {
+    let mut process = process_plan(spec, overrides, target.cgroup_procs.clone(), ignored_signals.to_vec())?;
+    process.setns = target.setns.clone();
+    Ok(ExecPlan { process, pid_ns: target.pid_ns.clone() })
 }
 
 fn dir_for_idmap(bundle: &Path) -> PathBuf {
@@ -1050,7 +1070,7 @@ mod tests {
             "noNewPrivileges": true,
             "oomScoreAdj": 100
         }}));
-        let p = process_plan(&s, &ProcessOverrides::default(), None).unwrap();
+        let p = process_plan(&s, &ProcessOverrides::default(), Vec::new(), Vec::new()).unwrap();
         assert_eq!(p.rlimits[0].resource, libc::RLIMIT_NOFILE as c_int);
         assert_eq!((p.rlimits[0].limit.rlim_cur, p.rlimits[0].limit.rlim_max), (1024, 4096));
         assert_eq!(p.candidates, vec![cstring("/bin/sleep").unwrap()]);
@@ -1064,13 +1084,13 @@ mod tests {
         assert!(p.warnings.iter().any(|w| w.contains("CAP_FAKE")));
 
         let o = ProcessOverrides { args: vec!["id".into()], env: Some(vec!["PATH=/usr/bin".into()]), uid: Some(0), ..Default::default() };
-        let p = process_plan(&s, &o, None).unwrap();
+        let p = process_plan(&s, &o, Vec::new(), Vec::new()).unwrap();
         assert_eq!(p.candidates, vec![cstring("/usr/bin/id").unwrap()]);
         assert_eq!(p.uid, 0);
         assert_eq!(p.gid, 1000);
 
         let bad = spec(json!({"process": {"args": ["x"], "rlimits": [{"type": "RLIMIT_BOGUS", "hard": 1, "soft": 1}]}}));
-        assert!(process_plan(&bad, &ProcessOverrides::default(), None).unwrap_err().contains("RLIMIT_BOGUS"));
+        assert!(process_plan(&bad, &ProcessOverrides::default(), Vec::new(), Vec::new()).unwrap_err().contains("RLIMIT_BOGUS"));
     }
 
     #[test]
