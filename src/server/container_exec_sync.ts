@@ -14,6 +14,13 @@ import type { CriService } from './service';
 export const EXEC_OUTPUT_LIMIT = 8 * 1024 * 1024 - 4096;
 const TRUNCATED_MARKER = Buffer.from(`\n[crisp: output truncated at ${EXEC_OUTPUT_LIMIT} bytes]\n`);
 
+/**
+ * Names for ExecSync processes, unique within a monitor across daemon restarts: a random prefix
+ * per daemon and a counter (random bytes per call cost a getrandom each).
+ */
+const EXEC_ID_PREFIX = `sync-${crypto.randomBytes(4).toString('hex')}-`;
+let execCounter = 0;
+
 interface ProcessDefaults {
   env: string[];
   cwd: string;
@@ -73,7 +80,7 @@ export async function execSync(svc: CriService, req: ExecSyncRequest, ctx: CallC
     'exec',
     {
       containerId: c.id,
-      execId: crypto.randomBytes(8).toString('hex'),
+      execId: `${EXEC_ID_PREFIX}${(++execCounter).toString(36)}`,
       process: { args: req.cmd, env: defaults.env, cwd: defaults.cwd, uid: defaults.uid, gid: defaults.gid, additionalGids: defaults.additionalGids },
       tty: false,
       stdin: false,

@@ -110,21 +110,29 @@ export function instrument(
     const name = methodName(method.path);
     const run = table[name];
     const level = HIGH_FREQUENCY.has(name) ? 'debug' : 'info';
-    /** Opens a call: its abort signal (fired when the client cancels), context and refusal if any. */
+    /** Opens a call: its cancellation, context and refusal if any. */
     const begin = (
       call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>,
-    ): { ctx: CallContext; abort: AbortController; started: bigint; refused?: Partial<grpc.StatusObject> } => {
-      const abort = new AbortController();
-      call.on('cancelled', () => abort.abort(new CrispError('Canceled', 'the client cancelled the call')));
+    ): { ctx: CallContext; cancellation: CallCancellation; started: bigint; refused?: Partial<grpc.StatusObject> } => {
+      const cancellation = new CallCancellation();
+      // grpc-js also reports a finished call's stream closing as a cancel; only a signal someone
+      // holds needs to hear of it.
+      call.on('cancelled', () => cancellation.cancel());
       const started = process.hrtime.bigint();
-      const signal = abort.signal;
       const id = nextCallId();
+      let log: Logger | undefined;
+      // Most calls never look at their signal, and log nothing at the configured level: neither
+      // is built until used.
       const ctx: CallContext = {
         id,
         method: name,
         apiVersion: options.apiVersion,
-        log: options.log.child({ rpc: name, call: id }),
-        signal,
+        get log(): Logger {
+          return (log ??= options.log.child({ rpc: name, call: id }));
+        },
+        get signal(): AbortSignal {
+          return cancellation.signal;
+        },
       };
       let refused: Partial<grpc.StatusObject> | undefined;
       if (!options.isReady()) {
@@ -136,14 +144,14 @@ export function instrument(
         options.onFinished?.(name, refused.code!, 0);
         ctx.log.debug({ code: grpc.status[refused.code!] }, refused.details!);
       }
-      return { ctx, abort, started, refused };
+      return { ctx, cancellation, started, refused };
     };
     const finish = (ctx: CallContext, started: bigint, err?: unknown): Partial<grpc.StatusObject> | undefined => {
       const seconds = Number(process.hrtime.bigint() - started) / 1e9;
       const status = err === undefined ? undefined : toServiceError(err);
       const code = status?.code ?? grpc.status.OK;
       if (status === undefined) {
-        ctx.log[level]({ ms: Math.round(seconds * 1e6) / 1e3 }, 'ok');
+        if (options.log.isLevelEnabled(level)) ctx.log[level]({ ms: Math.round(seconds * 1e6) / 1e3 }, 'ok');
       } else {
         const internal = code === grpc.status.INTERNAL;
         ctx.log[internal ? 'error' : level === 'debug' ? 'debug' : 'warn'](
@@ -162,7 +170,7 @@ export function instrument(
           callback(refused, null);
           return;
         }
-        ctx.log.trace({ request: call.request }, 'request');
+        if (options.log.isLevelEnabled('trace')) ctx.log.trace({ request: call.request }, 'request');
         (run as UnaryImpl)(call.request, ctx, notStreaming).then(
           (response) => {
             finish(ctx, started);
@@ -173,7 +181,8 @@ export function instrument(
       }) as grpc.handleUnaryCall<unknown, unknown>;
     } else if (!method.requestStream && method.responseStream) {
       impl[key] = ((call: grpc.ServerWritableStream<unknown, unknown>) => {
-        const { ctx, abort, started, refused } = begin(call);
+        const { ctx, cancellation, started, refused } = begin(call);
+        const abort = { signal: cancellation.signal };
         if (refused) {
           call.emit('error', Object.assign(new Error(refused.details), refused));
           return;
@@ -211,6 +220,33 @@ export function instrument(
     }
   }
   return impl;
+}
+
+/**
+ * A call's cancellation. The AbortSignal (and the error it carries) is made only when someone
+ * asks for it: grpc-js signals a cancel for every call whose stream closes, finished ones included.
+ */
+class CallCancellation {
+  private controller?: AbortController;
+  private cancelled = false;
+
+  cancel(): void {
+    if (this.cancelled) return;
+    this.cancelled = true;
+    this.controller?.abort(cancelledByClient());
+  }
+
+  get signal(): AbortSignal {
+    if (!this.controller) {
+      this.controller = new AbortController();
+      if (this.cancelled) this.controller.abort(cancelledByClient());
+    }
+    return this.controller.signal;
+  }
+}
+
+function cancelledByClient(): CrispError {
+  return new CrispError('Canceled', 'the client cancelled the call');
 }
 
 /**
