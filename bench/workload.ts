@@ -55,29 +55,38 @@ export interface Iteration {
   sample(metric: string, value: number): void;
 }
 
+/** Iterations in a row per runtime for workloads of short calls (see `interleave`). */
+export const SHORT_CALL_BLOCK = 10;
+
 /**
  * Runs `warmup + iterations` rounds; in each, `body` runs once per runtime still in the workload,
- * alternating which runtime goes first. A runtime that throws drops out; its pods are removed so
+ * alternating which runtime goes first. With `block`, each runtime runs that many iterations in a
+ * row before the other takes over: for calls of a few milliseconds, work a runtime leaves running
+ * after its reply (a shim and runc cleaning up) would otherwise land in the other's next sample,
+ * and with blocks it lands in its own. A runtime that throws drops out; its pods are removed so
  * they do not weigh on later measurements.
  */
 export async function interleave(
   ctx: BenchContext,
   rec: Recorder,
-  counts: { iterations: number; warmup: number },
+  counts: { iterations: number; warmup: number; block?: number },
   body: (it: Iteration) => Promise<void>,
 ): Promise<void> {
   const total = counts.warmup + counts.iterations;
-  for (let i = 0; i < total; i++) {
-    const order = i % 2 === 0 ? ctx.runtimes : [...ctx.runtimes].reverse();
+  const block = Math.max(1, counts.block ?? 1);
+  for (let start = 0, round = 0; start < total; start += block, round++) {
+    const order = round % 2 === 0 ? ctx.runtimes : [...ctx.runtimes].reverse();
     for (const rt of order) {
-      if (rec.isOut(rt.name)) continue;
-      const warmup = i < counts.warmup;
-      const client = ctx.client(rt);
-      try {
-        await body({ rt, client, index: i, warmup, sample: (metric, value) => !warmup && rec.add(rt.name, metric, value) });
-      } catch (err) {
-        dropOut(ctx, rec, rt, err);
-        await removeAllPods(client).catch(() => undefined);
+      for (let i = start; i < Math.min(total, start + block); i++) {
+        if (rec.isOut(rt.name)) break;
+        const warmup = i < counts.warmup;
+        const client = ctx.client(rt);
+        try {
+          await body({ rt, client, index: i, warmup, sample: (metric, value) => !warmup && rec.add(rt.name, metric, value) });
+        } catch (err) {
+          dropOut(ctx, rec, rt, err);
+          await removeAllPods(client).catch(() => undefined);
+        }
       }
     }
   }

@@ -1,6 +1,6 @@
 import { call, ensureImage, podConfig, removePod, runContainer, timed } from '../cri';
 import type { WorkloadResult } from '../result';
-import { type BenchContext, eachRuntime, interleave, newRecorder, type Workload } from '../workload';
+import { type BenchContext, eachRuntime, interleave, newRecorder, SHORT_CALL_BLOCK, type Workload } from '../workload';
 
 const COMMANDS: { metric: string; cmd: string[] }[] = [
   { metric: 'ExecSync true', cmd: ['true'] },
@@ -25,7 +25,7 @@ export const execSync: Workload = {
       targets.set(rt.name, { podId: podSandboxId, containerId, hostname: pod.hostname });
     });
     try {
-      await interleave(ctx, rec, { iterations: n, warmup }, async ({ rt, client, sample }) => {
+      await interleave(ctx, rec, { iterations: n, warmup, block: SHORT_CALL_BLOCK }, async ({ rt, client, sample }) => {
         const target = targets.get(rt.name)!;
         for (const c of COMMANDS) {
           const res = await timed(() => call('ExecSync', () => client.call('execSync', { containerId: target.containerId, cmd: c.cmd, timeout: 10n })));

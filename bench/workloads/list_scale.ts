@@ -1,7 +1,7 @@
 import type { CriClient } from '../../src/client/cri_client';
 import { call, ensureImage, forEachLimit, isUnimplemented, podConfig, removeAllPods, runContainer, timed } from '../cri';
 import type { WorkloadResult } from '../result';
-import { type BenchContext, eachRuntime, errorText, interleave, newRecorder, type Workload } from '../workload';
+import { type BenchContext, eachRuntime, errorText, interleave, newRecorder, SHORT_CALL_BLOCK, type Workload } from '../workload';
 
 /** Set-up parallelism: pods are created a few at a time, as kubelet's pod workers would. */
 const SETUP_PARALLELISM = 4;
@@ -56,7 +56,7 @@ export const listAtScale: Workload = {
         rec.unavailableMetric(rt.name, name, `no containers to list: CreateContainer is not implemented (${scale} pods only)`);
       }
     }
-    await interleave(ctx, rec, { iterations: n, warmup }, async ({ rt, client, sample }) => {
+    await interleave(ctx, rec, { iterations: n, warmup, block: SHORT_CALL_BLOCK }, async ({ rt, client, sample }) => {
       for (const { name, count } of calls) {
         if (missing.has(`${rt.name}/${name}`)) continue;
         try {
