@@ -182,26 +182,26 @@ export function instrument(
     } else if (!method.requestStream && method.responseStream) {
       impl[key] = ((call: grpc.ServerWritableStream<unknown, unknown>) => {
         const { ctx, cancellation, started, refused } = begin(call);
-        const abort = { signal: cancellation.signal };
+        const signal = cancellation.signal;
         if (refused) {
           call.emit('error', Object.assign(new Error(refused.details), refused));
           return;
         }
         const send = (message: unknown): Promise<void> => {
-          if (abort.signal.aborted) return Promise.reject(abort.signal.reason);
+          if (signal.aborted) return Promise.reject(signal.reason);
           if (call.write(message)) return Promise.resolve();
           // Respect HTTP/2 flow control: a slow reader must not make the daemon buffer without bound.
           return new Promise((resolve, reject) => {
             const onDrain = (): void => {
-              abort.signal.removeEventListener('abort', onAbort);
+              signal.removeEventListener('abort', onAbort);
               resolve();
             };
             const onAbort = (): void => {
               call.off('drain', onDrain);
-              reject(abort.signal.reason);
+              reject(signal.reason);
             };
             call.once('drain', onDrain);
-            abort.signal.addEventListener('abort', onAbort, { once: true });
+            signal.addEventListener('abort', onAbort, { once: true });
           });
         };
         (run as StreamImpl)(call.request, ctx, send).then(
@@ -211,7 +211,7 @@ export function instrument(
           },
           (err: unknown) => {
             const status = finish(ctx, started, err)!;
-            if (!abort.signal.aborted) call.emit('error', Object.assign(new Error(status.details), status));
+            if (!signal.aborted) call.emit('error', Object.assign(new Error(status.details), status));
           },
         );
       }) as grpc.handleServerStreamingCall<unknown, unknown>;

@@ -239,7 +239,6 @@ pub struct ExecPlan {
 /// What entering a running container takes: its cgroups and the namespaces it does not share
 /// with the caller, opened. The same for every exec while the container runs, so a caller may
 /// keep it for that long (and must drop it when the container exits: it pins the namespaces).
-#[derive(Clone)]
 pub struct ExecTarget {
     pub cgroup_procs: Vec<Arc<OwnedFd>>,
     pub setns: Vec<(Arc<OwnedFd>, c_int, &'static str)>,
