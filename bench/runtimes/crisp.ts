@@ -1,6 +1,7 @@
 /**
- * crisp as the benchmark runs it: the compiled daemon on temporary directories, logging at info
- * (as in production; the test daemon logs at debug), with the run's CNI network and registry hosts.
+ * crisp as the benchmark runs it: the compiled daemon, started through bin/crisp as installed, on
+ * temporary directories, logging at info (as in production; the test daemon logs at debug), with
+ * the run's CNI network and registry hosts.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -9,7 +10,8 @@ import { DaemonRuntime } from './daemon_runtime';
 import type { RuntimeVersion } from './runtime';
 
 const REPO_ROOT = path.resolve(__dirname, '..', '..', '..');
-const CLI = path.join(REPO_ROOT, 'dist', 'src', 'cli', 'main.js');
+/** The installed entry point, with the Node options the daemon runs with. */
+const BIN = path.join(REPO_ROOT, 'bin', 'crisp');
 
 export interface CrispRuntimeOptions {
   dir: string;
@@ -43,7 +45,7 @@ export class CrispRuntime extends DaemonRuntime {
         '',
       ].join('\n'),
     );
-    await this.startDaemon([process.execPath, CLI, 'daemon', '--config', this.configFile]);
+    await this.startDaemon([BIN, 'daemon', '--config', this.configFile]);
   }
 
   async version(): Promise<RuntimeVersion> {
