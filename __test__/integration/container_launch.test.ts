@@ -249,6 +249,15 @@ serial('exec returns output and exit code, and its timeout kills it', async (t) 
   t.is(slow.stdout.toString(), '');
   t.true(Date.now() - started < 5_000, 'the whole process group was killed at the timeout');
 
+  // A command that leaves a child behind holding its output (kubernetes#92057) still returns once
+  // it exits: what the child writes later is not waited for beyond a short drain.
+  const leftBehind = Date.now();
+  const bg = await pod.client.exec({ containerId: 'app', execId: 'bg', process: { args: ['sh', '-c', 'echo hi; sleep 30 & exit 0'] }, timeoutMs: 20_000 });
+  t.is(bg.exitCode, 0);
+  t.is(bg.stdout.toString(), 'hi\n');
+  t.false(bg.timedOut);
+  t.true(Date.now() - leftBehind < 5_000, `returned after ${Date.now() - leftBehind} ms`);
+
   const missing = await t.throwsAsync(pod.client.exec({ containerId: 'app', execId: 'e4', process: { args: ['no-such-tool'] } }));
   t.regex(missing?.message ?? '', /executable file not found in \$PATH/);
   // The monitor keeps what entering the container takes between execs...
