@@ -580,6 +580,17 @@ test('ExecSync: output, exit codes, timeout, output cap; errors for stopped and 
   t.is(ok.exitCode, 0);
   t.is(Buffer.from(ok.stdout).toString(), 'hi\nready\n', 'runs with the container env and sees its filesystem');
   t.is(Buffer.from(ok.stderr).toString(), 'err\n');
+  // The container's user, groups and working directory, as its main process has them.
+  const who = await run(
+    env,
+    containerConfig(t, 'exec sleep 300', {
+      workingDir: '/tmp',
+      envs: [{ key: 'GREETING', value: 'hello' }],
+      linux: { securityContext: { runAsUser: { value: 1234n }, runAsGroup: { value: 2345n }, supplementalGroups: [3456n] } },
+    }),
+  );
+  const ids = await env.c.call('execSync', { containerId: who, cmd: ['sh', '-c', 'id -u; id -g; id -G; pwd; echo $GREETING'], timeout: 10n });
+  t.is(Buffer.from(ids.stdout).toString(), '1234\n2345\n2345 3456\n/tmp\nhello\n');
   const three = await env.c.call('execSync', { containerId: id, cmd: ['sh', '-c', 'exit 3'], timeout: 10n });
   t.is(three.exitCode, 3);
   // `/bin/true` is a real exec (the busybox shell would run a builtin in-process).

@@ -1,8 +1,5 @@
 import * as crypto from 'node:crypto';
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import type { ExecSyncRequest, ExecSyncResponse } from '../generated/runtime/v1/api';
-import type { Container } from '../container/container_store';
 import { deadlineExceeded, failedPrecondition, invalidArgument } from '../util/errors';
 import type { CallContext } from './instrument';
 import type { CriService } from './service';
@@ -20,38 +17,6 @@ const TRUNCATED_MARKER = Buffer.from(`\n[crisp: output truncated at ${EXEC_OUTPU
  */
 const EXEC_ID_PREFIX = `sync-${crypto.randomBytes(4).toString('hex')}-`;
 let execCounter = 0;
-
-interface ProcessDefaults {
-  env: string[];
-  cwd: string;
-  uid: number;
-  gid: number;
-  additionalGids: number[];
-}
-
-const defaultsCache = new WeakMap<Container, ProcessDefaults>();
-
-/** The main process's environment, directory and user: exec'd commands run as the container does. */
-export function processDefaults(c: Container): ProcessDefaults {
-  const cached = defaultsCache.get(c);
-  if (cached) return cached;
-  const defaults = readProcessDefaults(c);
-  defaultsCache.set(c, defaults);
-  return defaults;
-}
-
-function readProcessDefaults(c: Container): ProcessDefaults {
-  const spec = JSON.parse(fs.readFileSync(path.join(c.bundleDir, 'config.json'), 'utf8')) as {
-    process?: { env?: string[]; cwd?: string; user?: { uid?: number; gid?: number; additionalGids?: number[] } };
-  };
-  return {
-    env: spec.process?.env ?? [],
-    cwd: spec.process?.cwd ?? '/',
-    uid: spec.process?.user?.uid ?? 0,
-    gid: spec.process?.user?.gid ?? 0,
-    additionalGids: spec.process?.user?.additionalGids ?? [],
-  };
-}
 
 interface ExecReply {
   exitCode: number;
@@ -73,7 +38,6 @@ export async function execSync(svc: CriService, req: ExecSyncRequest, ctx: CallC
   await svc.exits.reconcile(c);
   if (c.state !== 'running') throw failedPrecondition(`container ${c.id} is not running (${c.state})`);
   const sandbox = svc.sandboxes.resolve(c.record.sandboxId);
-  const defaults = processDefaults(c);
   const timeoutMs = Number(req.timeout) * 1000;
   const client = await svc.pods.client(sandbox);
   const reply = await client.request<ExecReply>(
@@ -81,7 +45,9 @@ export async function execSync(svc: CriService, req: ExecSyncRequest, ctx: CallC
     {
       containerId: c.id,
       execId: `${EXEC_ID_PREFIX}${(++execCounter).toString(36)}`,
-      process: { args: req.cmd, env: defaults.env, cwd: defaults.cwd, uid: defaults.uid, gid: defaults.gid, additionalGids: defaults.additionalGids },
+      // Environment, working directory and user default to the container's, whose spec the
+      // monitor holds.
+      process: { args: req.cmd },
       tty: false,
       stdin: false,
       timeoutMs,

@@ -4,7 +4,6 @@ import * as path from 'node:path';
 import type { Duplex, Readable, Writable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import type { CriService } from '../server/service';
-import { processDefaults } from '../server/container_exec_sync';
 import { MONITOR_SOCKET_FILE } from '../sandbox/monitor_spawn';
 import { type MonitorStream, openAttachStream, openExecStream } from '../sandbox/monitor_stream';
 import { CrispError, failedPrecondition, unavailable } from '../util/errors';
@@ -34,7 +33,8 @@ export class CrispStreamingBackend implements StreamingBackend {
     const stream = await openExecStream(socketPath, {
       containerId: c.id,
       execId: crypto.randomBytes(8).toString('hex'),
-      process: { args: call.cmd, ...processDefaults(c) },
+      // Environment, working directory and user default to the container's.
+      process: { args: call.cmd },
       tty: call.tty,
       stdin: io.stdin !== undefined,
       stdout: io.stdout !== undefined,
