@@ -487,7 +487,7 @@ fn kind_name(kind: &str) -> &'static str {
     }
 }
 
-/// Prepares an exec into the running container whose main process is `pid`.
+/// Opens what entering the running container whose main process is `pid` takes (see `ExecTarget`).
 pub fn exec_target(spec: &Spec, pid: libc::pid_t) -> Result<ExecTarget, String> {
     let cgroup_procs = cgroup_procs(spec.crisp_cgroup.as_ref())?;
     // The container's PID may be reused once it is gone: open its namespaces first and let the
