@@ -11,6 +11,7 @@ import * as fsp from 'node:fs/promises';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import type { Readable } from 'node:stream';
+import { procStatFields } from '../util/proc_stat';
 import { CrispError, deadlineExceeded, errorMessage, internal, invalidArgument } from '../util/errors';
 import { writeJsonAtomic } from '../util/fsutil';
 
@@ -113,16 +114,7 @@ export function monitorBinaryPath(env: NodeJS.ProcessEnv = process.env): string 
 
 /** The start time of a process in clock ticks since boot, or undefined if it is gone. */
 export async function processStartTime(pid: number): Promise<number | undefined> {
-  let stat: string;
-  try {
-    // procfs answers from memory; a synchronous read beats four trips to the threadpool.
-    stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-  } catch {
-    return undefined;
-  }
-  // The command name (field 2) may contain spaces and parentheses; fields resume after the last ')'.
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  const value = Number(fields[19]);
+  const value = Number(procStatFields(pid)?.[19]);
   return Number.isFinite(value) ? value : undefined;
 }
 
@@ -272,13 +264,8 @@ async function nodeChild(binary: string, bundleDir: string, logPath: string): Pr
 
 /** The scheduler state and kernel wait channel of a process, from procfs. */
 export function describeProcess(pid: number): string {
-  let state: string | undefined;
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    state = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0];
-  } catch {
-    return `pid ${pid} is gone`;
-  }
+  const state = procStatFields(pid)?.[0];
+  if (state === undefined) return `pid ${pid} is gone`;
   let wchan = '';
   try {
     wchan = fs.readFileSync(`/proc/${pid}/wchan`, 'utf8').trim();

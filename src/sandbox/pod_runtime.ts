@@ -5,6 +5,7 @@ import type { LinuxContainerResources } from '../generated/runtime/v1/api';
 import type { Logger } from '../log';
 import type { CgroupResources, NativeCore } from '../native';
 import { errorMessage, internal, isCrispError } from '../util/errors';
+import { procStatFields } from '../util/proc_stat';
 import { MonitorClient, type MonitorEvent } from './monitor_client';
 import { MONITOR_NS_DIR, MONITOR_SOCKET_FILE, spawnMonitor } from './monitor_spawn';
 import type { SandboxNamespaces } from './sandbox_spec';
@@ -316,13 +317,7 @@ function ownCgroupProcsFile(): string | null {
 
 /** Running means: exists, not a zombie, and (when known) the same start time, so not a reused pid. */
 function processRunning(pid: number, startTime: number | undefined): boolean {
-  let stat: string;
-  try {
-    stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-  } catch {
-    return false;
-  }
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  if (fields[0] === 'Z' || fields[0] === 'X') return false;
+  const fields = procStatFields(pid);
+  if (!fields || fields[0] === 'Z' || fields[0] === 'X') return false;
   return !startTime || Number(fields[19]) === startTime;
 }
