@@ -39,8 +39,14 @@ if ! stamp_matches node_modules/.crisp-lock "$lock_hash"; then
   note "installing npm dependencies"
   # `npm install` rather than `npm ci`: npm 11 rejects this lockfile's platform-specific optional
   # dependencies in `npm ci` although they are in sync; install still honours the lockfile.
+  # It also rewrites the lockfile's platform-specific entries for this machine: the committed one
+  # is put back, so the checkout stays clean and this stamp stays valid.
+  saved_lock=$(mktemp)
+  cp package-lock.json "$saved_lock"
   npm install --no-audit --no-fund --loglevel=error
-  sha256sum package-lock.json | cut -d' ' -f1 > node_modules/.crisp-lock
+  cp "$saved_lock" package-lock.json
+  rm -f "$saved_lock"
+  echo "$lock_hash" > node_modules/.crisp-lock
 fi
 
 # Native addon and monitor binary.
