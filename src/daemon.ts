@@ -10,7 +10,7 @@ import { RegistryHosts } from './image/registry_hosts';
 import type { CriMetrics } from './metrics/cri_metrics';
 import { MetricsServer } from './metrics/metrics_server';
 import { loadNative } from './native';
-import { CniManager } from './network/cni';
+import { CniManager, cniLoadStatus, cniStatusInfo } from './network/cni';
 import { nativeLauncher } from './network/plugin_launcher';
 import { ContainerExits } from './container/container_exits';
 import { recoverContainers } from './container/container_recover';
@@ -141,7 +141,8 @@ export class Daemon {
         return { type: 'NetworkReady', status: st.ready, reason: st.reason ?? '', message: st.message ?? '' };
       },
     });
-    service.addStatusInfo('cniconfig', () => cni.watcher.current());
+    service.addStatusInfo('cniconfig', () => cniStatusInfo(cni.watcher.current(), config.cni.confDir, config.cni.binDirs));
+    service.addStatusInfo('lastCNILoadStatus', () => cniLoadStatus(cni.watcher.current()));
 
     service.sandboxes = new SandboxStore(path.join(config.state, 'sandboxes'));
     service.pods = new PodRuntime(native, log.child({ subsystem: 'pods' }));
