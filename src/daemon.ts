@@ -23,6 +23,7 @@ import { SandboxStore } from './sandbox/sandbox_store';
 import { GrpcServer } from './server/grpc_server';
 import { podEventSnapshot } from './server/container_events';
 import { buildRpcTable } from './server/rpc_table';
+import { servedApiVersions } from './server/api_versions';
 import { containerStatsTarget, runningContainers } from './server/container_stats';
 import { podStatsTarget, readySandboxes } from './server/sandbox_stats';
 import { CriService } from './server/service';
@@ -69,7 +70,7 @@ export class Daemon {
       if (criMetrics) service.metrics = criMetrics;
       const server = new GrpcServer({
         socket: config.socket,
-        table: buildRpcTable(service),
+        table: servedApiVersions(buildRpcTable(service), config.grpc.apiVersions),
         log,
         isReady: () => daemon?.ready === true,
         onFinished: (method, code, seconds) => service.metrics.observeRpc(method, code, seconds),
@@ -78,6 +79,7 @@ export class Daemon {
       await daemon.initSubsystems();
       await daemon.initObservability();
       await server.listen();
+      if (config.grpc.apiVersions.length < 2) log.info({ apiVersions: config.grpc.apiVersions }, 'CRI API versions limited by [grpc] api_versions');
       await daemon.recover();
       daemon.ready = true;
       log.info({ root: config.root, state: config.state, version: service.version }, 'crisp is ready');
