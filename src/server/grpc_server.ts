@@ -4,6 +4,7 @@ import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { ImageServiceService, RuntimeServiceService } from '../generated/runtime/v1/api';
 import type { Logger } from '../log';
+import { AuthorityFilter } from './http2/authority_filter';
 import { aliasService, type ApiVersion, instrument, type RpcTable } from './instrument';
 
 /** kubelet sends and accepts messages up to 16 MiB; list responses on big nodes need the room. */
@@ -23,6 +24,7 @@ export interface GrpcServerOptions {
  */
 export class GrpcServer {
   private server?: grpc.Server;
+  private listener?: net.Server;
 
   constructor(private readonly options: GrpcServerOptions) {}
 
@@ -54,17 +56,27 @@ export class GrpcServer {
     add(aliasService(runtime, 'runtime.v1', 'runtime.v1alpha2'), 'v1alpha2');
     add(aliasService(image, 'runtime.v1', 'runtime.v1alpha2'), 'v1alpha2');
 
+    // crisp owns the listener so that every connection passes the :authority filter (Go clients
+    // send the socket path there, which Node's HTTP/2 server refuses) before grpc-js gets it.
+    const injector = server.createConnectionInjector(grpc.ServerCredentials.createInsecure());
+    const listener = net.createServer({ noDelay: true }, (conn) => injector.injectConnection(new AuthorityFilter(conn, { log })));
     // The socket is created with the process umask; tighten it before anyone can race us to it.
     const oldMask = process.umask(0o117);
     try {
       await new Promise<void>((resolve, reject) => {
-        server.bindAsync(`unix://${socket}`, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve()));
+        listener.once('error', reject);
+        listener.listen(socket, () => {
+          listener.off('error', reject);
+          resolve();
+        });
       });
     } finally {
       process.umask(oldMask);
     }
+    listener.on('error', (err) => log.error({ err }, 'CRI socket listener failed'));
     fs.chmodSync(socket, 0o660);
     this.server = server;
+    this.listener = listener;
     log.info({ socket }, 'serving CRI v1 and v1alpha2');
   }
 
@@ -73,6 +85,9 @@ export class GrpcServer {
     const server = this.server;
     if (!server) return;
     this.server = undefined;
+    // No new connections; the socket file goes with the listener.
+    this.listener?.close();
+    this.listener = undefined;
     await new Promise<void>((resolve) => {
       const timer = setTimeout(() => {
         server.forceShutdown();

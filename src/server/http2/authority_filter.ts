@@ -1,0 +1,447 @@
+import { Duplex } from 'node:stream';
+import type * as net from 'node:net';
+import type { Logger } from '../../log';
+import { encodeHeaderBlock, HeaderListTooLarge, HpackDecoder, HpackError, type HeaderField } from './hpack';
+
+/**
+ * Go CRI clients of kubelet ≤ 1.25's and crictl ≤ 1.26's era dial the unix socket themselves and
+ * send its path ("/run/crisp/crisp.sock") as HTTP/2 `:authority`. Node's HTTP/2 server (nghttp2)
+ * checks `:authority` against RFC 3986's authority characters and resets such streams with
+ * PROTOCOL_ERROR before grpc-js sees them, and offers no switch for it. This filter sits between
+ * each accepted connection and grpc-js: it follows the client's frames, decodes every header block
+ * with the client's HPACK state, replaces an `:authority` (or `host`) nghttp2 would refuse with
+ * "localhost", and re-encodes the block without a dynamic table toward the server. Every other
+ * frame passes through untouched (no copy when a read holds no header block); frames from the
+ * server are only followed to know their boundaries and the limits the server advertised.
+ */
+
+const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
+const FRAME_HEADER = 9;
+
+const enum FrameType {
+  HEADERS = 0x1,
+  SETTINGS = 0x4,
+  PUSH_PROMISE = 0x5,
+  GOAWAY = 0x7,
+  CONTINUATION = 0x9,
+}
+const FLAG_END_STREAM = 0x1;
+const FLAG_ACK = 0x1;
+const FLAG_END_HEADERS = 0x4;
+const FLAG_PADDED = 0x8;
+const FLAG_PRIORITY = 0x20;
+
+const SETTINGS_HEADER_TABLE_SIZE = 0x1;
+const SETTINGS_MAX_FRAME_SIZE = 0x5;
+const SETTINGS_MAX_HEADER_LIST_SIZE = 0x6;
+
+/** HTTP/2 error codes (RFC 9113 §7) this filter ends connections with. */
+export const H2_PROTOCOL_ERROR = 0x1;
+export const H2_FRAME_SIZE_ERROR = 0x6;
+export const H2_COMPRESSION_ERROR = 0x9;
+export const H2_ENHANCE_YOUR_CALM = 0xb;
+
+/** RFC 9113 defaults until the server's SETTINGS say otherwise. */
+const DEFAULT_MAX_FRAME_SIZE = 16_384;
+/** Node's default maxHeaderListSize, which it enforces without advertising it. */
+const DEFAULT_MAX_HEADER_LIST = 65_535;
+
+export interface AuthorityFilterOptions {
+  log?: Logger;
+  /** A frame begun and not finished within this time ends the connection. */
+  incompleteFrameTimeoutMs?: number;
+}
+
+/** RFC 3986 authority characters, as nghttp2 checks them; empty is refused too. */
+const VALID_AUTHORITY = /^[A-Za-z0-9\-._~!$&'()*+,;=:@[\]%]+$/;
+export const REPLACEMENT_AUTHORITY = 'localhost';
+
+/** Replaces an `:authority`/`host` value nghttp2 would refuse. Returns whether anything changed. */
+export function sanitizeAuthority(fields: HeaderField[]): boolean {
+  let changed = false;
+  for (const f of fields) {
+    if ((f.name === ':authority' || f.name === 'host') && !VALID_AUTHORITY.test(f.value)) {
+      f.value = REPLACEMENT_AUTHORITY;
+      changed = true;
+    }
+  }
+  return changed;
+}
+
+class ConnectionError extends Error {
+  constructor(readonly code: number, message: string) {
+    super(message);
+  }
+}
+
+export class AuthorityFilter extends Duplex {
+  private readonly decoder = new HpackDecoder();
+  private readonly timeoutMs: number;
+
+  // Client → server.
+  private prefaceSeen = 0;
+  /** Not HTTP/2 after all: pass everything on and let the server refuse it. */
+  private passthrough = false;
+  private readonly header = Buffer.alloc(FRAME_HEADER);
+  private headerFill = 0;
+  /** Payload octets of the current frame still to come. */
+  private remaining = 0;
+  /** The current frame belongs to a header block and is being collected. */
+  private collecting = false;
+  private frameType = 0;
+  private frameFlags = 0;
+  private frameParts: Buffer[] = [];
+  /** An open header block (HEADERS seen, END_HEADERS not yet). */
+  private block?: { streamId: number; flags: number; priority?: Buffer; fragments: Buffer[]; size: number };
+  private lastStreamId = 0;
+  private timer?: NodeJS.Timeout;
+  private paused = false;
+
+  // Server → client.
+  private serverHeaderFill = 0;
+  private readonly serverHeader = Buffer.alloc(FRAME_HEADER);
+  private serverRemaining = 0;
+  /** Payload of a SETTINGS frame from the server being collected, if any. */
+  private serverSettings?: { parts: Buffer[]; size: number };
+  private maxFrameSize = DEFAULT_MAX_FRAME_SIZE;
+  private maxHeaderList = DEFAULT_MAX_HEADER_LIST;
+
+  /** Set once the connection is being ended for a protocol violation. */
+  private failure?: ConnectionError;
+  private goawaySent = false;
+
+  constructor(private readonly socket: net.Socket, private readonly options: AuthorityFilterOptions = {}) {
+    super();
+    this.timeoutMs = options.incompleteFrameTimeoutMs ?? 10_000;
+    socket.on('data', (chunk: Buffer) => this.fromClient(chunk));
+    socket.on('end', () => this.push(null));
+    socket.on('close', () => this.destroy());
+    // The HTTP/2 session sees the close; an error has nothing more to tell it.
+    socket.on('error', () => this.destroy());
+  }
+
+  override _read(): void {
+    if (this.paused && !this.failure) {
+      this.paused = false;
+      this.socket.resume();
+      this.armTimer();
+    }
+  }
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
+    if (this.goawaySent) {
+      callback();
+      return;
+    }
+    const upTo = this.fromServer(chunk);
+    if (upTo < 0) {
+      this.socket.write(chunk, callback);
+      return;
+    }
+    this.socket.write(chunk.subarray(0, upTo));
+    this.sendGoaway();
+    callback();
+  }
+
+  override _writev(chunks: Array<{ chunk: Buffer }>, callback: (error?: Error | null) => void): void {
+    this.socket.cork();
+    let last: Buffer | undefined;
+    for (const { chunk } of chunks) {
+      if (this.goawaySent) break;
+      const upTo = this.fromServer(chunk);
+      if (upTo >= 0) {
+        this.socket.write(chunk.subarray(0, upTo));
+        this.sendGoaway();
+        break;
+      }
+      if (last) this.socket.write(last);
+      last = chunk;
+    }
+    if (last && !this.goawaySent) this.socket.write(last, callback);
+    else callback();
+    this.socket.uncork();
+  }
+
+  override _final(callback: (error?: Error | null) => void): void {
+    this.socket.end();
+    callback();
+  }
+
+  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+    clearTimeout(this.timer);
+    this.socket.destroy();
+    callback(error);
+  }
+
+  /** Follows the client's bytes; pushes them on, with header blocks re-encoded. */
+  private fromClient(chunk: Buffer): void {
+    if (this.failure) return;
+    let out: Buffer[] | undefined;
+    let runStart = 0;
+    const flushRun = (end: number): void => {
+      if (end > runStart) (out ??= []).push(chunk.subarray(runStart, end));
+    };
+    let pos = 0;
+    // Octets from here on are held back: a frame header not yet complete.
+    let held = chunk.length;
+    try {
+      while (pos < chunk.length) {
+        if (this.passthrough) {
+          pos = chunk.length;
+          break;
+        }
+        if (this.prefaceSeen < PREFACE.length) {
+          const n = Math.min(PREFACE.length - this.prefaceSeen, chunk.length - pos);
+          if (!chunk.subarray(pos, pos + n).equals(PREFACE.subarray(this.prefaceSeen, this.prefaceSeen + n))) this.passthrough = true;
+          this.prefaceSeen += n;
+          pos += n;
+          continue;
+        }
+        if (this.remaining === 0 && !this.collecting) {
+          // A frame header, possibly split across reads.
+          const headerStart = pos;
+          const n = Math.min(FRAME_HEADER - this.headerFill, chunk.length - pos);
+          chunk.copy(this.header, this.headerFill, pos, pos + n);
+          const split = this.headerFill > 0;
+          this.headerFill += n;
+          pos += n;
+          if (this.headerFill < FRAME_HEADER) {
+            held = headerStart;
+            break;
+          }
+          this.headerFill = 0;
+          const collect = this.startFrame();
+          if (collect) {
+            flushRun(headerStart);
+            runStart = pos;
+          } else if (split) {
+            // The header's first octets came in an earlier read and were held back.
+            flushRun(headerStart);
+            (out ??= []).push(Buffer.from(this.header));
+            runStart = pos;
+          }
+          if (collect && this.remaining === 0) this.endCollectedFrame(out ??= []);
+          continue;
+        }
+        const n = Math.min(this.remaining, chunk.length - pos);
+        if (this.collecting) {
+          this.frameParts.push(chunk.subarray(pos, pos + n));
+          this.remaining -= n;
+          pos += n;
+          runStart = pos;
+          if (this.remaining === 0) this.endCollectedFrame(out ??= []);
+        } else {
+          this.remaining -= n;
+          pos += n;
+        }
+      }
+    } catch (err) {
+      if (!(err instanceof ConnectionError)) throw err;
+      // Nothing more reaches the server: it learns of the end when the connection closes.
+      this.fail(err);
+      return;
+    }
+    if (out === undefined && held === chunk.length) {
+      this.pushOut(chunk);
+    } else {
+      flushRun(held);
+      if (out && out.length > 0) this.pushOut(out.length === 1 ? out[0] : Buffer.concat(out));
+    }
+    this.armTimer();
+  }
+
+  private pushOut(data: Buffer): void {
+    if (!this.push(data) && !this.paused) {
+      this.paused = true;
+      this.socket.pause();
+      clearTimeout(this.timer);
+      this.timer = undefined;
+    }
+  }
+
+  /** At a frame boundary nothing is pending; inside one, the client has a while to finish it. */
+  private armTimer(): void {
+    const inside = this.headerFill > 0 || this.remaining > 0 || this.block !== undefined;
+    if (!inside || this.paused || this.passthrough) {
+      clearTimeout(this.timer);
+      this.timer = undefined;
+    } else if (!this.timer) {
+      this.timer = setTimeout(() => {
+        this.timer = undefined;
+        this.fail(new ConnectionError(H2_ENHANCE_YOUR_CALM, `frame not completed within ${this.timeoutMs} ms`));
+      }, this.timeoutMs);
+      this.timer.unref();
+    }
+  }
+
+  /** Reads the frame header just completed; returns whether its payload is collected. */
+  private startFrame(): boolean {
+    const h = this.header;
+    const length = (h[0] << 16) | (h[1] << 8) | h[2];
+    const type = h[3];
+    const flags = h[4];
+    const streamId = h.readUInt32BE(5) & 0x7fffffff;
+    if (length > this.maxFrameSize) throw new ConnectionError(H2_FRAME_SIZE_ERROR, `frame of ${length} octets above the maximum ${this.maxFrameSize}`);
+    if (this.block && (type !== FrameType.CONTINUATION || streamId !== this.block.streamId)) {
+      throw new ConnectionError(H2_PROTOCOL_ERROR, 'header block interrupted by another frame');
+    }
+    if (type === FrameType.PUSH_PROMISE) throw new ConnectionError(H2_PROTOCOL_ERROR, 'PUSH_PROMISE from a client');
+    if (type === FrameType.CONTINUATION && !this.block) throw new ConnectionError(H2_PROTOCOL_ERROR, 'CONTINUATION without a header block');
+    this.remaining = length;
+    if (type !== FrameType.HEADERS && type !== FrameType.CONTINUATION) return false;
+    if (streamId === 0) throw new ConnectionError(H2_PROTOCOL_ERROR, 'header block on stream 0');
+    this.collecting = true;
+    this.frameType = type;
+    this.frameFlags = flags;
+    this.frameParts = [];
+    if (type === FrameType.HEADERS) this.block = { streamId, flags, fragments: [], size: 0 };
+    return true;
+  }
+
+  /** A collected HEADERS or CONTINUATION frame is complete. */
+  private endCollectedFrame(out: Buffer[]): void {
+    this.collecting = false;
+    const payload = this.frameParts.length === 1 ? this.frameParts[0] : Buffer.concat(this.frameParts);
+    this.frameParts = [];
+    const block = this.block!;
+    let fragment = payload;
+    if (this.frameType === FrameType.HEADERS) {
+      let start = 0;
+      let end = payload.length;
+      if (this.frameFlags & FLAG_PADDED) {
+        if (payload.length < 1) throw new ConnectionError(H2_PROTOCOL_ERROR, 'padded HEADERS without a pad length');
+        end -= payload[0];
+        start = 1;
+      }
+      if (this.frameFlags & FLAG_PRIORITY) {
+        block.priority = Buffer.from(payload.subarray(start, start + 5));
+        start += 5;
+      }
+      if (end < start) throw new ConnectionError(H2_PROTOCOL_ERROR, 'HEADERS padding longer than the frame');
+      fragment = payload.subarray(start, end);
+    }
+    block.fragments.push(fragment);
+    block.size += fragment.length;
+    // What a valid header list may encode to; past it the client is only spending our memory.
+    if (block.size > this.maxHeaderList + DEFAULT_MAX_FRAME_SIZE) {
+      throw new ConnectionError(H2_ENHANCE_YOUR_CALM, `header block larger than ${this.maxHeaderList} octets`);
+    }
+    if (!(this.frameFlags & FLAG_END_HEADERS)) return;
+    this.block = undefined;
+    this.emitHeaderBlock(block, out);
+  }
+
+  private emitHeaderBlock(block: NonNullable<AuthorityFilter['block']>, out: Buffer[]): void {
+    let fields: HeaderField[];
+    try {
+      fields = this.decoder.decode(block.fragments.length === 1 ? block.fragments[0] : Buffer.concat(block.fragments), this.maxHeaderList);
+    } catch (err) {
+      if (err instanceof HpackError) throw new ConnectionError(H2_COMPRESSION_ERROR, `header block does not decode: ${err.message}`);
+      if (err instanceof HeaderListTooLarge) throw new ConnectionError(H2_ENHANCE_YOUR_CALM, err.message);
+      throw err;
+    }
+    sanitizeAuthority(fields);
+    const encoded = encodeHeaderBlock(fields);
+    if (block.streamId > this.lastStreamId && block.streamId % 2 === 1) this.lastStreamId = block.streamId;
+    const priority = block.priority;
+    const firstRoom = this.maxFrameSize - (priority ? 5 : 0);
+    let offset = Math.min(firstRoom, encoded.length);
+    const endHeaders = offset === encoded.length;
+    const flags = (block.flags & FLAG_END_STREAM) | (priority ? FLAG_PRIORITY : 0) | (endHeaders ? FLAG_END_HEADERS : 0);
+    out.push(frameHeader(offset + (priority ? 5 : 0), FrameType.HEADERS, flags, block.streamId));
+    if (priority) out.push(priority);
+    out.push(encoded.subarray(0, offset));
+    while (offset < encoded.length) {
+      const n = Math.min(this.maxFrameSize, encoded.length - offset);
+      const last = offset + n === encoded.length;
+      out.push(frameHeader(n, FrameType.CONTINUATION, last ? FLAG_END_HEADERS : 0, block.streamId), encoded.subarray(offset, offset + n));
+      offset += n;
+    }
+  }
+
+  /**
+   * Follows the server's frames. Returns -1, or, when the connection is being ended, the offset
+   * of the first frame boundary in `chunk` after which the GOAWAY goes.
+   */
+  private fromServer(chunk: Buffer): number {
+    let pos = 0;
+    while (pos < chunk.length) {
+      if (this.serverRemaining === 0 && !this.serverSettings) {
+        if (this.failure && this.serverHeaderFill === 0) return pos;
+        const n = Math.min(FRAME_HEADER - this.serverHeaderFill, chunk.length - pos);
+        chunk.copy(this.serverHeader, this.serverHeaderFill, pos, pos + n);
+        this.serverHeaderFill += n;
+        pos += n;
+        if (this.serverHeaderFill < FRAME_HEADER) break;
+        this.serverHeaderFill = 0;
+        const h = this.serverHeader;
+        this.serverRemaining = (h[0] << 16) | (h[1] << 8) | h[2];
+        if (h[3] === FrameType.SETTINGS && !(h[4] & FLAG_ACK) && this.serverRemaining > 0) this.serverSettings = { parts: [], size: 0 };
+        continue;
+      }
+      const n = Math.min(this.serverRemaining, chunk.length - pos);
+      if (this.serverSettings) {
+        this.serverSettings.parts.push(chunk.subarray(pos, pos + n));
+        this.serverSettings.size += n;
+      }
+      this.serverRemaining -= n;
+      pos += n;
+      if (this.serverRemaining === 0 && this.serverSettings) {
+        this.applyServerSettings(Buffer.concat(this.serverSettings.parts));
+        this.serverSettings = undefined;
+      }
+    }
+    return this.failure && this.serverRemaining === 0 && this.serverHeaderFill === 0 ? chunk.length : -1;
+  }
+
+  private applyServerSettings(payload: Buffer): void {
+    for (let i = 0; i + 6 <= payload.length; i += 6) {
+      const id = payload.readUInt16BE(i);
+      const value = payload.readUInt32BE(i + 2);
+      if (id === SETTINGS_HEADER_TABLE_SIZE) this.decoder.setMaxTableSize(value);
+      else if (id === SETTINGS_MAX_FRAME_SIZE) this.maxFrameSize = value;
+      else if (id === SETTINGS_MAX_HEADER_LIST_SIZE) this.maxHeaderList = value;
+    }
+  }
+
+  /** Ends the connection: GOAWAY to the client at the next boundary of the server's frames. */
+  private fail(err: ConnectionError): void {
+    if (this.failure) return;
+    this.failure = err;
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    this.socket.pause();
+    this.options.log?.warn({ code: err.code, reason: err.message }, 'closing a CRI connection that broke HTTP/2 rules');
+    if (this.serverRemaining === 0 && this.serverHeaderFill === 0 && !this.serverSettings) {
+      this.sendGoaway();
+    } else {
+      // The server is inside a frame; give it a moment to finish it, then close regardless.
+      setTimeout(() => this.sendGoaway(), 1000).unref();
+    }
+  }
+
+  private sendGoaway(): void {
+    if (this.goawaySent || !this.failure) return;
+    this.goawaySent = true;
+    const debug = Buffer.from(this.failure.message);
+    const payload = Buffer.alloc(8);
+    payload.writeUInt32BE(this.lastStreamId, 0);
+    payload.writeUInt32BE(this.failure.code, 4);
+    const canWrite = this.serverRemaining === 0 && this.serverHeaderFill === 0 && !this.serverSettings;
+    if (canWrite && !this.socket.destroyed) this.socket.end(Buffer.concat([frameHeader(8 + debug.length, FrameType.GOAWAY, 0, 0), payload, debug]));
+    else this.socket.destroy();
+    // The server side learns of the end as the socket closes.
+    this.push(null);
+  }
+}
+
+function frameHeader(length: number, type: number, flags: number, streamId: number): Buffer {
+  const h = Buffer.allocUnsafe(FRAME_HEADER);
+  h[0] = (length >>> 16) & 0xff;
+  h[1] = (length >>> 8) & 0xff;
+  h[2] = length & 0xff;
+  h[3] = type;
+  h[4] = flags;
+  h.writeUInt32BE(streamId, 5);
+  return h;
+}
