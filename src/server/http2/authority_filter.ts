@@ -1,5 +1,4 @@
 import { Duplex } from 'node:stream';
-import type * as net from 'node:net';
 import type { Logger } from '../../log';
 import { encodeHeaderBlock, HeaderListTooLarge, HpackDecoder, HpackError, type HeaderField } from './hpack';
 
@@ -110,7 +109,7 @@ export class AuthorityFilter extends Duplex {
   private failure?: ConnectionError;
   private goawaySent = false;
 
-  constructor(private readonly socket: net.Socket, private readonly options: AuthorityFilterOptions = {}) {
+  constructor(private readonly socket: Duplex, private readonly options: AuthorityFilterOptions = {}) {
     super();
     this.timeoutMs = options.incompleteFrameTimeoutMs ?? 10_000;
     socket.on('data', (chunk: Buffer) => this.fromClient(chunk));
@@ -241,7 +240,7 @@ export class AuthorityFilter extends Duplex {
       this.fail(err);
       return;
     }
-    if (out === undefined && held === chunk.length) {
+    if (out === undefined && runStart === 0 && held === chunk.length) {
       this.pushOut(chunk);
     } else {
       flushRun(held);
@@ -410,7 +409,6 @@ export class AuthorityFilter extends Duplex {
     this.failure = err;
     clearTimeout(this.timer);
     this.timer = undefined;
-    this.socket.pause();
     this.options.log?.warn({ code: err.code, reason: err.message }, 'closing a CRI connection that broke HTTP/2 rules');
     if (this.serverRemaining === 0 && this.serverHeaderFill === 0 && !this.serverSettings) {
       this.sendGoaway();
@@ -428,8 +426,16 @@ export class AuthorityFilter extends Duplex {
     payload.writeUInt32BE(this.lastStreamId, 0);
     payload.writeUInt32BE(this.failure.code, 4);
     const canWrite = this.serverRemaining === 0 && this.serverHeaderFill === 0 && !this.serverSettings;
-    if (canWrite && !this.socket.destroyed) this.socket.end(Buffer.concat([frameHeader(8 + debug.length, FrameType.GOAWAY, 0, 0), payload, debug]));
-    else this.socket.destroy();
+    if (canWrite && !this.socket.destroyed) {
+      this.socket.end(Buffer.concat([frameHeader(8 + debug.length, FrameType.GOAWAY, 0, 0), payload, debug]));
+      // Lingering close: a socket closed with unread input resets the connection, and the client
+      // would lose the GOAWAY. What it still sends is read and dropped until it closes or a
+      // second has passed.
+      this.socket.resume();
+      setTimeout(() => this.socket.destroy(), 1000).unref();
+    } else {
+      this.socket.destroy();
+    }
     // The server side learns of the end as the socket closes.
     this.push(null);
   }
