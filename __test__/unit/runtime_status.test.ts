@@ -61,3 +61,15 @@ test('without a network config, cniconfig lists no network and lastCNILoadStatus
   t.is(JSON.parse(res.info.lastCNILoadStatus), 'no network config found in /net.d');
   t.deepEqual((await status(svc, { verbose: false }, ctx)).info, {});
 });
+
+test('verbose Status names the registry hosts with credentials and the user names, never the secrets', async (t) => {
+  const svc = service(loaded);
+  svc.config.registry.auths = { 'reg.example': { username: 'u', password: 'hunter2' }, 'b.example': { auth: 'dTpodW50ZXIy', identitytoken: 'tok' } };
+  const { info } = await status(svc, { verbose: true }, ctx);
+  t.deepEqual(JSON.parse(info.config).registry.auths, {
+    'reg.example': { username: 'u', password: '<redacted>' },
+    'b.example': { auth: '<redacted>', identitytoken: '<redacted>' },
+  });
+  t.false(/hunter2|dTpodW50ZXIy|tok"/.test(info.config));
+  t.is(svc.config.registry.auths['reg.example'].password, 'hunter2', 'the configuration itself is unchanged');
+});

@@ -1,4 +1,4 @@
-import type { Config } from '../config/config';
+import type { Config, RegistryAuth } from '../config/config';
 import type { StatusRequest, StatusResponse } from '../generated/runtime/v1/api';
 import type { CallContext } from './instrument';
 import type { CriService } from './service';
@@ -40,6 +40,8 @@ export async function status(svc: CriService, req: StatusRequest, _ctx: CallCont
 export function statusConfig(config: Config): Record<string, unknown> {
   return {
     ...config,
+    // `crictl info` output ends up in bug reports: which hosts have credentials, not what they are.
+    registry: { ...config.registry, auths: Object.fromEntries(Object.entries(config.registry.auths).map(([host, auth]) => [host, redacted(auth)])) },
     sandboxImage: '',
     rootDir: config.root,
     stateDir: config.state,
@@ -48,4 +50,8 @@ export function statusConfig(config: Config): Record<string, unknown> {
     enableCDI: true,
     cdiSpecDirs: config.cdi.specDirs,
   };
+}
+
+function redacted(auth: RegistryAuth): RegistryAuth {
+  return Object.fromEntries(Object.entries(auth).map(([key, value]) => [key, key === 'username' ? value : '<redacted>']));
 }
