@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { ImageServiceService, RuntimeServiceService } from '../generated/runtime/v1/api';
 import type { Logger } from '../log';
-import { AuthorityFilter } from './http2/authority_filter';
+import { gateConnection } from './http2/connection_gate';
 import { aliasService, type ApiVersion, instrument, type RpcTable } from './instrument';
 
 /** kubelet sends and accepts messages up to 16 MiB; list responses on big nodes need the room. */
@@ -25,6 +25,8 @@ export interface GrpcServerOptions {
 export class GrpcServer {
   private server?: grpc.Server;
   private listener?: net.Server;
+  /** Every accepted connection, also those the HTTP/2 server does not have yet. */
+  private readonly sockets = new Set<net.Socket>();
 
   constructor(private readonly options: GrpcServerOptions) {}
 
@@ -56,10 +58,14 @@ export class GrpcServer {
     add(aliasService(runtime, 'runtime.v1', 'runtime.v1alpha2'), 'v1alpha2');
     add(aliasService(image, 'runtime.v1', 'runtime.v1alpha2'), 'v1alpha2');
 
-    // crisp owns the listener so that every connection passes the :authority filter (Go clients
-    // send the socket path there, which Node's HTTP/2 server refuses) before grpc-js gets it.
+    // crisp owns the listener so that connections whose :authority Node's HTTP/2 server would
+    // refuse (Go clients send the socket path) pass a filter before grpc-js gets them.
     const injector = server.createConnectionInjector(grpc.ServerCredentials.createInsecure());
-    const listener = net.createServer({ noDelay: true }, (conn) => injector.injectConnection(new AuthorityFilter(conn, { log })));
+    const listener = net.createServer((conn) => {
+      this.sockets.add(conn);
+      conn.once('close', () => this.sockets.delete(conn));
+      gateConnection(conn, { log, inject: (c) => injector.injectConnection(c) });
+    });
     // The socket is created with the process umask; tighten it before anyone can race us to it.
     const oldMask = process.umask(0o117);
     try {
@@ -98,6 +104,8 @@ export class GrpcServer {
         resolve();
       });
     });
+    // Connections that never sent a request were never the HTTP/2 server's to close.
+    for (const conn of this.sockets) conn.destroy();
     fs.rmSync(this.options.socket, { force: true });
   }
 }

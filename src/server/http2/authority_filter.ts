@@ -49,17 +49,26 @@ export interface AuthorityFilterOptions {
   log?: Logger;
   /** A frame begun and not finished within this time ends the connection. */
   incompleteFrameTimeoutMs?: number;
+  /**
+   * The client's first SETTINGS acknowledgement answers a SETTINGS frame sent before the server
+   * had the connection (see connection_gate.ts); the server must not see it.
+   */
+  dropFirstSettingsAck?: boolean;
 }
 
 /** RFC 3986 authority characters, as nghttp2 checks them; empty is refused too. */
 const VALID_AUTHORITY = /^[A-Za-z0-9\-._~!$&'()*+,;=:@[\]%]+$/;
 export const REPLACEMENT_AUTHORITY = 'localhost';
 
+export function authorityIsValid(value: string): boolean {
+  return VALID_AUTHORITY.test(value);
+}
+
 /** Replaces an `:authority`/`host` value nghttp2 would refuse. Returns whether anything changed. */
 export function sanitizeAuthority(fields: HeaderField[]): boolean {
   let changed = false;
   for (const f of fields) {
-    if ((f.name === ':authority' || f.name === 'host') && !VALID_AUTHORITY.test(f.value)) {
+    if ((f.name === ':authority' || f.name === 'host') && !authorityIsValid(f.value)) {
       f.value = REPLACEMENT_AUTHORITY;
       changed = true;
     }
@@ -109,9 +118,12 @@ export class AuthorityFilter extends Duplex {
   private failure?: ConnectionError;
   private goawaySent = false;
 
+  private dropSettingsAck: boolean;
+
   constructor(private readonly socket: Duplex, private readonly options: AuthorityFilterOptions = {}) {
     super();
     this.timeoutMs = options.incompleteFrameTimeoutMs ?? 10_000;
+    this.dropSettingsAck = options.dropFirstSettingsAck ?? false;
     socket.on('data', (chunk: Buffer) => this.fromClient(chunk));
     socket.on('end', () => this.push(null));
     socket.on('close', () => this.destroy());
@@ -287,6 +299,13 @@ export class AuthorityFilter extends Duplex {
     if (type === FrameType.PUSH_PROMISE) throw new ConnectionError(H2_PROTOCOL_ERROR, 'PUSH_PROMISE from a client');
     if (type === FrameType.CONTINUATION && !this.block) throw new ConnectionError(H2_PROTOCOL_ERROR, 'CONTINUATION without a header block');
     this.remaining = length;
+    if (type === FrameType.SETTINGS && flags & FLAG_ACK && this.dropSettingsAck) {
+      this.dropSettingsAck = false;
+      this.collecting = true;
+      this.frameType = type;
+      this.frameParts = [];
+      return true;
+    }
     if (type !== FrameType.HEADERS && type !== FrameType.CONTINUATION) return false;
     if (streamId === 0) throw new ConnectionError(H2_PROTOCOL_ERROR, 'header block on stream 0');
     this.collecting = true;
@@ -302,6 +321,8 @@ export class AuthorityFilter extends Duplex {
     this.collecting = false;
     const payload = this.frameParts.length === 1 ? this.frameParts[0] : Buffer.concat(this.frameParts);
     this.frameParts = [];
+    // The dropped SETTINGS acknowledgement: nothing to pass on.
+    if (this.frameType === FrameType.SETTINGS) return;
     const block = this.block!;
     let fragment = payload;
     if (this.frameType === FrameType.HEADERS) {
