@@ -10,7 +10,7 @@ import { RegistryHosts } from './image/registry_hosts';
 import type { CriMetrics } from './metrics/cri_metrics';
 import { MetricsServer } from './metrics/metrics_server';
 import { loadNative } from './native';
-import { CniManager } from './network/cni';
+import { CniManager, cniLoadStatus, cniStatusInfo } from './network/cni';
 import { nativeLauncher } from './network/plugin_launcher';
 import { ContainerExits } from './container/container_exits';
 import { recoverContainers } from './container/container_recover';
@@ -23,6 +23,7 @@ import { SandboxStore } from './sandbox/sandbox_store';
 import { GrpcServer } from './server/grpc_server';
 import { podEventSnapshot } from './server/container_events';
 import { buildRpcTable } from './server/rpc_table';
+import { servedApiVersions } from './server/api_versions';
 import { containerStatsTarget, runningContainers } from './server/container_stats';
 import { podStatsTarget, readySandboxes } from './server/sandbox_stats';
 import { CriService } from './server/service';
@@ -69,7 +70,7 @@ export class Daemon {
       if (criMetrics) service.metrics = criMetrics;
       const server = new GrpcServer({
         socket: config.socket,
-        table: buildRpcTable(service),
+        table: servedApiVersions(buildRpcTable(service), config.grpc.apiVersions),
         log,
         isReady: () => daemon?.ready === true,
         onFinished: (method, code, seconds) => service.metrics.observeRpc(method, code, seconds),
@@ -78,6 +79,7 @@ export class Daemon {
       await daemon.initSubsystems();
       await daemon.initObservability();
       await server.listen();
+      if (config.grpc.apiVersions.length < 2) log.info({ apiVersions: config.grpc.apiVersions }, 'CRI API versions limited by [grpc] api_versions');
       await daemon.recover();
       daemon.ready = true;
       log.info({ root: config.root, state: config.state, version: service.version }, 'crisp is ready');
@@ -141,7 +143,8 @@ export class Daemon {
         return { type: 'NetworkReady', status: st.ready, reason: st.reason ?? '', message: st.message ?? '' };
       },
     });
-    service.addStatusInfo('cniconfig', () => cni.watcher.current());
+    service.addStatusInfo('cniconfig', () => cniStatusInfo(cni.watcher.current(), config.cni.confDir, config.cni.binDirs));
+    service.addStatusInfo('lastCNILoadStatus', () => cniLoadStatus(cni.watcher.current()));
 
     service.sandboxes = new SandboxStore(path.join(config.state, 'sandboxes'));
     service.pods = new PodRuntime(native, log.child({ subsystem: 'pods' }));

@@ -71,3 +71,16 @@ test('registry credentials per host', (t) => {
     message: 'f.toml: key "registry.auths": "h": unknown key "user"',
   });
 });
+
+test('[grpc] api_versions: both CRI versions by default, a subset when configured, one-line errors otherwise', (t) => {
+  t.deepEqual(defaultConfig().grpc.apiVersions, ['v1', 'v1alpha2']);
+  const legacy = applyDocument(defaultConfig(), { grpc: { api_versions: ['v1alpha2'] } }, 'f.toml');
+  t.deepEqual(legacy.grpc.apiVersions, ['v1alpha2']);
+  t.deepEqual(applyDocument(defaultConfig(), parseToml(renderConfig(legacy)) as Record<string, unknown>, 'r'), legacy);
+  t.regex(renderConfig(defaultConfig()), /\n\[grpc\]\n# CRI API versions served[^\n]*\napi_versions = \["v1","v1alpha2"\]\n/);
+  const bad = (value: unknown) => t.throws(() => applyDocument(defaultConfig(), { grpc: { api_versions: value } }, 'f.toml'), { instanceOf: ConfigError })!.message;
+  t.is(bad([]), 'f.toml: key "grpc.api_versions": expected a non-empty array of "v1", "v1alpha2", got an array');
+  t.is(bad('v1'), 'f.toml: key "grpc.api_versions": expected a non-empty array of "v1", "v1alpha2", got "v1"');
+  t.is(bad(['v1beta1']), 'f.toml: key "grpc.api_versions": expected a non-empty array of "v1", "v1alpha2", got "v1beta1" in the array');
+  t.is(bad(['v1', 'v1']), 'f.toml: key "grpc.api_versions": "v1" is listed twice');
+});

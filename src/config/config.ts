@@ -10,6 +10,10 @@ export interface Config {
   root: string;
   state: string;
   logLevel: LogLevel;
+  grpc: {
+    /** CRI API versions served; a call through another one answers UNIMPLEMENTED. */
+    apiVersions: CriApiVersion[];
+  };
   streaming: {
     address: string;
     port: number;
@@ -56,6 +60,10 @@ export interface RegistryAuth {
   identitytoken?: string;
 }
 
+/** CRI API packages crisp can serve: runtime.v1, and runtime.v1alpha2 for kubelets 1.20–1.25. */
+export type CriApiVersion = 'v1' | 'v1alpha2';
+export const CRI_API_VERSIONS: readonly CriApiVersion[] = ['v1', 'v1alpha2'];
+
 export type LogLevel = 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal';
 export const LOG_LEVELS: readonly LogLevel[] = ['trace', 'debug', 'info', 'warn', 'error', 'fatal'];
 
@@ -65,6 +73,7 @@ export function defaultConfig(): Config {
     root: '/var/lib/crisp',
     state: '/run/crisp',
     logLevel: 'info',
+    grpc: { apiVersions: [...CRI_API_VERSIONS] },
     streaming: { address: '127.0.0.1', port: 0, tokenTtlMs: 60_000 },
     cni: { confDir: '/etc/cni/net.d', binDirs: ['/opt/cni/bin', '/usr/lib/cni'], pluginTimeoutMs: 60_000 },
     registry: { configPath: '/etc/crisp/certs.d', stallTimeoutMs: 60_000, maxConcurrentDownloads: 3, auths: {} },
@@ -84,7 +93,7 @@ export class ConfigError extends Error {
   }
 }
 
-type Kind = 'string' | 'port' | 'duration' | 'string[]' | 'positive' | 'loglevel' | 'driver' | 'address' | 'auths';
+type Kind = 'string' | 'port' | 'duration' | 'string[]' | 'positive' | 'loglevel' | 'driver' | 'address' | 'auths' | 'apiversions';
 
 /** Where each file key lands in Config, and what it must be. */
 interface KeySpec {
@@ -98,6 +107,13 @@ const SCHEMA: Record<string, Record<string, KeySpec> | KeySpec> = {
   root: { path: ['root'], kind: 'string', doc: 'Persistent data: images, snapshots, container layers.' },
   state: { path: ['state'], kind: 'string', doc: 'Runtime state that does not survive a reboot: sandboxes, containers, monitors.' },
   log_level: { path: ['logLevel'], kind: 'loglevel', doc: 'One of trace, debug, info, warn, error, fatal.' },
+  grpc: {
+    api_versions: {
+      path: ['grpc', 'apiVersions'],
+      kind: 'apiversions',
+      doc: 'CRI API versions served: "v1" and "v1alpha2" (kubelet 1.20-1.25); calls through another one answer UNIMPLEMENTED.',
+    },
+  },
   streaming: {
     address: { path: ['streaming', 'address'], kind: 'address', doc: 'Address of the Exec/Attach/PortForward server.' },
     port: { path: ['streaming', 'port'], kind: 'port', doc: 'Its port; 0 picks a free one.' },
@@ -191,6 +207,17 @@ function convert(value: unknown, spec: KeySpec, where: string): unknown {
         bad(`expected an array of strings, got ${describe(value)}`);
       }
       return value;
+    case 'apiversions': {
+      const expected = `a non-empty array of ${CRI_API_VERSIONS.map((v) => JSON.stringify(v)).join(', ')}`;
+      if (!Array.isArray(value) || value.length === 0) bad(`expected ${expected}, got ${describe(value)}`);
+      const versions = value as unknown[];
+      for (const v of versions) {
+        if (!CRI_API_VERSIONS.includes(v as CriApiVersion)) bad(`expected ${expected}, got ${describe(v)} in the array`);
+      }
+      const duplicate = versions.find((v, i) => versions.indexOf(v) !== i);
+      if (duplicate !== undefined) bad(`${describe(duplicate)} is listed twice`);
+      return versions;
+    }
     case 'auths': {
       if (typeof value !== 'object' || value === null || Array.isArray(value)) bad(`expected a table of registry hosts, got ${describe(value)}`);
       const out: Record<string, RegistryAuth> = {};

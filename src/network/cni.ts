@@ -15,6 +15,7 @@ import {
   NETWORK_NOT_READY_REASON,
   validateCniConfigList,
   type CniNetworkConfigList,
+  type CniConfigState,
   type CniPluginConfig,
   type LoadedCniConfig,
 } from './cni_config';
@@ -480,6 +481,29 @@ export async function bringUpLoopback(netnsPath: string, opts: LoopbackOptions =
     logger: opts.logger ?? pino({ level: 'silent' }),
     launcher: opts.launcher ?? childProcessLauncher,
   });
+}
+
+/**
+ * The network configuration as verbose Status reports it under `cniconfig`, in the shape containerd
+ * reports its go-cni configuration (PluginDirs, PluginConfDir, Networks with Config.Name,
+ * Config.CNIVersion, Config.Plugins[].Network and IFName), which scripts read from `crictl info`.
+ * crisp uses one config file (containerd's max_conf_num 1) and sets up loopback itself. `file` or
+ * `error` say which file is in use or why none is.
+ */
+export function cniStatusInfo(state: CniConfigState, confDir: string, binDirs: readonly string[]): Record<string, unknown> {
+  const info: Record<string, unknown> = { PluginDirs: [...binDirs], PluginConfDir: confDir, PluginMaxConfNum: 1, Prefix: 'eth', Networks: [] };
+  if (!isLoadedCniConfig(state)) return { ...info, error: state.error };
+  const { config, file } = state;
+  const network = {
+    Config: { Name: config.name, CNIVersion: config.cniVersion, Plugins: config.plugins.map((plugin) => ({ Network: plugin })) },
+    IFName: DEFAULT_POD_IFNAME,
+  };
+  return { ...info, Networks: [network], file };
+}
+
+/** containerd's `lastCNILoadStatus`: "OK" once a usable config is loaded, else why not. */
+export function cniLoadStatus(state: CniConfigState): string {
+  return isLoadedCniConfig(state) ? 'OK' : state.error;
 }
 
 interface ListCall {
