@@ -447,6 +447,34 @@ test('update --memory: the new limit is in the container status', async (t) => {
   t.is(Number(inside.trim()), limit, "the container's cgroup has it");
 });
 
+test('ps: a ListContainers reply larger than 4 MiB (the default grpc-go receive limit) reaches crictl', async (t) => {
+  const { files } = t.context;
+  const { pod, main, web } = t.context.ids;
+  // 72 created containers with a 60 KiB annotation each: about 4.3 MiB of reply.
+  const big = 'a'.repeat(60 * 1024);
+  const ids: string[] = [];
+  for (let i = 0; i < 72; i++) {
+    const config = writeJson(files, `big-${i}.json`, {
+      metadata: { name: `big-${i}` },
+      image: { image: t.context.busybox.reference },
+      command: ['/bin/true'],
+      annotations: { 'e2e.crisp/padding': big },
+    });
+    ids.push((await ok(t, ['create', '--no-pull', pod, config, path.join(files, 'pod.json')])).trim().split('\n').pop()!);
+  }
+  const res = await crictl(t, ['ps', '-a', '-o', 'json']);
+  t.is(res.code, 0, res.stderr);
+  t.true(res.stdout.length > 4 * 1024 * 1024, `${res.stdout.length} octets printed`);
+  const { containers } = JSON.parse(res.stdout);
+  t.is(containers.length, ids.length + 2);
+  t.true(containers.every((c: { id: string; annotations: Record<string, string> }) => [main, web].includes(c.id) || c.annotations['e2e.crisp/padding'] === big));
+  await ok(t, ['rm', ...ids]);
+  t.deepEqual(
+    (await json(t, ['ps', '-a'])).containers.map((c: { id: string }) => c.id).sort(),
+    [main, web].sort(),
+  );
+});
+
 test('stop, rm, stopp, rmp, rmi', async (t) => {
   const { main, web, pod, imageId } = t.context.ids;
   const { busybox } = t.context;
