@@ -3,14 +3,8 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Duplex } from 'node:stream';
-import {
-  AuthorityFilter,
-  H2_COMPRESSION_ERROR,
-  H2_ENHANCE_YOUR_CALM,
-  H2_FRAME_SIZE_ERROR,
-  H2_PROTOCOL_ERROR,
-  REPLACEMENT_AUTHORITY,
-} from '../../src/server/http2/authority_filter';
+import { AuthorityFilter, REPLACEMENT_AUTHORITY } from '../../src/server/http2/authority_filter';
+import { H2_COMPRESSION_ERROR, H2_ENHANCE_YOUR_CALM, H2_FRAME_SIZE_ERROR, H2_PROTOCOL_ERROR } from '../../src/server/http2/frames';
 import { encodeHeaderBlock, HeaderListTooLarge, HpackDecoder, HpackError } from '../../src/server/http2/hpack';
 import { huffmanDecode } from '../../src/server/http2/huffman';
 import { GoLikeEncoder, H2_PREFACE, h2Frame, huffmanEncode, parseFrames } from '../fixtures/hpack_encoder';

@@ -1,5 +1,23 @@
 import { Duplex } from 'node:stream';
 import type { Logger } from '../../log';
+import {
+  FLAG_ACK,
+  FLAG_END_HEADERS,
+  FLAG_END_STREAM,
+  FLAG_PRIORITY,
+  FRAME_HEADER,
+  FrameType,
+  frameHeader,
+  H2_COMPRESSION_ERROR,
+  H2_ENHANCE_YOUR_CALM,
+  H2_FRAME_SIZE_ERROR,
+  H2_PROTOCOL_ERROR,
+  PREFACE,
+  SETTINGS_HEADER_TABLE_SIZE,
+  SETTINGS_MAX_FRAME_SIZE,
+  SETTINGS_MAX_HEADER_LIST_SIZE,
+  splitHeadersPayload,
+} from './frames';
 import { encodeHeaderBlock, HeaderListTooLarge, HpackDecoder, HpackError, type HeaderField } from './hpack';
 
 /**
@@ -13,32 +31,6 @@ import { encodeHeaderBlock, HeaderListTooLarge, HpackDecoder, HpackError, type H
  * frame passes through untouched (no copy when a read holds no header block); frames from the
  * server are only followed to know their boundaries and the limits the server advertised.
  */
-
-const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
-const FRAME_HEADER = 9;
-
-const enum FrameType {
-  HEADERS = 0x1,
-  SETTINGS = 0x4,
-  PUSH_PROMISE = 0x5,
-  GOAWAY = 0x7,
-  CONTINUATION = 0x9,
-}
-const FLAG_END_STREAM = 0x1;
-const FLAG_ACK = 0x1;
-const FLAG_END_HEADERS = 0x4;
-const FLAG_PADDED = 0x8;
-const FLAG_PRIORITY = 0x20;
-
-const SETTINGS_HEADER_TABLE_SIZE = 0x1;
-const SETTINGS_MAX_FRAME_SIZE = 0x5;
-const SETTINGS_MAX_HEADER_LIST_SIZE = 0x6;
-
-/** HTTP/2 error codes (RFC 9113 §7) this filter ends connections with. */
-export const H2_PROTOCOL_ERROR = 0x1;
-export const H2_FRAME_SIZE_ERROR = 0x6;
-export const H2_COMPRESSION_ERROR = 0x9;
-export const H2_ENHANCE_YOUR_CALM = 0xb;
 
 /** RFC 9113 defaults until the server's SETTINGS say otherwise. */
 const DEFAULT_MAX_FRAME_SIZE = 16_384;
@@ -326,19 +318,10 @@ export class AuthorityFilter extends Duplex {
     const block = this.block!;
     let fragment = payload;
     if (this.frameType === FrameType.HEADERS) {
-      let start = 0;
-      let end = payload.length;
-      if (this.frameFlags & FLAG_PADDED) {
-        if (payload.length < 1) throw new ConnectionError(H2_PROTOCOL_ERROR, 'padded HEADERS without a pad length');
-        end -= payload[0];
-        start = 1;
-      }
-      if (this.frameFlags & FLAG_PRIORITY) {
-        block.priority = Buffer.from(payload.subarray(start, start + 5));
-        start += 5;
-      }
-      if (end < start) throw new ConnectionError(H2_PROTOCOL_ERROR, 'HEADERS padding longer than the frame');
-      fragment = payload.subarray(start, end);
+      const parts = splitHeadersPayload(payload, this.frameFlags);
+      if (!parts) throw new ConnectionError(H2_PROTOCOL_ERROR, 'HEADERS padding longer than the frame');
+      if (parts.priority) block.priority = Buffer.from(parts.priority);
+      fragment = parts.fragment;
     }
     block.fragments.push(fragment);
     block.size += fragment.length;
@@ -460,15 +443,4 @@ export class AuthorityFilter extends Duplex {
     // The server side learns of the end as the socket closes.
     this.push(null);
   }
-}
-
-function frameHeader(length: number, type: number, flags: number, streamId: number): Buffer {
-  const h = Buffer.allocUnsafe(FRAME_HEADER);
-  h[0] = (length >>> 16) & 0xff;
-  h[1] = (length >>> 8) & 0xff;
-  h[2] = length & 0xff;
-  h[3] = type;
-  h[4] = flags;
-  h.writeUInt32BE(streamId, 5);
-  return h;
 }

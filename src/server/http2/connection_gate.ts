@@ -2,6 +2,7 @@ import type * as net from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Logger } from '../../log';
 import { AuthorityFilter, authorityIsValid } from './authority_filter';
+import { FLAG_ACK, FLAG_END_HEADERS, FrameType, frameHeader, PREFACE, splitHeadersPayload } from './frames';
 import { HpackDecoder } from './hpack';
 
 /**
@@ -18,11 +19,10 @@ import { HpackDecoder } from './hpack';
  * Everything else the client sent meanwhile is handed on unchanged, in order.
  */
 
-const PREFACE_LENGTH = 24;
 /** What a client may send before its first request without the gate deciding at once. */
-const EARLY_FRAME_TYPES = new Set([0x4 /* SETTINGS */, 0x8 /* WINDOW_UPDATE */, 0x2 /* PRIORITY */, 0x6 /* PING */, 0x1 /* HEADERS */, 0x9 /* CONTINUATION */]);
-const EMPTY_SETTINGS = Buffer.from([0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
-const PING_ACK_HEADER = Buffer.from([0, 0, 8, 0x6, 0x1, 0, 0, 0, 0]);
+const EARLY_FRAME_TYPES = new Set<number>([FrameType.SETTINGS, FrameType.WINDOW_UPDATE, FrameType.PRIORITY, FrameType.PING, FrameType.HEADERS, FrameType.CONTINUATION]);
+const EMPTY_SETTINGS = frameHeader(0, FrameType.SETTINGS, 0, 0);
+const PING_ACK_HEADER = frameHeader(8, FrameType.PING, FLAG_ACK, 0);
 /** Past this much before a decision, the filter takes the connection (it enforces the limits). */
 const MAX_HELD = 64 * 1024;
 
@@ -72,11 +72,11 @@ export function gateConnection(socket: net.Socket, options: GateOptions): void {
     let data = held.length === 1 ? held[0] : Buffer.concat(held);
     held.length = 0;
     held.push(data);
-    if (heldLength > MAX_HELD || !data.subarray(0, Math.min(PREFACE_LENGTH, data.length)).equals(PREFACE.subarray(0, Math.min(PREFACE_LENGTH, data.length)))) {
+    if (heldLength > MAX_HELD || !data.subarray(0, Math.min(PREFACE.length, data.length)).equals(PREFACE.subarray(0, Math.min(PREFACE.length, data.length)))) {
       decide(false, data);
       return;
     }
-    if (scanned === 0) scanned = Math.min(PREFACE_LENGTH, data.length);
+    if (scanned === 0) scanned = Math.min(PREFACE.length, data.length);
     while (scanned + 9 <= data.length && !(firstBlock?.done && ackDropped)) {
       const length = data.readUIntBE(scanned, 3);
       const type = data[scanned + 3];
@@ -88,9 +88,9 @@ export function gateConnection(socket: net.Socket, options: GateOptions): void {
       }
       if (scanned + 9 + length > data.length) break;
       const payload = data.subarray(scanned + 9, scanned + 9 + length);
-      const ourAck = type === 0x4 && flags & 0x1 && !ackDropped;
+      const ourAck = type === FrameType.SETTINGS && flags & FLAG_ACK && !ackDropped;
       // A keep-alive PING while the client is idle: answered here, as the server would.
-      const ping = type === 0x6 && !(flags & 0x1) && length === 8;
+      const ping = type === FrameType.PING && !(flags & FLAG_ACK) && length === 8;
       if (ourAck || ping) {
         // The acknowledgement of the gate's own SETTINGS goes nowhere: the server never sent them.
         if (ourAck) ackDropped = true;
@@ -100,14 +100,20 @@ export function gateConnection(socket: net.Socket, options: GateOptions): void {
         heldLength = data.length;
         continue;
       }
-      if (type === 0x6) {
+      if (type === FrameType.PING) {
         decide(false, data, ackDropped);
         return;
       }
-      if (type === 0x1 && !firstBlock) firstBlock = { fragments: [headersFragment(payload, flags)], done: (flags & 0x4) !== 0 };
-      else if (type === 0x9 && firstBlock && !firstBlock.done) {
+      if (type === FrameType.HEADERS && !firstBlock) {
+        const parts = splitHeadersPayload(payload, flags);
+        if (!parts) {
+          decide(false, data);
+          return;
+        }
+        firstBlock = { fragments: [parts.fragment], done: (flags & FLAG_END_HEADERS) !== 0 };
+      } else if (type === FrameType.CONTINUATION && firstBlock && !firstBlock.done) {
         firstBlock.fragments.push(payload);
-        firstBlock.done = (flags & 0x4) !== 0;
+        firstBlock.done = (flags & FLAG_END_HEADERS) !== 0;
       }
       scanned += 9 + length;
     }
@@ -135,7 +141,7 @@ export function gateConnection(socket: net.Socket, options: GateOptions): void {
     // A request waits for the acknowledgement of the gate's SETTINGS, which a conforming client
     // sends before or right after it; one that does not send it is not kept waiting long.
     const requestWaiting = firstBlock?.done === true;
-    const atBoundary = scanned === data.length && scanned >= PREFACE_LENGTH && firstBlock === undefined;
+    const atBoundary = scanned === data.length && scanned >= PREFACE.length && firstBlock === undefined;
     if (atBoundary) return;
     timer = setTimeout(() => {
       if (!decided) decide(false, held[0] ?? Buffer.alloc(0));
@@ -146,18 +152,4 @@ export function gateConnection(socket: net.Socket, options: GateOptions): void {
   socket.on('close', onClose);
   socket.on('error', () => socket.destroy());
   socket.write(EMPTY_SETTINGS);
-}
-
-const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
-
-/** The header block fragment of a HEADERS payload, without padding and priority. */
-function headersFragment(payload: Buffer, flags: number): Buffer {
-  let start = 0;
-  let end = payload.length;
-  if (flags & 0x8) {
-    end -= payload[0] ?? 0;
-    start = 1;
-  }
-  if (flags & 0x20) start += 5;
-  return start <= end ? payload.subarray(start, end) : Buffer.alloc(0);
 }
