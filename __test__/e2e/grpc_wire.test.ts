@@ -17,7 +17,7 @@ function grpcMessage(payload: Uint8Array): Buffer {
 }
 
 /** One unary call over a raw HTTP/2 session, with the headers given. */
-async function rawVersion(socket: string, authority: string, service: string): Promise<{ status: number; grpcStatus?: string; reply?: VersionResponse }> {
+async function rawVersion(socket: string, authority: string, service: string, timeout = '1999857u'): Promise<{ status: number; grpcStatus?: string; reply?: VersionResponse }> {
   const session = http2.connect('http://localhost', { createConnection: () => net.connect(socket) });
   try {
     return await new Promise((resolve, reject) => {
@@ -29,7 +29,7 @@ async function rawVersion(socket: string, authority: string, service: string): P
         'content-type': 'application/grpc',
         te: 'trailers',
         'user-agent': 'grpc-go/1.51.0',
-        'grpc-timeout': '1999857u',
+        'grpc-timeout': timeout,
       });
       let status = 0;
       let grpcStatus: string | undefined;
@@ -63,6 +63,17 @@ test('a raw HTTP/2 client sending the socket path (or any authority Go clients s
       t.is(result.reply?.runtimeName, 'crisp');
       t.is(result.reply?.runtimeApiVersion, service.includes('v1alpha2') ? 'v1alpha2' : 'v1');
     }
+  }
+});
+
+test('every grpc-timeout unit Go clients send is understood', async (t) => {
+  const daemon = await TestDaemon.start();
+  t.teardown(() => daemon.destroy());
+  // grpc-go picks the unit that keeps the value within 8 digits.
+  for (const timeout of ['99999999n', '1999857u', '120000m', '30S', '5M', '2H']) {
+    const result = await rawVersion(daemon.socket, daemon.socket, 'runtime.v1.RuntimeService', timeout);
+    t.is(result.grpcStatus, '0', `grpc-timeout ${timeout}`);
+    t.is(result.reply?.runtimeName, 'crisp');
   }
 });
 
