@@ -208,3 +208,31 @@ fn a_container_gets_a_session_keyring_of_its_own_named_after_it() {
     assert_eq!(status, sys::ExitStatus::Exited(0), "{}", out);
     assert_eq!(out.trim(), "1");
 }
+
+#[test]
+fn masks_are_the_hosts_null_device_whatever_the_containers_dev_holds() {
+    if !usable() {
+        return;
+    }
+    let fx = fixture("masks");
+    // /dev is a plain directory the container controls (a volume), with a regular file planted
+    // as "null": masks must neither be skipped for want of a /dev/null nor bind the planted file.
+    let dev = fx.0.join("dev-volume");
+    fs::create_dir_all(&dev).unwrap();
+    fs::write(dev.join("null"), "planted\n").unwrap();
+    let script = "wc -c < /proc/keys; wc -c < /proc/timer_list; ls /proc/sys/fs | wc -l; cat /dev/null";
+    let mut s = spec(&fx, &["sh", "-c", script], "/");
+    s.mounts.retain(|m| m.destination != "/dev");
+    s.mounts.push(super::spec::Mount {
+        destination: "/dev".into(),
+        kind: Some("bind".into()),
+        source: Some(dev.to_string_lossy().into_owned()),
+        options: vec!["rbind".into(), "rw".into()],
+        ..Default::default()
+    });
+    s.linux.masked_paths = vec!["/proc/keys".into(), "/proc/timer_list".into(), "/proc/sys/fs".into(), "/proc/not-in-this-kernel".into()];
+    let (_, _, out, status) = launch(&fx, &s);
+    assert_eq!(status, sys::ExitStatus::Exited(0), "{}", out);
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert_eq!(lines, ["0", "0", "0", "planted"], "masked files read empty, a masked directory is an empty tmpfs");
+}
