@@ -295,6 +295,19 @@ test('mounts: defaults, pod files, shm, CRI mounts by depth, then image volumes'
   t.deepEqual(inp.state.created, [byDest['/var/lib/data']!.source]);
 });
 
+test('mounts: image VOLUMEs at or under /dev, /proc and /sys are ignored; the runtime\'s mounts stay', async (t) => {
+  const volumes = { '/dev': {}, '/dev/shm': {}, '/proc/sys': {}, '/sys': {}, '/sys/firmware/': {}, '/devices': {}, '/system': {}, '/data': {} };
+  const spec = await buildSpec(input({ image: { config: imageConfig({ Volumes: volumes }), lowerDirs: ['/l'] } }));
+  const byDest = new Map(spec.mounts.map((m) => [m.destination, m]));
+  t.is(byDest.get('/dev')?.type, 'tmpfs');
+  t.is(byDest.get('/dev/shm')?.source, `${SANDBOX_DIR}/shm`, 'the pod\'s /dev/shm, not a volume');
+  t.is(byDest.get('/sys')?.type, 'sysfs');
+  t.is(byDest.get('/proc')?.type, 'proc');
+  t.false(byDest.has('/proc/sys') || byDest.has('/sys/firmware'));
+  for (const dest of ['/data', '/devices', '/system']) t.regex(byDest.get(dest)?.source ?? '', /\/state\/containers\/c1\/volumes\/[0-9a-f]{32}$/, dest);
+  t.deepEqual(spec.linux.maskedPaths, [...DEFAULT_MASKED_PATHS]);
+});
+
 test('mounts: the pod\'s own files and /dev/shm are bound as they are, without host lookups', async (t) => {
   const inp = input();
   inp.state.existing.clear();

@@ -404,10 +404,19 @@ function runtimeMounts(input: SpecInput): BindRequest[] {
   const volumesDir = path.join(path.dirname(input.rootfs.upperDir), 'volumes');
   for (const dst of Object.keys(input.image.config.config?.Volumes ?? {}).sort()) {
     const containerPath = cleanPath(path.posix.join('/', dst));
+    // The runtime's /dev, /proc and /sys are not the image's to replace: a volume there would
+    // remove the /dev tmpfs with its device nodes, or cover kernel files.
+    if (isUnderKernelFilesystem(containerPath)) continue;
     const id = crypto.createHash('sha256').update(containerPath).digest('hex').slice(0, 32);
     out.push({ containerPath, hostPath: path.join(volumesDir, id), readonly: false, propagation: MountPropagation.PROPAGATION_PRIVATE });
   }
   return out;
+}
+
+const KERNEL_FILESYSTEMS = ['/dev', '/proc', '/sys'];
+
+function isUnderKernelFilesystem(p: string): boolean {
+  return KERNEL_FILESYSTEMS.some((dir) => p === dir || p.startsWith(`${dir}/`));
 }
 
 async function applyMounts(spec: OciSpec, input: SpecInput, host: SpecHost): Promise<void> {
