@@ -236,3 +236,33 @@ fn masks_are_the_hosts_null_device_whatever_the_containers_dev_holds() {
     let lines: Vec<&str> = out.lines().map(str::trim).collect();
     assert_eq!(lines, ["0", "0", "0", "planted"], "masked files read empty, a masked directory is an empty tmpfs");
 }
+
+#[test]
+fn a_label_the_host_cannot_enforce_is_refused_before_anything_runs() {
+    let host = super::lsm::HostLsm::detect();
+    if !usable() || host.apparmor || host.selinux {
+        eprintln!("skipped: needs root, busybox and a host without AppArmor and SELinux");
+        return;
+    }
+    let fx = fixture("lsm");
+    let refused = |edit: &dyn Fn(&mut Spec)| {
+        let mut s = spec(&fx, &["true"], "/");
+        edit(&mut s);
+        match container_plan(&s, &fx.0.join("b")) {
+            Ok(_) => panic!("the plan was made without its label"),
+            Err(e) => e,
+        }
+    };
+    let e = refused(&|s| s.process.apparmor_profile = Some("k8s-nginx".into()));
+    assert!(e.contains("AppArmor profile \"k8s-nginx\" was asked for, but this host does not enforce AppArmor"), "{e}");
+    let e = refused(&|s| s.process.selinux_label = Some("system_u:system_r:container_t:s0:c1,c2".into()));
+    assert!(e.contains("SELinux is not enabled"), "{e}");
+    let e = refused(&|s| s.linux.mount_label = Some("system_u:object_r:container_file_t:s0".into()));
+    assert!(e.contains("SELinux mount label"), "{e}");
+
+    // Unconfined asks for nothing this host lacks.
+    let mut s = spec(&fx, &["true"], "/");
+    s.process.apparmor_profile = Some("unconfined".into());
+    let (_, _, out, status) = launch(&fx, &s);
+    assert_eq!(status, sys::ExitStatus::Exited(0), "{}", out);
+}

@@ -345,6 +345,21 @@ mod tests {
     }
 
     #[test]
+    fn the_real_procfs_is_reached_through_thread_self_and_its_answer_is_reported() {
+        // This host may have no module that takes labels; the write then reaches the kernel's
+        // attr file and fails there (EINVAL), not in the path lookup (ENOENT, ELOOP, EXDEV).
+        let plan = LsmPlan::new(Some("crisp-test-no-such-profile"), None, HostLsm { apparmor: true, selinux: false }, c"/proc").unwrap();
+        let host = HostLsm::detect();
+        let result = std::thread::spawn(move || unsafe { plan.apply() }).join().unwrap();
+        if !host.apparmor {
+            assert_eq!(result, Err((0, libc::EINVAL)));
+        } else {
+            // AppArmor refuses to switch to a profile it does not have.
+            assert!(matches!(result, Err((0, e)) if e != libc::ELOOP && e != libc::EXDEV), "{result:?}");
+        }
+    }
+
+    #[test]
     fn selinux_mount_labels_go_on_the_containers_own_filesystems() {
         let l = Some("system_u:object_r:container_file_t:s0:c1,c2");
         assert_eq!(with_mount_label("tmpfs", "mode=755", l), "context=\"system_u:object_r:container_file_t:s0:c1,c2\",mode=755");
