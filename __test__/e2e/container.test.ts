@@ -447,6 +447,32 @@ test('masked paths stay masked when an image VOLUME covers /dev and /sys/firmwar
   t.deepEqual(logText((await waitExited(env, fromVolume)).logPath).trim().split('\n'), ['0', '0', '0', 'firmware-read-only', 'planted']);
 });
 
+test('AppArmor on a host without it: a Localhost profile is refused, RuntimeDefault and Unconfined run', async (t) => {
+  const env = await setup(t);
+  t.false(fs.existsSync('/sys/kernel/security/apparmor'), 'this test is about a host without AppArmor');
+  for (const apparmor of [{ profileType: 2, localhostRef: 'localhost/k8s-apparmor-example-deny-write' }, { profileType: 2, localhostRef: 'k8s-apparmor-example-deny-write' }]) {
+    const err = (await t.throwsAsync(
+      env.c.call('createContainer', { podSandboxId: env.pod, config: containerConfig(t, 'true', { linux: { securityContext: { apparmor } } }), sandboxConfig: env.podConfig }),
+    )) as grpc.ServiceError;
+    t.is(err.code, grpc.status.FAILED_PRECONDITION);
+    t.is(err.details, 'AppArmor profile "k8s-apparmor-example-deny-write" was requested, but this host does not enforce AppArmor; refusing to run the container unconfined');
+  }
+  const legacy = (await t.throwsAsync(
+    env.c.call('createContainer', { podSandboxId: env.pod, config: containerConfig(t, 'true', { linux: { securityContext: { apparmorProfile: 'localhost/deny-write' } } }), sandboxConfig: env.podConfig }),
+  )) as grpc.ServiceError;
+  t.is(legacy.code, grpc.status.FAILED_PRECONDITION);
+  const listed = await env.c.call('listContainers', {});
+  t.is(listed.containers.length, 0, 'nothing was left created');
+
+  // kubelet sends RuntimeDefault for ordinary pods: they run, as under containerd without AppArmor.
+  for (const apparmor of [{ profileType: 0, localhostRef: '' }, { profileType: 1, localhostRef: '' }]) {
+    const id = await run(env, containerConfig(t, 'cat /proc/self/attr/current 2>/dev/null; echo ran', { linux: { securityContext: { apparmor } } }));
+    const st = await waitExited(env, id);
+    t.is(st.exitCode, 0);
+    t.regex(logText(st.logPath), /ran/);
+  }
+});
+
 test('a seccomp profile that blocks sethostname blocks it, unless privileged', async (t) => {
   // A privileged container needs a privileged pod; the pod has its own UTS namespace for hostname.
   const env = await setup(t, { hostname: 'ctr-pod', linux: { cgroupParent: CGROUP_PARENT, securityContext: { privileged: true } } });
