@@ -83,7 +83,12 @@ fn read_record(fd: i32) -> Option<Record> {
 
 /// Launches `spec`, opens the gate, and returns (first status record, stdout, exit status).
 fn launch(fx: &Fixture, spec: &Spec) -> (Option<Record>, Option<Record>, String, sys::ExitStatus) {
-    let plan = container_plan(spec, &fx.0.join("b")).unwrap();
+    launch_bundle(&fx.0.join("b"), spec)
+}
+
+/// `launch` from the bundle directory `bundle` (which names the container).
+fn launch_bundle(bundle: &Path, spec: &Spec) -> (Option<Record>, Option<Record>, String, sys::ExitStatus) {
+    let plan = container_plan(spec, bundle).unwrap();
     let (out_r, out_w) = sys::pipe_cloexec().unwrap();
     let (status_r, status_w) = sys::pipe_cloexec().unwrap();
     let (gate_r, gate_w) = sys::pipe_cloexec().unwrap();
@@ -202,9 +207,12 @@ fn a_container_gets_a_session_keyring_of_its_own_named_after_it() {
         return;
     }
     let fx = fixture("keyring");
-    // The bundle directory ("b") names the container; /proc/keys lists the keyrings it may see.
-    let s = spec(&fx, &["sh", "-c", "grep -c ' _ses\\.b: ' /proc/keys"], "/");
-    let (_, _, out, status) = launch(&fx, &s);
+    // The bundle directory names the container; /proc/keys lists the keyrings it may see, those
+    // of the other tests' containers (all in bundles named "b") included.
+    let bundle = fx.0.join("keyring-ctr");
+    fs::create_dir_all(bundle.join("rootfs")).unwrap();
+    let s = spec(&fx, &["sh", "-c", "grep -c ' _ses\\.keyring-ctr: ' /proc/keys"], "/");
+    let (_, _, out, status) = launch_bundle(&bundle, &s);
     assert_eq!(status, sys::ExitStatus::Exited(0), "{}", out);
     assert_eq!(out.trim(), "1");
 }
