@@ -17,7 +17,7 @@ packages=(
   librust-libc-dev librust-nix-dev librust-flate2-dev librust-zstd-dev librust-tar-dev
   librust-serde-dev librust-serde-derive-dev librust-serde-json-dev librust-sha2-dev
   containernetworking-plugins iproute2 iptables
-  docker-registry umoci skopeo busybox-static zstd openssl tar util-linux attr
+  docker-registry umoci skopeo busybox-static zstd openssl tar util-linux attr apparmor
 )
 missing=()
 for p in "${packages[@]}"; do

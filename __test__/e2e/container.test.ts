@@ -21,14 +21,15 @@ interface Context {
   busybox: PushedImage;
   userImage: PushedImage;
   multilayer: PushedImage;
+  volumeDev: PushedImage;
 }
 const test = anyTest as TestFn<Context>;
 const tag = crypto.randomBytes(3).toString('hex');
 const CGROUP_PARENT = `/crisp-test-c${tag}`;
 
 test.before(async (t) => {
-  const { registry, busybox, pushed } = await startBusyboxRegistry(['user-name', 'multilayer']);
-  t.context = { registry, busybox, userImage: pushed['user-name']!, multilayer: pushed.multilayer! };
+  const { registry, busybox, pushed } = await startBusyboxRegistry(['user-name', 'multilayer', 'volume-dev']);
+  t.context = { registry, busybox, userImage: pushed['user-name']!, multilayer: pushed.multilayer!, volumeDev: pushed['volume-dev']! };
 });
 
 test.after.always(async (t) => {
@@ -421,6 +422,55 @@ test('capabilities, no_new_privs, read-only rootfs and masked paths', async (t) 
   t.regex(out2, /CapEff:\s+0000000000001000/, 'only CAP_NET_ADMIN');
   t.regex(out2, /NoNewPrivs:\s+1/);
   t.regex(out2, /readonly/);
+});
+
+test('masked paths stay masked when an image VOLUME covers /dev and /sys/firmware, or a volume replaces /dev', async (t) => {
+  const env = await setup(t);
+  const image = t.context.volumeDev.reference;
+  await env.c.call('pullImage', { image: { image } });
+  const probe = [
+    'wc -c < /proc/keys',
+    'wc -c < /proc/timer_list',
+    'ls -A /sys/firmware | wc -l',
+    'touch /sys/firmware/probe 2>&- && echo firmware-writable || echo firmware-read-only',
+  ].join('; ');
+  // The image's VOLUME /dev is ignored: /dev stays the runtime's tmpfs with its device nodes.
+  const fromImage = await run(env, containerConfig(t, `${probe}; [ -c /dev/null ] && echo dev-null-device; touch /data/probe && echo data-volume-writable`, { image: { image } }));
+  t.deepEqual(logText((await waitExited(env, fromImage)).logPath).trim().split('\n'), ['0', '0', '0', 'firmware-read-only', 'dev-null-device', 'data-volume-writable']);
+
+  // A CRI volume at /dev is the operator's to give, but masks do not come from it: its "null"
+  // is a planted file, and without the host's /dev/null the masks used to be skipped.
+  const devVolume = path.join(env.d.dir, 'dev-volume');
+  fs.mkdirSync(devVolume);
+  fs.writeFileSync(path.join(devVolume, 'null'), 'planted\n');
+  const fromVolume = await run(env, containerConfig(t, `${probe}; cat /dev/null`, { mounts: [{ containerPath: '/dev', hostPath: devVolume }] }));
+  t.deepEqual(logText((await waitExited(env, fromVolume)).logPath).trim().split('\n'), ['0', '0', '0', 'firmware-read-only', 'planted']);
+});
+
+test('AppArmor on a host without it: a Localhost profile is refused, RuntimeDefault and Unconfined run', async (t) => {
+  const env = await setup(t);
+  t.false(fs.existsSync('/sys/kernel/security/apparmor'), 'this test is about a host without AppArmor');
+  for (const apparmor of [{ profileType: 2, localhostRef: 'localhost/k8s-apparmor-example-deny-write' }, { profileType: 2, localhostRef: 'k8s-apparmor-example-deny-write' }]) {
+    const err = (await t.throwsAsync(
+      env.c.call('createContainer', { podSandboxId: env.pod, config: containerConfig(t, 'true', { linux: { securityContext: { apparmor } } }), sandboxConfig: env.podConfig }),
+    )) as grpc.ServiceError;
+    t.is(err.code, grpc.status.FAILED_PRECONDITION);
+    t.is(err.details, 'AppArmor profile "k8s-apparmor-example-deny-write" was requested, but this host does not enforce AppArmor; refusing to run the container unconfined');
+  }
+  const legacy = (await t.throwsAsync(
+    env.c.call('createContainer', { podSandboxId: env.pod, config: containerConfig(t, 'true', { linux: { securityContext: { apparmorProfile: 'localhost/deny-write' } } }), sandboxConfig: env.podConfig }),
+  )) as grpc.ServiceError;
+  t.is(legacy.code, grpc.status.FAILED_PRECONDITION);
+  const listed = await env.c.call('listContainers', {});
+  t.is(listed.containers.length, 0, 'nothing was left created');
+
+  // kubelet sends RuntimeDefault for ordinary pods: they run, as under containerd without AppArmor.
+  for (const apparmor of [{ profileType: 0, localhostRef: '' }, { profileType: 1, localhostRef: '' }]) {
+    const id = await run(env, containerConfig(t, 'cat /proc/self/attr/current 2>/dev/null; echo ran', { linux: { securityContext: { apparmor } } }));
+    const st = await waitExited(env, id);
+    t.is(st.exitCode, 0);
+    t.regex(logText(st.logPath), /ran/);
+  }
 });
 
 test('a seccomp profile that blocks sethostname blocks it, unless privileged', async (t) => {

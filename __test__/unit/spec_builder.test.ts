@@ -31,6 +31,10 @@ interface FakeHostState {
   files: Record<string, string>;
   created: string[];
   apparmor: boolean;
+  selinux: boolean;
+  /** Profiles given to loadAppArmorProfile; a profile text containing "FAIL" is refused. */
+  loadedProfiles: string[];
+  apparmorParserError?: string;
 }
 
 function fakeHost(over: Partial<FakeHostState> = {}): { host: Partial<SpecHost>; state: FakeHostState } {
@@ -43,6 +47,8 @@ function fakeHost(over: Partial<FakeHostState> = {}): { host: Partial<SpecHost>;
     files: {},
     created: [],
     apparmor: false,
+    selinux: false,
+    loadedProfiles: [],
     ...over,
   };
   const enoent = (p: string) => Object.assign(new Error(`ENOENT: no such file or directory, '${p}'`), { code: 'ENOENT' });
@@ -63,6 +69,11 @@ function fakeHost(over: Partial<FakeHostState> = {}): { host: Partial<SpecHost>;
     mountPropagation: async (p) => state.propagation[p] ?? 'private',
     apparmorEnabled: async () => state.apparmor,
     apparmorProfileLoaded: async (name) => name === 'k8s-nginx',
+    loadAppArmorProfile: async (text) => {
+      if (state.apparmorParserError) throw new Error(state.apparmorParserError);
+      state.loadedProfiles.push(text);
+    },
+    selinuxEnabled: async () => state.selinux,
     hostname: () => 'node-1',
     capLastCap: async () => 40,
     swapControllerAvailable: async () => true,
@@ -293,6 +304,19 @@ test('mounts: defaults, pod files, shm, CRI mounts by depth, then image volumes'
   // The image volume not covered by a CRI mount gets a directory next to the writable layer.
   t.regex(byDest['/var/lib/data']!.source, /^\/state\/containers\/c1\/volumes\/[0-9a-f]{32}$/);
   t.deepEqual(inp.state.created, [byDest['/var/lib/data']!.source]);
+});
+
+test('mounts: image VOLUMEs at or under /dev, /proc and /sys are ignored; the runtime\'s mounts stay', async (t) => {
+  const volumes = { '/dev': {}, '/dev/shm': {}, '/proc/sys': {}, '/sys': {}, '/sys/firmware/': {}, '/devices': {}, '/system': {}, '/data': {} };
+  const spec = await buildSpec(input({ image: { config: imageConfig({ Volumes: volumes }), lowerDirs: ['/l'] } }));
+  const byDest = new Map(spec.mounts.map((m) => [m.destination, m]));
+  t.is(byDest.get('/dev')?.type, 'tmpfs');
+  t.is(byDest.get('/dev/shm')?.source, `${SANDBOX_DIR}/shm`, 'the pod\'s /dev/shm, not a volume');
+  t.is(byDest.get('/sys')?.type, 'sysfs');
+  t.is(byDest.get('/proc')?.type, 'proc');
+  t.false(byDest.has('/proc/sys') || byDest.has('/sys/firmware'));
+  for (const dest of ['/data', '/devices', '/system']) t.regex(byDest.get(dest)?.source ?? '', /\/state\/containers\/c1\/volumes\/[0-9a-f]{32}$/, dest);
+  t.deepEqual(spec.linux.maskedPaths, [...DEFAULT_MASKED_PATHS]);
 });
 
 test('mounts: the pod\'s own files and /dev/shm are bound as they are, without host lookups', async (t) => {
@@ -683,15 +707,78 @@ test('seccomp: from the field or the deprecated path; localhost profiles loaded 
   t.true(isCrispError(err, 'InvalidArgument'));
 });
 
-test('apparmor: default and unconfined ignored without AppArmor; localhost needs it', async (t) => {
-  const aa = (apparmor: { profileType: SecurityProfile_ProfileType; localhostRef: string }, enabled = false) =>
-    buildSpec(input({ config: containerConfig({ linux: { securityContext: { apparmor } } }) }, { apparmor: enabled }));
-  t.is((await aa({ profileType: SecurityProfile_ProfileType.RuntimeDefault, localhostRef: '' })).process.apparmorProfile, undefined);
-  t.is((await aa({ profileType: SecurityProfile_ProfileType.Unconfined, localhostRef: '' })).process.apparmorProfile, undefined);
-  const err = await t.throwsAsync(aa({ profileType: SecurityProfile_ProfileType.Localhost, localhostRef: 'k8s-nginx' }), { message: 'AppArmor is not enabled on this host' });
-  t.true(isCrispError(err, 'InvalidArgument'));
-  t.is((await aa({ profileType: SecurityProfile_ProfileType.Localhost, localhostRef: 'k8s-nginx' }, true)).process.apparmorProfile, 'k8s-nginx');
-  await t.throwsAsync(aa({ profileType: SecurityProfile_ProfileType.Localhost, localhostRef: 'other' }, true), { message: /not loaded/ });
+test('apparmor without AppArmor on the host: default, unconfined and no request run as they are; a localhost profile is refused', async (t) => {
+  const aa = (securityContext: DeepPartial<LinuxContainerSecurityContext>) =>
+    buildSpec(input({ config: containerConfig({ linux: { securityContext } }) }, { apparmor: false }));
+  for (const sc of [
+    {},
+    { apparmor: { profileType: SecurityProfile_ProfileType.RuntimeDefault, localhostRef: '' } },
+    { apparmor: { profileType: SecurityProfile_ProfileType.Unconfined, localhostRef: '' } },
+    { apparmorProfile: 'runtime/default' },
+    { apparmorProfile: 'unconfined' },
+  ]) {
+    t.is((await aa(sc)).process.apparmorProfile, undefined, JSON.stringify(sc));
+  }
+  for (const sc of [
+    { apparmor: { profileType: SecurityProfile_ProfileType.Localhost, localhostRef: 'k8s-nginx' } },
+    { apparmor: { profileType: SecurityProfile_ProfileType.Localhost, localhostRef: 'localhost/k8s-nginx' } },
+    { apparmorProfile: 'localhost/k8s-nginx' },
+    { privileged: true, apparmor: { profileType: SecurityProfile_ProfileType.Localhost, localhostRef: 'k8s-nginx' } },
+  ]) {
+    const inp = input({ config: containerConfig({ linux: { securityContext: sc } }), sandboxConfig: privilegedPod }, { apparmor: false });
+    const err = await t.throwsAsync(buildSpec(inp), {
+      message: 'AppArmor profile "k8s-nginx" was requested, but this host does not enforce AppArmor; refusing to run the container unconfined',
+    });
+    t.true(isCrispError(err, 'FailedPrecondition'), JSON.stringify(sc));
+  }
+  await t.throwsAsync(aa({ apparmor: { profileType: SecurityProfile_ProfileType.Localhost, localhostRef: '' } }), { message: /needs a localhost_ref/ });
+  await t.throwsAsync(aa({ apparmorProfile: 'bogus' }), { message: /unsupported AppArmor profile/ });
+});
+
+test('apparmor on an AppArmor host: crisp\'s default profile for default and no request, loaded first; localhost profiles even when privileged', async (t) => {
+  const aa = async (securityContext: DeepPartial<LinuxContainerSecurityContext>, over: Partial<FakeHostState> = {}) => {
+    const inp = input({ config: containerConfig({ linux: { securityContext } }), sandboxConfig: privilegedPod }, { apparmor: true, ...over });
+    inp.state.existing.add('/etc/apparmor.d/tunables/global').add('/etc/apparmor.d/abstractions/base');
+    return { spec: await buildSpec(inp), state: inp.state };
+  };
+  for (const sc of [{}, { apparmor: { profileType: SecurityProfile_ProfileType.RuntimeDefault, localhostRef: '' } }, { apparmorProfile: 'runtime/default' }]) {
+    const { spec, state } = await aa(sc);
+    t.is(spec.process.apparmorProfile, 'crisp-default', JSON.stringify(sc));
+    t.is(state.loadedProfiles.length, 1);
+    t.regex(state.loadedProfiles[0]!, /^#include <tunables\/global>\n\nprofile crisp-default flags=\(attach_disconnected,mediate_deleted\) \{\n  #include <abstractions\/base>/);
+    t.regex(state.loadedProfiles[0]!, /^ {2}deny mount,$/m);
+  }
+  t.is((await aa({ apparmor: { profileType: SecurityProfile_ProfileType.Unconfined, localhostRef: '' } })).spec.process.apparmorProfile, undefined);
+  const privileged = await aa({ privileged: true, apparmor: { profileType: SecurityProfile_ProfileType.RuntimeDefault, localhostRef: '' } });
+  t.is(privileged.spec.process.apparmorProfile, undefined, 'privileged containers run unconfined by default');
+  t.is(privileged.state.loadedProfiles.length, 0);
+
+  const local = await aa({ privileged: true, apparmor: { profileType: SecurityProfile_ProfileType.Localhost, localhostRef: 'localhost/k8s-nginx' } });
+  t.is(local.spec.process.apparmorProfile, 'k8s-nginx', 'an explicit profile applies to a privileged container too');
+  const missing = await t.throwsAsync(aa({ apparmor: { profileType: SecurityProfile_ProfileType.Localhost, localhostRef: 'other' } }), { message: 'AppArmor profile "other" is not loaded' });
+  t.true(isCrispError(missing, 'FailedPrecondition'));
+
+  const parser = await t.throwsAsync(aa({}, { apparmorParserError: 'apparmor_parser: spawn apparmor_parser ENOENT' }), {
+    message: 'cannot load the default AppArmor profile "crisp-default": apparmor_parser: spawn apparmor_parser ENOENT',
+  });
+  t.true(isCrispError(parser, 'FailedPrecondition'), 'a container asking for the default is not run without it');
+});
+
+test('selinux: labels from the container\'s options over the pod\'s, completed with container_t; ignored without SELinux', async (t) => {
+  const se = async (container: DeepPartial<LinuxContainerSecurityContext>['selinuxOptions'], pod: DeepPartial<LinuxContainerSecurityContext>['selinuxOptions'], selinux: boolean, privileged = false) => {
+    const sandboxConfig = podConfig({ linux: { securityContext: { privileged, selinuxOptions: pod } } });
+    const spec = await buildSpec(input({ config: containerConfig({ linux: { securityContext: { privileged, selinuxOptions: container } } }), sandboxConfig }, { selinux }));
+    return [spec.process.selinuxLabel, spec.linux.mountLabel];
+  };
+  t.deepEqual(await se({ level: 's0:c1,c2' }, undefined, true), ['system_u:system_r:container_t:s0:c1,c2', 'system_u:object_r:container_file_t:s0:c1,c2']);
+  t.deepEqual(await se({ type: 'spc_t' }, { user: 'u', level: 's0:c3,c4' }, true), ['u:system_r:spc_t:s0:c3,c4', 'u:object_r:container_file_t:s0:c3,c4']);
+  t.deepEqual(await se(undefined, { level: 's0:c5,c6' }, true), ['system_u:system_r:container_t:s0:c5,c6', 'system_u:object_r:container_file_t:s0:c5,c6']);
+  t.deepEqual(await se(undefined, undefined, true), [undefined, undefined], 'no options, no label');
+  t.deepEqual(await se(undefined, { level: 's0:c5,c6' }, true, true), [undefined, undefined], 'a privileged container keeps the runtime\'s label');
+  t.deepEqual(await se({ type: 'spc_t' }, undefined, true, true), ['system_u:system_r:spc_t:s0', 'system_u:object_r:container_file_t:s0']);
+  t.deepEqual(await se({ level: 's0:c1,c2', type: 'container_t' }, { level: 's0:c9' }, false), [undefined, undefined], 'ignored where SELinux is off');
+  await t.throwsAsync(se({ type: 'a:b' }, undefined, true), { message: /not a valid SELinux name/ });
+  await t.throwsAsync(se({ level: 's0 c1' }, undefined, true), { message: /not a valid MLS\/MCS level/ });
 });
 
 // ---- namespaces ----

@@ -2,6 +2,7 @@
  * Translates a CRI CreateContainer request into the OCI runtime spec (config.json) the launcher
  * runs, with the semantics kubelet expects from containerd's CRI plugin.
  */
+import { spawn } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
@@ -16,10 +17,12 @@ import {
   type Mount,
   type PodSandboxConfig,
   type SecurityProfile,
+  type SELinuxOption,
 } from '../generated/runtime/v1/api';
 import type { ImageConfig } from '../image/image_manager';
 import type { IdMapping, PodUserns, SandboxNamespaces } from '../sandbox/sandbox_spec';
-import { errorMessage, internal, invalidArgument } from '../util/errors';
+import { errorMessage, failedPrecondition, internal, invalidArgument } from '../util/errors';
+import { DEFAULT_APPARMOR_PROFILE, defaultAppArmorProfile } from './apparmor_profile';
 import { CDI_HOOK_KINDS, type CdiEdits } from './cdi';
 import { capabilitiesUpTo, KNOWN_CAPABILITIES, resolveCapabilities } from './capabilities';
 import { resolveProcessArgs } from './command';
@@ -87,6 +90,10 @@ export interface SpecHost {
   mountPropagation(p: string): Promise<HostMountPropagation>;
   apparmorEnabled(): Promise<boolean>;
   apparmorProfileLoaded(name: string): Promise<boolean>;
+  /** Loads (or replaces) a profile into the kernel with apparmor_parser. */
+  loadAppArmorProfile(text: string): Promise<void>;
+  /** SELinux is enabled (selinuxfs mounted). */
+  selinuxEnabled(): Promise<boolean>;
   hostname(): string;
   /** /proc/sys/kernel/cap_last_cap. */
   capLastCap(): Promise<number>;
@@ -217,13 +224,14 @@ export async function buildSpec(input: SpecInput): Promise<OciSpec> {
   await applyDevices(spec, config, privileged, host);
   if (input.cdi) await applyCdiEdits(spec, input.cdi, privileged, host);
 
-  // Capabilities, /proc masking, seccomp and AppArmor.
+  // Capabilities, /proc masking, seccomp, AppArmor and SELinux.
   const allCaps = capabilitiesUpTo(await host.capLastCap());
   applyOpts(spec, withCapabilities(resolveCapabilities({ capabilities: security?.capabilities, privileged, allCapabilities: allCaps })));
   const procPaths = resolveProcPaths(security, privileged);
   applyOpts(spec, withMaskedPaths(procPaths.maskedPaths), withReadonlyPaths(procPaths.readonlyPaths));
   applyOpts(spec, withSeccomp(await resolveSeccomp(spec, input, privileged, host)));
   await applyAppArmor(spec, security?.apparmor, security?.apparmorProfile ?? '', privileged, host);
+  await applySelinux(spec, security?.selinuxOptions, sandboxConfig.linux?.securityContext?.selinuxOptions, privileged, host);
 
   // Resources (the daemon creates the cgroup from these; they are recorded for inspection).
   if (resources) await applyResources(spec.linux.resources, resources, input.cgroup.version, host);
@@ -404,10 +412,19 @@ function runtimeMounts(input: SpecInput): BindRequest[] {
   const volumesDir = path.join(path.dirname(input.rootfs.upperDir), 'volumes');
   for (const dst of Object.keys(input.image.config.config?.Volumes ?? {}).sort()) {
     const containerPath = cleanPath(path.posix.join('/', dst));
+    // The runtime's /dev, /proc and /sys are not the image's to replace: a volume there would
+    // remove the /dev tmpfs with its device nodes, or cover kernel files.
+    if (isUnderKernelFilesystem(containerPath)) continue;
     const id = crypto.createHash('sha256').update(containerPath).digest('hex').slice(0, 32);
     out.push({ containerPath, hostPath: path.join(volumesDir, id), readonly: false, propagation: MountPropagation.PROPAGATION_PRIVATE });
   }
   return out;
+}
+
+const KERNEL_FILESYSTEMS = ['/dev', '/proc', '/sys'];
+
+function isUnderKernelFilesystem(p: string): boolean {
+  return KERNEL_FILESYSTEMS.some((dir) => p === dir || p.startsWith(`${dir}/`));
 }
 
 async function applyMounts(spec: OciSpec, input: SpecInput, host: SpecHost): Promise<void> {
@@ -676,6 +693,15 @@ async function resolveSeccomp(spec: OciSpec, input: SpecInput, privileged: boole
   }
 }
 
+/**
+ * The AppArmor profile, as containerd's CRI plugin chooses it. On a host that enforces AppArmor:
+ * RuntimeDefault, or no request at all (kubernetes#51746), is crisp's default profile (loaded on
+ * first use), except for privileged containers; Unconfined is none; a Localhost profile must be
+ * loaded, and applies to privileged containers too. On a host without AppArmor there is nothing
+ * to enforce a default or unconfined request with, and kubelet sends RuntimeDefault for ordinary
+ * pods, so they run as they are; but an explicit Localhost profile is a policy the operator
+ * expects enforced, and the container is refused rather than run without it.
+ */
 async function applyAppArmor(spec: OciSpec, field: SecurityProfile | undefined, deprecated: string, privileged: boolean, host: SpecHost): Promise<void> {
   let type: SecurityProfile_ProfileType | undefined;
   let name = '';
@@ -692,13 +718,52 @@ async function applyAppArmor(spec: OciSpec, field: SecurityProfile | undefined, 
   } else if (deprecated) {
     throw invalidArgument(`unsupported AppArmor profile "${deprecated}"`);
   }
-  if (type !== SecurityProfile_ProfileType.Localhost) return;
-  name = name.startsWith('localhost/') ? name.slice('localhost/'.length) : name;
-  if (!name) throw invalidArgument('AppArmor profile type Localhost needs a localhost_ref');
-  if (!(await host.apparmorEnabled())) throw invalidArgument('AppArmor is not enabled on this host');
-  if (privileged) return;
-  if (!(await host.apparmorProfileLoaded(name))) throw invalidArgument(`AppArmor profile "${name}" is not loaded`);
-  spec.process.apparmorProfile = name;
+  if (type === SecurityProfile_ProfileType.Localhost) {
+    name = name.startsWith('localhost/') ? name.slice('localhost/'.length) : name;
+    if (!name) throw invalidArgument('AppArmor profile type Localhost needs a localhost_ref');
+    if (!(await host.apparmorEnabled())) {
+      throw failedPrecondition(`AppArmor profile "${name}" was requested, but this host does not enforce AppArmor; refusing to run the container unconfined`);
+    }
+    if (!(await host.apparmorProfileLoaded(name))) throw failedPrecondition(`AppArmor profile "${name}" is not loaded`);
+    spec.process.apparmorProfile = name;
+    return;
+  }
+  if (type === SecurityProfile_ProfileType.Unconfined || privileged || !(await host.apparmorEnabled())) return;
+  const withAbstractions = (await host.exists('/etc/apparmor.d/tunables/global')) && (await host.exists('/etc/apparmor.d/abstractions/base'));
+  try {
+    await host.loadAppArmorProfile(defaultAppArmorProfile({ withAbstractions }));
+  } catch (err) {
+    throw failedPrecondition(`cannot load the default AppArmor profile "${DEFAULT_APPARMOR_PROFILE}": ${errorMessage(err)}`);
+  }
+  spec.process.apparmorProfile = DEFAULT_APPARMOR_PROFILE;
+}
+
+const SELINUX_NAME = /^[A-Za-z0-9_.]+$/;
+const SELINUX_LEVEL = /^[A-Za-z0-9_.:,-]+$/;
+
+/**
+ * SELinux labels, on a host with SELinux enabled, from the container's selinux_options over the
+ * pod's (each field the container leaves empty comes from the pod), completed with the usual
+ * container type (container_t, files container_file_t) and level s0. Without options there is
+ * no label: crisp allocates no per-pod MCS categories. On a host without SELinux the options
+ * are ignored, as containerd and CRI-O do: pod specs carry them for the nodes that enforce them,
+ * and there is no SELinux policy here that a label could be part of.
+ */
+async function applySelinux(spec: OciSpec, container: SELinuxOption | undefined, pod: SELinuxOption | undefined, privileged: boolean, host: SpecHost): Promise<void> {
+  const pick = (k: keyof SELinuxOption): string => container?.[k] || pod?.[k] || '';
+  const options = { user: pick('user'), role: pick('role'), type: pick('type'), level: pick('level') };
+  if (!options.user && !options.role && !options.type && !options.level) return;
+  // A privileged container keeps the runtime's label unless it names one itself.
+  if (privileged && !container?.type && !container?.level) return;
+  if (!(await host.selinuxEnabled())) return;
+  for (const k of ['user', 'role', 'type'] as const) {
+    if (options[k] && !SELINUX_NAME.test(options[k])) throw invalidArgument(`SELinux ${k} "${options[k]}" is not a valid SELinux name`);
+  }
+  if (options.level && !SELINUX_LEVEL.test(options.level)) throw invalidArgument(`SELinux level "${options.level}" is not a valid MLS/MCS level`);
+  const user = options.user || 'system_u';
+  const level = options.level || 's0';
+  spec.process.selinuxLabel = `${user}:${options.role || 'system_r'}:${options.type || 'container_t'}:${level}`;
+  spec.linux.mountLabel = `${user}:object_r:container_file_t:${level}`;
 }
 
 async function applyResources(out: OciResources, r: LinuxContainerResources, cgroupVersion: 1 | 2, host: SpecHost): Promise<void> {
@@ -769,6 +834,22 @@ async function exists(p: string): Promise<boolean> {
   }
 }
 
+/** `apparmor_parser -Kr` with the profile on stdin: replaces a loaded one, bypasses the cache. */
+function loadAppArmorProfile(text: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn('apparmor_parser', ['-Kr'], { stdio: ['pipe', 'ignore', 'pipe'] });
+    const stderr: Buffer[] = [];
+    child.stderr.on('data', (c: Buffer) => stderr.push(c));
+    child.on('error', (err) => reject(new Error(`apparmor_parser: ${err.message}`)));
+    child.on('close', (code) => {
+      if (code === 0) resolve();
+      else reject(new Error(`apparmor_parser exited with ${code}: ${Buffer.concat(stderr).toString().trim()}`));
+    });
+    child.stdin.on('error', () => {});
+    child.stdin.end(text);
+  });
+}
+
 /**
  * Facts about the kernel and its modules do not change while the daemon runs; each container
  * create would otherwise re-read them. A failed lookup is not remembered.
@@ -827,6 +908,8 @@ export const nodeSpecHost: SpecHost = {
       return false;
     }
   },
+  loadAppArmorProfile: oncePerKey(loadAppArmorProfile),
+  selinuxEnabled: once(async () => exists('/sys/fs/selinux/enforce')),
   hostname: () => os.hostname(),
   capLastCap: once(async () => {
     try {

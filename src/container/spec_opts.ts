@@ -38,6 +38,7 @@ export interface OciProcess {
   noNewPrivileges: boolean;
   oomScoreAdj?: number;
   apparmorProfile?: string;
+  selinuxLabel?: string;
 }
 
 export interface OciMount {
@@ -92,6 +93,8 @@ export interface OciLinux {
   /** The pod user namespace's mappings (the namespace itself is joined by path). */
   uidMappings?: OciIdMapping[];
   gidMappings?: OciIdMapping[];
+  /** SELinux label of the container's own filesystems (tmpfs, devpts, mqueue). */
+  mountLabel?: string;
 }
 
 export interface OciIdMapping {

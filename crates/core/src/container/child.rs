@@ -115,16 +115,19 @@ pub enum Stage {
     RecursiveReadonly,
     IdmapMount,
     JoinUserns,
+    MaskSource,
+    Lsm,
 }
 
 impl Stage {
     pub fn from_u32(v: u32) -> Option<Stage> {
         use Stage::*;
-        const ALL: [Stage; 39] = [
+        const ALL: [Stage; 41] = [
             Signals, CgroupJoin, Setns, UnshareCgroup, Session, Stdio, RootPropagation, Overlay, RootfsOpen, MountTarget,
             Mount, Remount, MountPropagation, Device, Symlink, Cwd, Pivot, ReadonlyPath, MaskedPath, ReadonlyRoot,
             OomScoreAdj, Rlimit, NoNewPrivs, Seccomp, CapBounding, Groups, Setgid, Setuid, Capset, Ambient,
             ParentDeath, Chdir, Gate, Exec, CloseFds, Keyring, RecursiveReadonly, IdmapMount, JoinUserns,
+            MaskSource, Lsm,
         ];
         ALL.iter().copied().find(|s| *s as u32 == v)
     }
@@ -538,6 +541,11 @@ unsafe fn rootfs(r: &RootfsPlan, io: &ChildIo) {
         unsafe { wait_gate(io.hooks_gate) };
     }
 
+    // Masks are bind mounts of the host's /dev/null, taken now as a detached copy: after the
+    // pivot, the container's /dev may be anything (a volume, or a node the image planted), and a
+    // mask that cannot find its source must not be skipped.
+    let mask_source = if r.masked_paths.is_empty() { -1 } else { unsafe { open_mask_source(io) } };
+
     // pivot_root(".", ".") stacks the old root on top of the new one; detaching it leaves the
     // container with no reference to the host's mounts. The old root is made a slave first so
     // the detach cannot propagate anywhere.
@@ -567,18 +575,37 @@ unsafe fn rootfs(r: &RootfsPlan, io: &ChildIo) {
         let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | path_mount_flags(p.as_ptr());
         check!(io, Stage::ReadonlyPath, i, mount_raw(std::ptr::null(), p.as_ptr(), std::ptr::null(), flags, std::ptr::null()));
     }
+    // The first mask attaches the detached copy; later ones clone that mount, which is now in
+    // this namespace.
+    let mut mask_attached = false;
     for (i, p) in r.masked_paths.iter().enumerate() {
-        if mount_raw(c"/dev/null".as_ptr(), p.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) == 0 {
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        if unsafe { libc::stat(p.as_ptr(), &mut st) } != 0 {
+            // Not in this kernel (or not in the container's /proc): nothing to hide.
+            if errno() == libc::ENOENT {
+                continue;
+            }
+            unsafe { fail(io, Stage::MaskedPath, i, errno()) }
+        }
+        if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            check!(io, Stage::MaskedPath, i, mount_raw(c"tmpfs".as_ptr(), p.as_ptr(), c"tmpfs".as_ptr(), libc::MS_RDONLY, std::ptr::null()));
             continue;
         }
-        match errno() {
-            libc::ENOENT => {}
-            libc::ENOTDIR => {
-                check!(io, Stage::MaskedPath, i, mount_raw(c"tmpfs".as_ptr(), p.as_ptr(), c"tmpfs".as_ptr(), libc::MS_RDONLY, std::ptr::null()));
-            }
-            e => unsafe { fail(io, Stage::MaskedPath, i, e) },
+        let source = if mask_attached { open_tree_clone(mask_source) } else { mask_source };
+        if source < 0 {
+            unsafe { fail(io, Stage::MaskSource, i, errno()) }
         }
+        let rc = unsafe { libc::syscall(libc::SYS_move_mount, source, c"".as_ptr(), libc::AT_FDCWD, p.as_ptr(), MOVE_MOUNT_F_EMPTY_PATH) };
+        let e = errno();
+        if source != mask_source {
+            unsafe { libc::close(source) };
+        }
+        if rc != 0 {
+            unsafe { fail(io, Stage::MaskedPath, i, e) }
+        }
+        mask_attached = true;
     }
+    close_if(mask_source);
     if r.readonly_root {
         let fd = unsafe { libc::open(c"/".as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
         let keep = if fd >= 0 { mount_flags_of(fd) } else { 0 };
@@ -617,6 +644,24 @@ unsafe fn idmapped_bind(source: *const c_char, target_fd: c_int, target: *const 
     rc
 }
 
+/// A detached copy of the host's /dev/null, checked to be the null device, for masked paths.
+unsafe fn open_mask_source(io: &ChildIo) -> c_int {
+    let flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint;
+    let tree = check!(io, Stage::MaskSource, 0, unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c"/dev/null".as_ptr(), flags) } as c_int);
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    check!(io, Stage::MaskSource, 0, unsafe { libc::fstat(tree, &mut st) });
+    if st.st_mode & libc::S_IFMT != libc::S_IFCHR || st.st_rdev != libc::makedev(1, 3) {
+        unsafe { fail(io, Stage::MaskSource, 0, libc::ENODEV) }
+    }
+    tree
+}
+
+/// A new detached copy of the mount `fd` names (-1 with errno set on failure).
+fn open_tree_clone(fd: c_int) -> c_int {
+    let flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_EMPTY_PATH as libc::c_uint;
+    unsafe { libc::syscall(libc::SYS_open_tree, fd, c"".as_ptr(), flags) as c_int }
+}
+
 /// Waits for one byte on `gate` and closes it. A gate closed unopened means the container is
 /// being torn down (or the monitor died before the death signal was armed).
 unsafe fn wait_gate(gate: RawFd) {
@@ -653,6 +698,12 @@ unsafe fn finish(p: &ProcessPlan, io: &ChildIo) -> ! {
             }
             check!(io, Stage::Rlimit, i, unsafe { libc::prlimit(0, r.resource as _, &want, std::ptr::null_mut()) });
         }
+    }
+
+    // The AppArmor profile or SELinux label the process takes at execve, set while it still has
+    // the node's privileges and before no_new_privs.
+    if let Err((i, e)) = unsafe { p.lsm.apply() } {
+        unsafe { fail(io, Stage::Lsm, i, e) }
     }
 
     // Limits above are raised with the node's privileges; identity and capabilities below are
@@ -750,11 +801,11 @@ mod tests {
         let r = Record { kind: KIND_ERROR, stage: Stage::Mount as u32, index: 7, errno: libc::EPERM };
         assert_eq!(Record::from_bytes(&r.to_bytes()), r);
         assert_eq!(RECORD_SIZE, 16);
-        for v in 1..=39 {
+        for v in 1..=41 {
             assert_eq!(Stage::from_u32(v).map(|s| s as u32), Some(v));
         }
         assert_eq!(Stage::from_u32(0), None);
-        assert_eq!(Stage::from_u32(40), None);
+        assert_eq!(Stage::from_u32(42), None);
     }
 
     #[test]

@@ -126,6 +126,8 @@ pub fn describe_failure(process: &ProcessPlan, rootfs: Option<&RootfsPlan>, rec:
         Stage::RecursiveReadonly => format!("{}: make read-only recursively", op()),
         Stage::IdmapMount => format!("id-mapped mount {}", rootfs.and_then(|r| r.idmap_layers.get(i)).map_or_else(op, |(src, _)| src.to_string_lossy().into_owned())),
         Stage::JoinUserns => "join the pod's user namespace".to_owned(),
+        Stage::MaskSource => "take the host's /dev/null to mask paths with".to_owned(),
+        Stage::Lsm => process.lsm.describe(i),
     };
     (kind, format!("{}: {}", step, errno_text(errno)))
 }

@@ -83,7 +83,12 @@ fn read_record(fd: i32) -> Option<Record> {
 
 /// Launches `spec`, opens the gate, and returns (first status record, stdout, exit status).
 fn launch(fx: &Fixture, spec: &Spec) -> (Option<Record>, Option<Record>, String, sys::ExitStatus) {
-    let plan = container_plan(spec, &fx.0.join("b")).unwrap();
+    launch_bundle(&fx.0.join("b"), spec)
+}
+
+/// `launch` from the bundle directory `bundle` (which names the container).
+fn launch_bundle(bundle: &Path, spec: &Spec) -> (Option<Record>, Option<Record>, String, sys::ExitStatus) {
+    let plan = container_plan(spec, bundle).unwrap();
     let (out_r, out_w) = sys::pipe_cloexec().unwrap();
     let (status_r, status_w) = sys::pipe_cloexec().unwrap();
     let (gate_r, gate_w) = sys::pipe_cloexec().unwrap();
@@ -202,9 +207,70 @@ fn a_container_gets_a_session_keyring_of_its_own_named_after_it() {
         return;
     }
     let fx = fixture("keyring");
-    // The bundle directory ("b") names the container; /proc/keys lists the keyrings it may see.
-    let s = spec(&fx, &["sh", "-c", "grep -c ' _ses\\.b: ' /proc/keys"], "/");
-    let (_, _, out, status) = launch(&fx, &s);
+    // The bundle directory names the container; /proc/keys lists the keyrings it may see, those
+    // of the other tests' containers (all in bundles named "b") included.
+    let bundle = fx.0.join("keyring-ctr");
+    fs::create_dir_all(bundle.join("rootfs")).unwrap();
+    let s = spec(&fx, &["sh", "-c", "grep -c ' _ses\\.keyring-ctr: ' /proc/keys"], "/");
+    let (_, _, out, status) = launch_bundle(&bundle, &s);
     assert_eq!(status, sys::ExitStatus::Exited(0), "{}", out);
     assert_eq!(out.trim(), "1");
+}
+
+#[test]
+fn masks_are_the_hosts_null_device_whatever_the_containers_dev_holds() {
+    if !usable() {
+        return;
+    }
+    let fx = fixture("masks");
+    // /dev is a plain directory the container controls (a volume), with a regular file planted
+    // as "null": masks must neither be skipped for want of a /dev/null nor bind the planted file.
+    let dev = fx.0.join("dev-volume");
+    fs::create_dir_all(&dev).unwrap();
+    fs::write(dev.join("null"), "planted\n").unwrap();
+    let script = "wc -c < /proc/keys; wc -c < /proc/timer_list; ls /proc/sys/fs | wc -l; cat /dev/null";
+    let mut s = spec(&fx, &["sh", "-c", script], "/");
+    s.mounts.retain(|m| m.destination != "/dev");
+    s.mounts.push(super::spec::Mount {
+        destination: "/dev".into(),
+        kind: Some("bind".into()),
+        source: Some(dev.to_string_lossy().into_owned()),
+        options: vec!["rbind".into(), "rw".into()],
+        ..Default::default()
+    });
+    s.linux.masked_paths = vec!["/proc/keys".into(), "/proc/timer_list".into(), "/proc/sys/fs".into(), "/proc/not-in-this-kernel".into()];
+    let (_, _, out, status) = launch(&fx, &s);
+    assert_eq!(status, sys::ExitStatus::Exited(0), "{}", out);
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert_eq!(lines, ["0", "0", "0", "planted"], "masked files read empty, a masked directory is an empty tmpfs");
+}
+
+#[test]
+fn a_label_the_host_cannot_enforce_is_refused_before_anything_runs() {
+    let host = super::lsm::HostLsm::detect();
+    if !usable() || host.apparmor || host.selinux {
+        eprintln!("skipped: needs root, busybox and a host without AppArmor and SELinux");
+        return;
+    }
+    let fx = fixture("lsm");
+    let refused = |edit: &dyn Fn(&mut Spec)| {
+        let mut s = spec(&fx, &["true"], "/");
+        edit(&mut s);
+        match container_plan(&s, &fx.0.join("b")) {
+            Ok(_) => panic!("the plan was made without its label"),
+            Err(e) => e,
+        }
+    };
+    let e = refused(&|s| s.process.apparmor_profile = Some("k8s-nginx".into()));
+    assert!(e.contains("AppArmor profile \"k8s-nginx\" was asked for, but this host does not enforce AppArmor"), "{e}");
+    let e = refused(&|s| s.process.selinux_label = Some("system_u:system_r:container_t:s0:c1,c2".into()));
+    assert!(e.contains("SELinux is not enabled"), "{e}");
+    let e = refused(&|s| s.linux.mount_label = Some("system_u:object_r:container_file_t:s0".into()));
+    assert!(e.contains("SELinux mount label"), "{e}");
+
+    // Unconfined asks for nothing this host lacks.
+    let mut s = spec(&fx, &["true"], "/");
+    s.process.apparmor_profile = Some("unconfined".into());
+    let (_, _, out, status) = launch(&fx, &s);
+    assert_eq!(status, sys::ExitStatus::Exited(0), "{}", out);
 }

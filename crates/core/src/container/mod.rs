@@ -11,6 +11,7 @@ pub mod caps;
 pub mod child;
 pub mod crilog;
 pub mod launch;
+pub mod lsm;
 pub mod mounts;
 pub mod plan;
 pub mod pty;

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use libc::{c_char, c_int, c_ulong};
 
 use super::caps::{self, CapSet};
+use super::lsm::{HostLsm, LsmPlan};
 use super::mounts::{self, MountOptions};
 use super::seccomp;
 use super::spec::{Device, Mount, Spec};
@@ -207,6 +208,8 @@ pub struct ProcessPlan {
     pub program: String,
     pub candidates: Vec<CString>,
     pub seccomp: Option<seccomp::Program>,
+    /// The AppArmor profile and SELinux label taken at execve.
+    pub lsm: LsmPlan,
     /// Things ignored on purpose, worth a log line.
     pub warnings: Vec<String>,
 }
@@ -388,6 +391,7 @@ fn process_plan(spec: &Spec, o: &ProcessOverrides, cgroup_procs: Vec<Arc<OwnedFd
         }
     };
 
+    let lsm = lsm_plan(spec)?;
     let program = args[0].clone();
     let candidates = exec_candidates(&program, env).iter().map(cstring).collect::<Result<Vec<_>, _>>()?;
     Ok(ProcessPlan {
@@ -411,8 +415,20 @@ fn process_plan(spec: &Spec, o: &ProcessOverrides, cgroup_procs: Vec<Arc<OwnedFd
         program,
         candidates,
         seccomp,
+        lsm,
         warnings,
     })
+}
+
+/// The labels of the spec's process (exec'd processes take the container's), refused when the
+/// host cannot enforce them.
+fn lsm_plan(spec: &Spec) -> Result<LsmPlan, String> {
+    let p = &spec.process;
+    let wanted = |l: &Option<String>| l.as_deref().is_some_and(|l| !l.is_empty());
+    if !wanted(&p.apparmor_profile) && !wanted(&p.selinux_label) {
+        return Ok(LsmPlan::default());
+    }
+    LsmPlan::new(p.apparmor_profile.as_deref(), p.selinux_label.as_deref(), HostLsm::detect(), c"/proc")
 }
 
 /// The signals this process has set to SIG_IGN: one sigaction per signal, so a caller whose
@@ -654,12 +670,21 @@ fn rootfs_plan(spec: &Spec, bundle: &Path, warnings: &mut Vec<String>) -> Result
         None
     };
 
+    let mount_label = spec.linux.mount_label.as_deref().filter(|l| !l.is_empty());
+    if let Some(label) = mount_label {
+        if !HostLsm::detect().selinux {
+            return Err(format!("SELinux mount label {:?} was asked for, but SELinux is not enabled on this host; refusing to run the container without it", label));
+        }
+    }
     let mut ops = Vec::new();
     let mut dev_tmpfs = false;
     let mut dev_pts = false;
     for m in &spec.mounts {
         let kind = m.kind.as_deref().unwrap_or("");
         let mut opts = mounts::parse_options(&m.options);
+        if !opts.is_bind() {
+            opts.data = super::lsm::with_mount_label(kind, &opts.data, mount_label);
+        }
         if kind == "overlay" && m.is_idmapped() && idmap_userns.is_some() {
             // A read-only overlay (an image volume): its layers are mapped like the root's.
             opts.data = idmapped_lowerdirs(&opts.data, &dir_for_idmap(bundle), ops.len(), &mut idmap_layers)?;

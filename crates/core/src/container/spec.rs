@@ -86,6 +86,12 @@ pub struct Process {
     pub no_new_privileges: bool,
     #[serde(default)]
     pub oom_score_adj: Option<i32>,
+    /// AppArmor profile the process execs into; the launcher refuses it on a host without AppArmor.
+    #[serde(default)]
+    pub apparmor_profile: Option<String>,
+    /// SELinux process label; refused on a host without SELinux.
+    #[serde(default)]
+    pub selinux_label: Option<String>,
 }
 
 fn default_cwd() -> String {
@@ -187,6 +193,9 @@ pub struct Linux {
     /// Only the device rules are read here: the daemon creates the cgroup with the rest.
     #[serde(default)]
     pub resources: Option<LinuxResources>,
+    /// SELinux label of the container's own filesystems (tmpfs, devpts, mqueue).
+    #[serde(default)]
+    pub mount_label: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -466,7 +475,8 @@ mod tests {
                 "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 512}],
                 "noNewPrivileges": true,
                 "oomScoreAdj": 500,
-                "apparmorProfile": "ignored"
+                "apparmorProfile": "k8s-nginx",
+                "selinuxLabel": "system_u:system_r:container_t:s0:c1,c2"
             },
             "root": {"path": "rootfs"},
             "hostname": "ignored",
@@ -497,6 +507,8 @@ mod tests {
         assert!(spec.process.terminal);
         assert_eq!(spec.process.user.additional_gids, vec![5, 6]);
         assert_eq!(spec.process.user.umask, Some(18));
+        assert_eq!(spec.process.apparmor_profile.as_deref(), Some("k8s-nginx"));
+        assert_eq!(spec.process.selinux_label.as_deref(), Some("system_u:system_r:container_t:s0:c1,c2"));
         assert_eq!(spec.process.rlimits[0].kind, "RLIMIT_NOFILE");
         assert!(spec.new_namespace("mount") && spec.new_namespace("pid"));
         assert!(!spec.new_namespace("network") && !spec.new_namespace("ipc"));
