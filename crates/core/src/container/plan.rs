@@ -936,6 +936,22 @@ mod tests {
     }
 
     #[test]
+    fn proc_and_what_lies_below_it_are_mounted_in_the_pid_namespace() {
+        let s = spec(json!({
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs"},
+                {"destination": "/proc/driver/x", "type": "bind", "source": "/etc/hostname", "options": ["rbind", "ro"]},
+                {"destination": "/procedure", "type": "tmpfs", "source": "tmpfs"}
+            ]
+        }));
+        let plan = rootfs_plan(&s, Path::new("/b"), &mut Vec::new()).unwrap();
+        let after: Vec<String> = plan.ops.iter().zip(&plan.in_pid_ns).filter(|(_, d)| **d).map(|(o, _)| o.describe()).collect();
+        assert_eq!(after, ["mount proc (proc) on /proc", "mount /etc/hostname (bind) on /proc/driver/x"]);
+        assert_eq!(plan.in_pid_ns.len(), plan.ops.len());
+    }
+
+    #[test]
     fn ignored_signals_are_the_ones_set_to_sig_ign() {
         // SIGURG is discarded by default anyway, so ignoring it for a moment disturbs nothing.
         let set = |handler: libc::sighandler_t| {
