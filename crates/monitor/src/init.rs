@@ -11,6 +11,7 @@
 //! the bounding set, sets no_new_privs, is not dumpable (its /proc files are root's and need
 //! CAP_SYS_PTRACE) and runs under a seccomp filter allowing only what its loop calls.
 
+use std::cell::Cell;
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -76,14 +77,19 @@ pub fn spawn(empty_root_at: &Path) -> io::Result<PodInit> {
     let flags = (libc::CLONE_NEWPID | libc::SIGCHLD) as libc::c_ulong;
     let pid = sys::cvt(unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) })?;
     if pid == 0 {
-        let setup = Setup { release: release_r.as_raw_fd(), report: report_w.as_raw_fd(), null: null.as_raw_fd(), at: &at, last_cap };
+        let setup = Setup {
+            release: release_r.as_raw_fd(),
+            report: Cell::new(report_w.as_raw_fd()),
+            monitor_ends: [release_w.as_raw_fd(), report_r.as_raw_fd()],
+            null: null.as_raw_fd(),
+            at: &at,
+            last_cap,
+        };
         let sigfd = match unsafe { confine(&setup) }.and_then(|()| serving_setup(&program)) {
             Ok(sigfd) => sigfd,
             Err(step) => {
                 let e = io::Error::last_os_error();
-                // The report pipe is REPORT_FD once confine got that far, else still its own.
-                let fd = if unsafe { libc::fcntl(REPORT_FD, libc::F_GETFD) } >= 0 { REPORT_FD } else { setup.report };
-                let _ = sys::write_all_fd(fd, format!("{step}: {e}").as_bytes());
+                let _ = sys::write_all_fd(setup.report.get(), format!("{step}: {e}").as_bytes());
                 unsafe { libc::_exit(1) };
             }
         };
@@ -115,7 +121,10 @@ pub fn spawn(empty_root_at: &Path) -> io::Result<PodInit> {
 /// What the forked init needs, prepared by the monitor (the child allocates nothing).
 struct Setup<'a> {
     release: RawFd,
-    report: RawFd,
+    /// Where a failure is reported: the report pipe, moved to REPORT_FD early on.
+    report: Cell<RawFd>,
+    /// The monitor's ends of both pipes: closed first, or releasing would not reach EOF here.
+    monitor_ends: [RawFd; 2],
     null: RawFd,
     at: &'a CString,
     last_cap: u32,
@@ -124,6 +133,7 @@ struct Setup<'a> {
 /// Confines the freshly forked init; on failure returns the step, with errno set.
 unsafe fn confine(s: &Setup<'_>) -> Result<(), &'static str> {
     let ok = |r: libc::c_long, step: &'static str| if r == -1 { Err(step) } else { Ok(()) };
+    let ok_fd = |fd: libc::c_int, step: &'static str| if fd < 0 { Err(step) } else { Ok(fd) };
     unsafe {
         // Die with the monitor. If it already died, the release pipe is at EOF and the loop
         // exits on its first poll.
@@ -133,11 +143,19 @@ unsafe fn confine(s: &Setup<'_>) -> Result<(), &'static str> {
 
         // Only stdio (/dev/null: nothing of the node's log), the release pipe and the report
         // pipe; the rest (the readiness descriptor the daemon waits on) is closed.
+        for fd in s.monitor_ends {
+            libc::close(fd);
+        }
+        // Moved out of the way first: either may have the other's target number.
+        let release = ok_fd(libc::fcntl(s.release, libc::F_DUPFD_CLOEXEC, 10), "keep the release pipe")?;
+        let report = ok_fd(libc::fcntl(s.report.get(), libc::F_DUPFD_CLOEXEC, 10), "keep the report pipe")?;
+        s.report.set(report);
         for fd in 0..3 {
             ok(libc::dup2(s.null, fd) as _, "point stdio at /dev/null")?;
         }
-        ok(libc::dup2(s.release, RELEASE_FD) as _, "keep the release pipe")?;
-        ok(libc::dup2(s.report, REPORT_FD) as _, "keep the report pipe")?;
+        ok(libc::dup2(release, RELEASE_FD) as _, "keep the release pipe")?;
+        ok(libc::dup2(report, REPORT_FD) as _, "keep the report pipe")?;
+        s.report.set(REPORT_FD);
         ok(libc::syscall(libc::SYS_close_range, (REPORT_FD + 1) as libc::c_uint, libc::c_uint::MAX, 0 as libc::c_uint), "close descriptors")?;
 
         // Its own root: an empty read-only tmpfs in a mount namespace of its own, which is all
