@@ -98,6 +98,18 @@ test('the pod init holds nothing of the node: not its root through /proc/1/root,
   t.is(lines.length, 1, `only its empty root is mounted: ${mounts.out}`);
   t.is(lines[0]!.split(' ')[4], '/');
   t.false(mounts.out.includes(os.tmpdir()) || mounts.out.includes('cgroup'), 'nothing of the node\'s mounts');
+
+  // Confined, it still does its job: an orphan of the pod is reaped, not left a zombie.
+  const orphan = await sh(env, bare, 'sleep 0.2 & echo $!');
+  const orphanPid = orphan.out.trim();
+  let state = '';
+  for (let i = 0; i < 50; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    state = (await sh(env, bare, `cat /proc/${orphanPid}/stat 2>/dev/null | cut -d' ' -f3; true`)).out.trim();
+    if (state === '') break;
+  }
+  t.is(state, '', `the orphan ${orphanPid} is gone (state ${state})`);
+  t.is((await sh(env, bare, 'cat /proc/1/comm')).out.trim(), 'crisp-pod-init', 'and the init is alive');
 });
 
 test('exec\'d and starting processes are never seen in the pod outside their container: 200 execs and 10 containers against a sibling watching /proc', async (t) => {
