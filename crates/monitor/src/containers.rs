@@ -15,7 +15,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crisp_core::cgroup::CgroupPaths;
-use crisp_core::container::child::{ChildIo, Record, KIND_ERROR, KIND_HOOKS, KIND_READY, RECORD_SIZE};
+use crisp_core::container::child::{ChildIo, Record, KIND_ERROR, KIND_FORKED, KIND_HOOKS, KIND_READY, RECORD_SIZE};
 use crisp_core::container::crilog::{self, LineSplitter, Stream};
 use crisp_core::container::launch::{self, FailureKind};
 use crisp_core::container::plan::{self, ContainerPlan, ProcessOverrides};
@@ -93,7 +93,11 @@ pub struct Container {
     bundle: PathBuf,
     /// Needed by exec while the container runs.
     spec: Option<Spec>,
+    /// Its set-up process's until that forked the container's process (see `setup_pid`).
     pid: libc::pid_t,
+    /// The process that assembles the container (outside its PID namespace) until it reports the
+    /// container's process.
+    setup_pid: Option<libc::pid_t>,
     pub(crate) phase: Phase,
     /// Kept until the process exec'd, to explain set-up failures.
     plan: Option<ContainerPlan>,
@@ -188,6 +192,8 @@ pub enum FdRole {
 #[derive(Clone, Debug)]
 pub enum PidRole {
     Container(String),
+    /// A container's set-up process, until it reported the container's process.
+    Setup(String),
     Exec(u64),
     /// A child whose result nobody waits for any more (a failed create).
     Discard,
@@ -465,7 +471,8 @@ impl Server {
         let before_pivot = !(spec.hooks.prestart.is_empty() && spec.hooks.create_runtime.is_empty() && spec.hooks.create_container.is_empty());
         let hooks = if before_pivot { Some(sys::pipe_cloexec()?) } else { None };
         let hooks_gate_r = hooks.as_ref().map_or(-1, |(r, _)| r.as_raw_fd());
-        let io = ChildIo { stdin, stdout, stderr, tty, status: status_w.as_raw_fd(), gate: gate_r.as_raw_fd(), hooks_gate: hooks_gate_r };
+        let status = status_w.as_raw_fd();
+        let io = ChildIo { stdin, stdout, stderr, tty, status, gate: gate_r.as_raw_fd(), hooks_gate: hooks_gate_r, forked: status };
         let pid = launch::spawn_container(&plan, &io)?;
         drop(child_ends);
         drop(status_w);
@@ -487,7 +494,7 @@ impl Server {
             let token = self.ctrs.token(FdRole::ContainerInput(id.clone()));
             Input::new(fd, token)
         });
-        self.ctrs.pid_roles.insert(pid, PidRole::Container(id.clone()));
+        self.ctrs.pid_roles.insert(pid, PidRole::Setup(id.clone()));
         self.ctrs.containers.insert(
             id.clone(),
             Container {
@@ -495,6 +502,7 @@ impl Server {
                 bundle: PathBuf::from(&req.bundle_dir),
                 spec: Some(spec),
                 pid,
+                setup_pid: Some(pid),
                 phase: Phase::Creating,
                 plan: Some(plan),
                 status: Some((status_r, status_token)),
@@ -546,17 +554,23 @@ impl Server {
             Phase::Running => return err(id, ErrorCode::FailedPrecondition, format!("container {} is already running", c.id)),
             Phase::Exited => return err(id, ErrorCode::FailedPrecondition, format!("container {} has exited", c.id)),
         }
-        Self::open_gate(c, (token, id))
+        Self::open_gate(c, (token, id), &self.ctrs.ignored_signals)
     }
 
     /// Lets a set-up process exec; the answer to `waiter` follows once it has (or failed to).
-    fn open_gate(c: &mut Container, waiter: Waiter) -> Option<Response> {
+    fn open_gate(c: &mut Container, waiter: Waiter, ignored_signals: &[libc::c_int]) -> Option<Response> {
         let id = waiter.1;
         if let Some(spec) = c.spec.as_ref().filter(|s| !s.hooks.start_container.is_empty()) {
-            // In the container's namespaces, after its pivot_root: paths resolve in its root.
+            // Entered like an exec: the container's namespaces (its root, after pivot_root), cgroup,
+            // identity, capabilities and seccomp filter, as if its process ran the hook.
             let state = hooks::state_json(&c.id, "created", c.pid, &c.bundle, &spec.annotations);
             for hook in &spec.hooks.start_container {
-                if let Err(message) = hooks::run("startContainer", hook, &state, Some(c.pid), &c.bundle) {
+                let prepared = match &c.exec_target {
+                    Some(target) => Ok(target),
+                    None => plan::exec_target(spec, c.pid).map(|t| &*c.exec_target.insert(t)),
+                };
+                let run = prepared.and_then(|target| hooks::plan_in_container(spec, target, hook, ignored_signals)).map_err(|e| format!("startContainer hook {}: {e}", hook.path));
+                if let Err(message) = run.and_then(|plan| hooks::run_in_container("startContainer", hook, &state, &plan, &c.bundle)) {
                     log!(Warn, "container {}: {}", c.id, message);
                     // The process never runs: it is killed and its exit recorded with this reason.
                     c.start_error = Some(message.clone());
@@ -722,7 +736,7 @@ impl Server {
         }
         let (status_r, status_w) = sys::pipe_cloexec()?;
         sys::set_nonblocking(status_r.as_raw_fd())?;
-        let io = ChildIo { stdin, stdout, stderr, tty: wiring.tty, status: status_w.as_raw_fd(), gate: -1, hooks_gate: -1 };
+        let io = ChildIo { stdin, stdout, stderr, tty: wiring.tty, status: status_w.as_raw_fd(), gate: -1, hooks_gate: -1, forked: -1 };
         let pid = launch::spawn_exec(&plan, &io)?;
         drop(child_ends);
         drop(status_w);
@@ -792,9 +806,24 @@ impl Server {
 
     /// Handles a reaped child that belongs to a container or exec; false if it is not ours.
     pub(crate) fn on_child_exit(&mut self, pid: libc::pid_t, status: ExitStatus) -> bool {
+        if !self.ctrs.pid_roles.contains_key(&pid) {
+            // A container's process may exit before its set-up process's report of it was read.
+            let setting_up: Vec<String> = self.ctrs.containers.values().filter(|c| c.setup_pid.is_some()).map(|c| c.id.clone()).collect();
+            for id in setting_up {
+                self.drain_container_status(&id, None);
+            }
+        }
         match self.ctrs.pid_roles.remove(&pid) {
             Some(PidRole::Container(id)) => {
                 self.container_exited(&id, status);
+                true
+            }
+            Some(PidRole::Setup(id)) => {
+                // Its report of the container's process, if it made one, is in the status pipe.
+                self.drain_container_status(&id, Some(status));
+                if self.ctrs.containers.get(&id).is_some_and(|c| c.setup_pid == Some(pid)) {
+                    self.container_exited(&id, status);
+                }
                 true
             }
             Some(PidRole::Exec(key)) => {
@@ -849,6 +878,7 @@ impl Server {
         };
         for rec in records {
             match rec.kind {
+                KIND_FORKED => self.container_forked(id, rec.index as libc::pid_t),
                 KIND_READY => self.container_ready(id),
                 KIND_HOOKS => {
                     if let Err(message) = self.run_create_hooks(id) {
@@ -902,6 +932,20 @@ impl Server {
         }
     }
 
+    /// The set-up process forked the container's process (and exits): from now on the container
+    /// is that process.
+    fn container_forked(&mut self, id: &str, pid: libc::pid_t) {
+        let Some(c) = self.ctrs.containers.get_mut(id) else { return };
+        if let Some(setup) = c.setup_pid.take() {
+            if self.ctrs.pid_roles.contains_key(&setup) {
+                self.ctrs.pid_roles.insert(setup, PidRole::Discard);
+            }
+        }
+        c.pid = pid;
+        self.ctrs.pid_roles.insert(pid, PidRole::Container(id.to_owned()));
+        log!(Debug, "container {} set up; its process is pid {}", id, pid);
+    }
+
     fn container_ready(&mut self, id: &str) {
         let Some(c) = self.ctrs.containers.get_mut(id) else { return };
         if c.phase != Phase::Creating {
@@ -914,7 +958,7 @@ impl Server {
         if c.start_requested {
             // An early-answered create whose start arrived during the set-up.
             let Some(w) = waiter else { return };
-            if let Some(failed) = Self::open_gate(c, w) {
+            if let Some(failed) = Self::open_gate(c, w, &self.ctrs.ignored_signals) {
                 self.reply(w, failed);
             }
             return;

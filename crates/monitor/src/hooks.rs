@@ -1,19 +1,25 @@
 //! OCI lifecycle hooks (CDI device specs bring them), run by the monitor as runc runs them:
 //! prestart, createRuntime (runtime namespaces) and createContainer (container namespaces) while
 //! the container's set-up waits before pivot_root, so `<bundle>/rootfs` is the assembled root;
-//! startContainer (container namespaces) before the process execs; poststart and poststop
+//! startContainer before the process execs, entered into the container as an exec is (its
+//! binary comes from the container's root, so it runs with the container's identity,
+//! capabilities and seccomp filter, in all its namespaces and its cgroup); poststart and poststop
 //! (runtime namespaces) after it started and after it exited.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::process::ExitStatusExt;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crisp_core::container::spec::Hook;
+use crisp_core::container::child::{ChildIo, Record, KIND_ERROR, RECORD_SIZE};
+use crisp_core::container::launch;
+use crisp_core::container::plan::{self, ExecPlan, ExecTarget, ProcessOverrides};
+use crisp_core::container::spec::{Hook, Spec};
 use crisp_core::sys;
 
 /// For a hook without a timeout of its own: kubelet gives up on a container start after two
@@ -50,14 +56,7 @@ pub fn run(kind: &str, hook: &Hook, state: &str, in_namespaces_of: Option<libc::
             namespaces.push((OwnedFd::from(file), flag));
         }
     }
-    let (stdin_r, stdin_w) = sys::pipe_cloexec().map_err(|e| fail(format!("pipe: {e}")))?;
-    // The state is far smaller than a pipe's buffer: written whole before the hook starts.
-    sys::write_all_fd(stdin_w.as_raw_fd(), state.as_bytes()).map_err(|e| fail(format!("write the state: {e}")))?;
-    drop(stdin_w);
-    let log_path = bundle.join("hook.log");
-    let mut log = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&log_path).map_err(|e| fail(format!("{}: {e}", log_path.display())))?;
-    let out = log.try_clone().map_err(|e| fail(e.to_string()))?;
-    let err = log.try_clone().map_err(|e| fail(e.to_string()))?;
+    let HookIo { stdin: stdin_r, log, out, err } = hook_io(state, bundle).map_err(fail)?;
 
     let mut cmd = Command::new(&hook.path);
     if let Some((arg0, rest)) = hook.args.split_first() {
@@ -88,20 +87,97 @@ pub fn run(kind: &str, hook: &Hook, state: &str, in_namespaces_of: Option<libc::
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(|e| fail(e.to_string()))?;
+    let child = cmd.spawn().map_err(|e| fail(e.to_string()))?;
     drop(namespaces);
+    wait_hook(hook, child.id() as libc::pid_t, log).map_err(fail)
+}
+
+/// The plan for running a startContainer hook inside the running-to-be container whose
+/// namespaces and cgroups `target` holds: its path (resolved in the container's root) with its
+/// arguments and environment, everything else the container process's.
+pub fn plan_in_container(spec: &Spec, target: &ExecTarget, hook: &Hook, ignored_signals: &[libc::c_int]) -> Result<ExecPlan, String> {
+    let args = if hook.args.is_empty() { vec![hook.path.clone()] } else { hook.args.clone() };
+    let overrides = ProcessOverrides { args, env: Some(hook.env.clone()), ..Default::default() };
+    let mut plan = plan::exec_plan(spec, target, &overrides, ignored_signals)?;
+    plan.process.program = hook.path.clone();
+    plan.process.candidates = vec![sys::cstr(&hook.path).map_err(|e| e.to_string())?];
+    Ok(plan)
+}
+
+/// Runs a hook planned by `plan_in_container` with `state` on its stdin and waits for it, at
+/// most its timeout.
+pub fn run_in_container(kind: &str, hook: &Hook, state: &str, plan: &ExecPlan, bundle: &Path) -> Result<(), String> {
+    let fail = |what: String| format!("{kind} hook {}: {}", hook.path, what);
+    let HookIo { stdin, log, out, err } = hook_io(state, bundle).map_err(fail)?;
+    let (status_r, status_w) = sys::pipe_cloexec().map_err(|e| fail(format!("pipe: {e}")))?;
+    let io = ChildIo {
+        stdin: stdin.as_raw_fd(),
+        stdout: out.as_raw_fd(),
+        stderr: err.as_raw_fd(),
+        tty: false,
+        status: status_w.as_raw_fd(),
+        gate: -1,
+        hooks_gate: -1,
+        forked: -1,
+    };
+    let pid = launch::spawn_exec(plan, &io).map_err(|e| fail(e.to_string()))?;
+    drop((stdin, out, err, status_w));
+    // EOF once it exec'd (the pipe is close-on-exec), or a record saying which step failed.
+    let mut raw = [0u8; RECORD_SIZE];
+    let n = loop {
+        let n = unsafe { libc::read(status_r.as_raw_fd(), raw.as_mut_ptr().cast(), RECORD_SIZE) };
+        if n >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            break n;
+        }
+    };
+    if n == RECORD_SIZE as isize {
+        let rec = Record::from_bytes(&raw);
+        if rec.kind == KIND_ERROR {
+            let _ = sys::wait_pid(pid);
+            return Err(fail(launch::describe_failure(&plan.process, None, &rec).1));
+        }
+    }
+    wait_hook(hook, pid, log).map_err(fail)
+}
+
+/// A hook's stdin (the state, written whole: it is far smaller than a pipe's buffer) and its
+/// output, kept in `<bundle>/hook.log`.
+struct HookIo {
+    stdin: OwnedFd,
+    log: File,
+    out: File,
+    err: File,
+}
+
+fn hook_io(state: &str, bundle: &Path) -> Result<HookIo, String> {
+    let (stdin_r, stdin_w) = sys::pipe_cloexec().map_err(|e| format!("pipe: {e}"))?;
+    sys::write_all_fd(stdin_w.as_raw_fd(), state.as_bytes()).map_err(|e| format!("write the state: {e}"))?;
+    drop(stdin_w);
+    let log_path = bundle.join("hook.log");
+    let log = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+    let out = log.try_clone().map_err(|e| e.to_string())?;
+    let err = log.try_clone().map_err(|e| e.to_string())?;
+    Ok(HookIo { stdin: stdin_r, log, out, err })
+}
+
+/// Waits for the hook process `pid` (the caller's child) at most its timeout, then kills it and
+/// its process group; a failure quotes the end of its output.
+fn wait_hook(hook: &Hook, pid: libc::pid_t, mut log: File) -> Result<(), String> {
     let timeout = hook.timeout.map_or(DEFAULT_TIMEOUT, Duration::from_secs);
     let deadline = Instant::now() + timeout;
     let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(fail(format!("did not finish within {} s", timeout.as_secs())));
+        let mut raw = 0;
+        match unsafe { libc::waitpid(pid, &mut raw, libc::WNOHANG) } {
+            p if p == pid => break std::process::ExitStatus::from_raw(raw),
+            0 if Instant::now() >= deadline => {
+                let _ = sys::kill(-pid, libc::SIGKILL);
+                let _ = sys::kill(pid, libc::SIGKILL);
+                let _ = sys::wait_pid(pid);
+                return Err(format!("did not finish within {} s", timeout.as_secs()));
             }
-            Ok(None) => std::thread::sleep(Duration::from_millis(2)),
-            Err(e) => return Err(fail(format!("wait: {e}"))),
+            0 => std::thread::sleep(Duration::from_millis(2)),
+            _ if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => {}
+            _ => return Err(format!("wait: {}", io::Error::last_os_error())),
         }
     };
     if status.success() {
@@ -112,7 +188,7 @@ pub fn run(kind: &str, hook: &Hook, state: &str, in_namespaces_of: Option<libc::
     let _ = log.seek(SeekFrom::Start(len.saturating_sub(OUTPUT_LIMIT)));
     let _ = log.take(OUTPUT_LIMIT).read_to_string(&mut output);
     let output = output.trim();
-    Err(fail(if output.is_empty() { status.to_string() } else { format!("{status}: {output}") }))
+    Err(if output.is_empty() { status.to_string() } else { format!("{status}: {output}") })
 }
 
 #[cfg(test)]

@@ -30,6 +30,12 @@ fn run() -> i32 {
         eprintln!("usage: crisp-monitor <bundle-dir>");
         return 2;
     };
+    // Only stdio and the readiness descriptor are given; anything else a careless parent leaked
+    // (a daemon's socket, another pod's files) must not live on in the pod's processes.
+    if let Err(e) = sys::close_fds_from(monitor_proto::READY_FD + 1) {
+        eprintln!("crisp-monitor: closing inherited descriptors: {e}");
+        return 1;
+    }
     let ready_fd = ReadyPipe::inherited();
     let bundle = match std::fs::canonicalize(PathBuf::from(bundle)) {
         Ok(b) => b,

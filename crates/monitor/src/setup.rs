@@ -198,8 +198,9 @@ fn steps_in_namespaces(sb: &mut Sandbox, cfg: &MonitorConfig, userns_holder: Opt
     }
 
     if ns.pid == PidNamespaceMode::Pod {
-        sys::unshare(libc::CLONE_NEWPID).stage("pid_namespace")?;
-        sb.init = Some(init::spawn().stage("pid_namespace")?);
+        // The monitor stays in the node's PID namespace for its children: what it starts (set-up
+        // processes, hooks) enters the pod's only when it has become part of a container.
+        sb.init = Some(init::spawn(&sb.bundle).stage("pid_namespace")?);
     }
 
     let ns_dir = sb.bundle.join(monitor_proto::NS_DIR);

@@ -8,7 +8,7 @@
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, RawFd};
 
-use libc::{c_char, c_int, c_ulong};
+use libc::{c_char, c_int, c_uint, c_ulong};
 
 use super::plan::{CapsPlan, ContainerPlan, Create, ProcessPlan, RootPath, RootfsOp, RootfsPlan};
 use super::seccomp;
@@ -34,6 +34,9 @@ pub const KIND_READY: u32 = 1;
 pub const KIND_ERROR: u32 = 2;
 /// The root filesystem is assembled, before pivot_root: createContainer hooks may run now.
 pub const KIND_HOOKS: u32 = 3;
+/// The set-up process forked the process that becomes the container's (or exec's), whose pid (in
+/// the set-up process's PID namespace, the monitor's) is `index`; the set-up process exits.
+pub const KIND_FORKED: u32 = 4;
 
 impl Record {
     pub fn to_bytes(self) -> [u8; RECORD_SIZE] {
@@ -117,23 +120,27 @@ pub enum Stage {
     JoinUserns,
     MaskSource,
     Lsm,
+    JoinPidns,
+    Fork,
+    Dumpable,
 }
 
 impl Stage {
     pub fn from_u32(v: u32) -> Option<Stage> {
         use Stage::*;
-        const ALL: [Stage; 41] = [
+        const ALL: [Stage; 44] = [
             Signals, CgroupJoin, Setns, UnshareCgroup, Session, Stdio, RootPropagation, Overlay, RootfsOpen, MountTarget,
             Mount, Remount, MountPropagation, Device, Symlink, Cwd, Pivot, ReadonlyPath, MaskedPath, ReadonlyRoot,
             OomScoreAdj, Rlimit, NoNewPrivs, Seccomp, CapBounding, Groups, Setgid, Setuid, Capset, Ambient,
             ParentDeath, Chdir, Gate, Exec, CloseFds, Keyring, RecursiveReadonly, IdmapMount, JoinUserns,
-            MaskSource, Lsm,
+            MaskSource, Lsm, JoinPidns, Fork, Dumpable,
         ];
         ALL.iter().copied().find(|s| *s as u32 == v)
     }
 }
 
 /// The descriptors a child starts from.
+#[derive(Clone, Copy)]
 pub struct ChildIo {
     pub stdin: RawFd,
     pub stdout: RawFd,
@@ -147,6 +154,10 @@ pub struct ChildIo {
     /// Read end of the hooks gate: with one, the child reports KIND_HOOKS once its mounts are
     /// made and waits for a byte before pivot_root. -1 for none.
     pub hooks_gate: RawFd,
+    /// Where the set-up process reports KIND_FORKED: the status pipe (then the forked process
+    /// waits for the set-up process to exit, so the report precedes its own), or a pipe of its
+    /// own the caller reads before the status pipe.
+    pub forked: RawFd,
 }
 
 fn errno() -> i32 {
@@ -337,8 +348,13 @@ fn path_mount_flags(path: *const c_char) -> c_ulong {
 /// Must only be called in a freshly forked child of a single-threaded parent.
 pub unsafe fn container_main(plan: &ContainerPlan, io: &ChildIo) -> ! {
     unsafe {
+        setup_process(io);
+        enter(&plan.process, plan.pid_ns.as_deref().map(|f| f.as_raw_fd()), io);
+        let mask_source = rootfs(&plan.rootfs, io);
+        let userns = plan.process.userns.as_ref().map_or(-1, |f| f.as_raw_fd());
+        fork_process(io, plan.new_pid_ns, &[io.status, io.gate, userns, mask_source, lsm_dir(&plan.process)]);
+        after_pivot(&plan.rootfs, mask_source, io);
         early(&plan.process, io);
-        rootfs(&plan.rootfs, io);
         finish(&plan.process, io)
     }
 }
@@ -347,26 +363,34 @@ pub unsafe fn container_main(plan: &ContainerPlan, io: &ChildIo) -> ! {
 ///
 /// # Safety
 /// Must only be called in a freshly forked child of a single-threaded parent.
-pub unsafe fn exec_main(plan: &ProcessPlan, io: &ChildIo) -> ! {
+pub unsafe fn exec_main(plan: &ProcessPlan, pid_ns: Option<RawFd>, io: &ChildIo) -> ! {
     unsafe {
+        setup_process(io);
+        enter(plan, pid_ns, io);
+        fork_process(io, false, &[io.status, lsm_dir(plan)]);
         early(plan, io);
         finish(plan, io)
     }
 }
 
-/// Signals, cgroup, namespaces, session and stdio.
-unsafe fn early(p: &ProcessPlan, io: &ChildIo) {
-    // The parent blocks the signals it reads through a signalfd and ignores SIGPIPE; a
-    // container starts with everything default and unblocked. Handlers the parent installed
-    // are reset by execve; ignored signals would stay ignored, so they are reset here.
-    for &sig in &p.ignored_signals {
-        let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
-        act.sa_sigaction = libc::SIG_DFL;
-        unsafe { libc::sigaction(sig, &act, std::ptr::null_mut()) };
-    }
-    let mut empty: libc::sigset_t = unsafe { std::mem::zeroed() };
-    unsafe { libc::sigemptyset(&mut empty) };
-    check!(io, Stage::Signals, 0, unsafe { libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) });
+/// The procfs directory the process's security labels are written through, kept across the
+/// fork into the PID namespace (-1 when there are none).
+fn lsm_dir(p: &ProcessPlan) -> RawFd {
+    p.lsm.proc_dir.as_ref().map_or(-1, |f| f.as_raw_fd())
+}
+
+/// The set-up process (a child of the monitor, in the monitor's PID namespace, which nothing in
+/// a container sees) is not dumpable, which its forked process inherits until execve: its /proc
+/// files are root's and need CAP_SYS_PTRACE. It dies with the monitor.
+unsafe fn setup_process(io: &ChildIo) {
+    check!(io, Stage::Dumpable, 0, unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) });
+    check!(io, Stage::ParentDeath, 0, unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as c_ulong, 0, 0, 0) });
+}
+
+/// Cgroup and namespaces: everything but the PID namespace, which the process is forked into
+/// last (see `fork_process`). `pid_ns` is joined (for children) before any user namespace in
+/// the plan's list: joining a PID namespace owned by the node's needs the node's privileges.
+unsafe fn enter(p: &ProcessPlan, pid_ns: Option<RawFd>, io: &ChildIo) {
     // Device nodes and mountpoints get exactly the modes asked for.
     unsafe { libc::umask(0) };
 
@@ -382,12 +406,114 @@ unsafe fn early(p: &ProcessPlan, io: &ChildIo) {
             unsafe { fail(io, Stage::CgroupJoin, i, errno()) }
         }
     }
+    let mut pid_joined = pid_ns.is_none();
     for (i, (fd, flag, _)) in p.setns.iter().enumerate() {
+        if *flag == libc::CLONE_NEWUSER && !pid_joined {
+            check!(io, Stage::JoinPidns, 0, unsafe { libc::setns(pid_ns.unwrap_or(-1), libc::CLONE_NEWPID) });
+            pid_joined = true;
+        }
         check!(io, Stage::Setns, i, unsafe { libc::setns(fd.as_raw_fd(), *flag) });
+    }
+    if let (Some(fd), false) = (pid_ns, pid_joined) {
+        check!(io, Stage::JoinPidns, 0, unsafe { libc::setns(fd, libc::CLONE_NEWPID) });
     }
     if p.unshare_cgroup {
         check!(io, Stage::UnshareCgroup, 0, unsafe { libc::unshare(libc::CLONE_NEWCGROUP) });
     }
+}
+
+/// Forks the process that becomes the container's (or exec's) into the PID namespace joined for
+/// children (as its init with `new_pid_ns`), as a child of the monitor (CLONE_PARENT), so the
+/// monitor reaps it and gets its exit status. The set-up process reports its pid and exits; the
+/// new process returns with stdio in place and no other descriptor than `keep`. It is visible in
+/// its PID namespace from here on, after its mounts are the container's.
+unsafe fn fork_process(io: &ChildIo, new_pid_ns: bool, keep: &[RawFd]) {
+    let ordered = io.forked == io.status;
+    let mut hold = [-1 as c_int; 2];
+    if ordered {
+        check!(io, Stage::Fork, 0, unsafe { libc::pipe2(hold.as_mut_ptr(), libc::O_CLOEXEC) });
+    }
+    // Stdio in place and every other descriptor of the monitor's closed before the fork: the
+    // forked process is visible in the container's PID namespace from its first instruction.
+    for (i, (from, to)) in [(io.stdin, 0), (io.stdout, 1), (io.stderr, 2)].into_iter().enumerate() {
+        if from == to {
+            check!(io, Stage::Stdio, i, unsafe { libc::fcntl(to, libc::F_SETFD, 0) });
+        } else {
+            check!(io, Stage::Stdio, i, unsafe { libc::dup2(from, to) });
+        }
+    }
+    let mut kept = [-1 as c_int; 10];
+    let mut n = 0;
+    for fd in keep.iter().chain([io.forked, hold[0], hold[1]].iter()) {
+        if *fd >= 0 && n < kept.len() {
+            kept[n] = *fd;
+            n += 1;
+        }
+    }
+    check!(io, Stage::CloseFds, 0, unsafe { close_all_but(&mut kept[..n]) });
+    let flags = libc::CLONE_PARENT | if new_pid_ns { libc::CLONE_NEWPID } else { 0 };
+    let pid = check!(io, Stage::Fork, 0, unsafe { libc::syscall(libc::SYS_clone, flags as c_ulong, 0usize, 0usize, 0usize, 0usize) } as c_int);
+    if pid > 0 {
+        write_record(io.forked, Record { kind: KIND_FORKED, index: pid as u32, ..Default::default() });
+        unsafe { libc::_exit(0) }
+    }
+    // A fresh process: its parent death signal is not inherited.
+    check!(io, Stage::ParentDeath, 0, unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as c_ulong, 0, 0, 0) });
+    if ordered {
+        unsafe { libc::close(hold[1]) };
+        // EOF once the set-up process exited: its report is in the pipe before anything of ours.
+        let mut b = [0u8; 1];
+        while unsafe { libc::read(hold[0], b.as_mut_ptr().cast(), 1) } < 0 && errno() == libc::EINTR {}
+        unsafe { libc::close(hold[0]) };
+    } else {
+        unsafe { libc::close(io.forked) };
+    }
+}
+
+/// Closes every descriptor from 3 on except those in `keep` (sorted here): a descriptor the
+/// monitor holds (sockets, other containers' pipes and namespaces) must not be reachable
+/// through /proc/<pid>/fd of a process in a container, not even until execve.
+unsafe fn close_all_but(keep: &mut [c_int]) -> c_int {
+    keep.sort_unstable();
+    let mut from: c_int = 3;
+    let close = |lo: c_int, hi: c_uint| -> c_int {
+        let r = unsafe { libc::syscall(libc::SYS_close_range, lo as c_uint, hi, 0 as c_uint) } as c_int;
+        if r == 0 || errno() != libc::ENOSYS {
+            return r;
+        }
+        let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+        let max = lim.rlim_cur.min(hi as libc::rlim_t + 1).min(1 << 20) as c_int;
+        for fd in lo..max {
+            unsafe { libc::close(fd) };
+        }
+        0
+    };
+    for &k in keep.iter() {
+        if k < from {
+            continue;
+        }
+        if k > from && close(from, (k - 1) as c_uint) != 0 {
+            return -1;
+        }
+        from = k + 1;
+    }
+    close(from, c_uint::MAX)
+}
+
+/// Signals, session and stdio, in the process that execs.
+unsafe fn early(p: &ProcessPlan, io: &ChildIo) {
+    // The parent blocks the signals it reads through a signalfd and ignores SIGPIPE; a
+    // container starts with everything default and unblocked. Handlers the parent installed
+    // are reset by execve; ignored signals would stay ignored, so they are reset here.
+    for &sig in &p.ignored_signals {
+        let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+        act.sa_sigaction = libc::SIG_DFL;
+        unsafe { libc::sigaction(sig, &act, std::ptr::null_mut()) };
+    }
+    let mut empty: libc::sigset_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::sigemptyset(&mut empty) };
+    check!(io, Stage::Signals, 0, unsafe { libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) });
 
     // Its own session and process group: signals to the group reach everything it starts,
     // and a terminal can become its controlling terminal.
@@ -400,14 +526,8 @@ unsafe fn early(p: &ProcessPlan, io: &ChildIo) {
         unsafe { fail(io, Stage::Keyring, 0, errno()) }
     }
     if io.tty {
-        check!(io, Stage::Stdio, 0, unsafe { libc::ioctl(io.stdin, libc::TIOCSCTTY, 0) });
-    }
-    for (i, (from, to)) in [(io.stdin, 0), (io.stdout, 1), (io.stderr, 2)].into_iter().enumerate() {
-        if from == to {
-            check!(io, Stage::Stdio, i, unsafe { libc::fcntl(to, libc::F_SETFD, 0) });
-        } else {
-            check!(io, Stage::Stdio, i, unsafe { libc::dup2(from, to) });
-        }
+        // Stdio is the terminal's slave side already (see `fork_process`).
+        check!(io, Stage::Stdio, 0, unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) });
     }
     // Nothing but stdio survives execve.
     let r = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
@@ -432,7 +552,9 @@ unsafe fn early(p: &ProcessPlan, io: &ChildIo) {
 }
 
 /// Assembles the root filesystem and pivots into it.
-unsafe fn rootfs(r: &RootfsPlan, io: &ChildIo) {
+/// Assembles the root and pivots into it; returns the detached copy of the host's /dev/null the
+/// masks are made from (-1 without masked paths), for `after_pivot`.
+unsafe fn rootfs(r: &RootfsPlan, io: &ChildIo) -> c_int {
     // Before anything is mounted: nothing may propagate back to the host.
     check!(io, Stage::RootPropagation, 0, mount_raw(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), r.root_propagation, std::ptr::null()));
     if let Some(parent) = &r.rootfs_parent_private {
@@ -450,84 +572,16 @@ unsafe fn rootfs(r: &RootfsPlan, io: &ChildIo) {
     let root = check!(io, Stage::RootfsOpen, 0, unsafe { libc::open(r.rootfs_dir.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) });
 
     for (i, op) in r.ops.iter().enumerate() {
-        match op {
-            RootfsOp::Mount { target, create, source, fstype, flags, data, remount, propagation, recursive_readonly, idmap } => {
+        if r.in_pid_ns[i] {
+            // Mounted by the container's process, in its PID namespace (see `after_pivot`); its
+            // mountpoint is made now, while the root may still be written.
+            if let RootfsOp::Mount { target, create, .. } = op {
                 let fd = check!(io, Stage::MountTarget, i, resolve(root, target, Some(*create)));
-                let path = FdPath::new(fd);
-                if *idmap {
-                    let userns = r.idmap_userns.as_ref().map_or(-1, |f| f.as_raw_fd());
-                    let src = opt_ptr(source);
-                    check!(io, Stage::Mount, i, unsafe { idmapped_bind(src, fd, c"".as_ptr(), userns, *flags & libc::MS_REC != 0) });
-                } else {
-                    check!(io, Stage::Mount, i, mount_raw(opt_ptr(source), path.as_ptr(), opt_ptr(fstype), *flags, opt_ptr(data)));
-                }
-                unsafe { libc::close(fd) };
-                if remount.is_some() || !propagation.is_empty() || *recursive_readonly {
-                    // The descriptor named the mountpoint underneath; reopen to reach the new mount.
-                    let fd = check!(io, Stage::MountTarget, i, resolve(root, target, None));
-                    let path = FdPath::new(fd);
-                    if let Some(extra) = remount {
-                        let flags = libc::MS_BIND | libc::MS_REMOUNT | extra;
-                        check!(io, Stage::Remount, i, mount_raw(std::ptr::null(), path.as_ptr(), std::ptr::null(), flags, std::ptr::null()));
-                    }
-                    for p in propagation {
-                        check!(io, Stage::MountPropagation, i, mount_raw(std::ptr::null(), path.as_ptr(), std::ptr::null(), *p, std::ptr::null()));
-                    }
-                    if *recursive_readonly {
-                        // Mounts under a bind source come along with rbind; ro on the top one
-                        // leaves them writable, so every one of them is made read-only.
-                        let attr = MountAttr { attr_set: MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: 0 };
-                        check!(io, Stage::RecursiveReadonly, i, unsafe {
-                            libc::syscall(libc::SYS_mount_setattr, fd, c"".as_ptr(), libc::AT_EMPTY_PATH | AT_RECURSIVE, &attr as *const MountAttr, std::mem::size_of::<MountAttr>())
-                        } as c_int);
-                    }
-                    unsafe { libc::close(fd) };
-                }
-            }
-            RootfsOp::Remount { target, flags } => {
-                let fd = check!(io, Stage::MountTarget, i, resolve(root, target, None));
-                let path = FdPath::new(fd);
-                check!(io, Stage::Remount, i, mount_raw(std::ptr::null(), path.as_ptr(), std::ptr::null(), libc::MS_REMOUNT | flags, std::ptr::null()));
                 unsafe { libc::close(fd) };
             }
-            RootfsOp::Device { target, mode, dev, uid, gid, host_path } => {
-                let (dir, n) = resolve_parent(root, target);
-                if dir < 0 {
-                    unsafe { fail(io, Stage::Device, i, errno()) }
-                }
-                let name = target.names[n].as_ptr();
-                if unsafe { libc::mknodat(dir, name, *mode, *dev) } != 0 {
-                    match errno() {
-                        libc::EEXIST => {}
-                        libc::EPERM => {
-                            // No mknod (e.g. a node without CAP_MKNOD): bind the host's node.
-                            let f = unsafe { libc::openat(dir, name, libc::O_CREAT | libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC, 0o644) };
-                            if f < 0 {
-                                unsafe { fail(io, Stage::Device, i, errno()) }
-                            }
-                            unsafe { libc::close(f) };
-                            let fd = check!(io, Stage::Device, i, resolve(root, target, None));
-                            let path = FdPath::new(fd);
-                            check!(io, Stage::Device, i, mount_raw(host_path.as_ptr(), path.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()));
-                            unsafe { libc::close(fd) };
-                        }
-                        e => unsafe { fail(io, Stage::Device, i, e) },
-                    }
-                }
-                check!(io, Stage::Device, i, unsafe { libc::fchownat(dir, name, *uid, *gid, libc::AT_SYMLINK_NOFOLLOW) });
-                unsafe { libc::close(dir) };
-            }
-            RootfsOp::Symlink { target, link } => {
-                let (dir, n) = resolve_parent(root, target);
-                if dir < 0 {
-                    unsafe { fail(io, Stage::Symlink, i, errno()) }
-                }
-                if unsafe { libc::symlinkat(link.as_ptr(), dir, target.names[n].as_ptr()) } != 0 && errno() != libc::EEXIST {
-                    unsafe { fail(io, Stage::Symlink, i, errno()) }
-                }
-                unsafe { libc::close(dir) };
-            }
+            continue;
         }
+        unsafe { rootfs_op(r, root, i, op, io) };
     }
     if let Some(cwd) = &r.cwd {
         let fd = check!(io, Stage::Cwd, 0, resolve(root, cwd, Some(Create::Dir)));
@@ -563,8 +617,22 @@ unsafe fn rootfs(r: &RootfsPlan, io: &ChildIo) {
         libc::close(old_root);
         libc::close(root);
     }
+    mask_source
+}
 
-    // From here on paths resolve inside the container's root.
+/// What is mounted after pivot_root, by the container's process: /proc (it shows the PID
+/// namespace of the process that mounts it) and whatever is below it, then the read-only and
+/// masked paths (mostly under /proc) and the read-only root.
+unsafe fn after_pivot(r: &RootfsPlan, mask_source: c_int, io: &ChildIo) {
+    if r.in_pid_ns.iter().any(|d| *d) {
+        let root = check!(io, Stage::RootfsOpen, 0, unsafe { libc::open(c"/".as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) });
+        for (i, op) in r.ops.iter().enumerate() {
+            if r.in_pid_ns[i] {
+                unsafe { rootfs_op(r, root, i, op, io) };
+            }
+        }
+        unsafe { libc::close(root) };
+    }
     for (i, p) in r.readonly_paths.iter().enumerate() {
         if mount_raw(p.as_ptr(), p.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null()) != 0 {
             if errno() == libc::ENOENT {
@@ -612,6 +680,94 @@ unsafe fn rootfs(r: &RootfsPlan, io: &ChildIo) {
         close_if(fd);
         let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | keep;
         check!(io, Stage::ReadonlyRoot, 0, mount_raw(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), flags, std::ptr::null()));
+    }
+}
+
+/// One step of assembling the root filesystem `root` (a descriptor of its top directory).
+unsafe fn rootfs_op(r: &RootfsPlan, root: c_int, i: usize, op: &RootfsOp, io: &ChildIo) {
+    match op {
+        RootfsOp::Mount { target, create, source, fstype, flags, data, remount, propagation, recursive_readonly, idmap } => {
+            let fd = check!(io, Stage::MountTarget, i, resolve(root, target, Some(*create)));
+            let path = FdPath::new(fd);
+            if *idmap {
+                let userns = r.idmap_userns.as_ref().map_or(-1, |f| f.as_raw_fd());
+                let src = opt_ptr(source);
+                check!(io, Stage::Mount, i, unsafe { idmapped_bind(src, fd, c"".as_ptr(), userns, *flags & libc::MS_REC != 0) });
+            } else if r.in_pid_ns[i] {
+                // After pivot_root, where /proc (and so /proc/self/fd) may not be mounted yet:
+                // mounted on the working directory instead.
+                check!(io, Stage::Mount, i, unsafe { libc::fchdir(fd) });
+                check!(io, Stage::Mount, i, mount_raw(opt_ptr(source), c".".as_ptr(), opt_ptr(fstype), *flags, opt_ptr(data)));
+                check!(io, Stage::Mount, i, unsafe { libc::chdir(c"/".as_ptr()) });
+            } else {
+                check!(io, Stage::Mount, i, mount_raw(opt_ptr(source), path.as_ptr(), opt_ptr(fstype), *flags, opt_ptr(data)));
+            }
+            unsafe { libc::close(fd) };
+            if remount.is_some() || !propagation.is_empty() || *recursive_readonly {
+                // The descriptor named the mountpoint underneath; reopen to reach the new mount.
+                let fd = check!(io, Stage::MountTarget, i, resolve(root, target, None));
+                let path = FdPath::new(fd);
+                if let Some(extra) = remount {
+                    let flags = libc::MS_BIND | libc::MS_REMOUNT | extra;
+                    check!(io, Stage::Remount, i, mount_raw(std::ptr::null(), path.as_ptr(), std::ptr::null(), flags, std::ptr::null()));
+                }
+                for p in propagation {
+                    check!(io, Stage::MountPropagation, i, mount_raw(std::ptr::null(), path.as_ptr(), std::ptr::null(), *p, std::ptr::null()));
+                }
+                if *recursive_readonly {
+                    // Mounts under a bind source come along with rbind; ro on the top one
+                    // leaves them writable, so every one of them is made read-only.
+                    let attr = MountAttr { attr_set: MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: 0 };
+                    check!(io, Stage::RecursiveReadonly, i, unsafe {
+                        libc::syscall(libc::SYS_mount_setattr, fd, c"".as_ptr(), libc::AT_EMPTY_PATH | AT_RECURSIVE, &attr as *const MountAttr, std::mem::size_of::<MountAttr>())
+                    } as c_int);
+                }
+                unsafe { libc::close(fd) };
+            }
+        }
+        RootfsOp::Remount { target, flags } => {
+            let fd = check!(io, Stage::MountTarget, i, resolve(root, target, None));
+            let path = FdPath::new(fd);
+            check!(io, Stage::Remount, i, mount_raw(std::ptr::null(), path.as_ptr(), std::ptr::null(), libc::MS_REMOUNT | flags, std::ptr::null()));
+            unsafe { libc::close(fd) };
+        }
+        RootfsOp::Device { target, mode, dev, uid, gid, host_path } => {
+            let (dir, n) = resolve_parent(root, target);
+            if dir < 0 {
+                unsafe { fail(io, Stage::Device, i, errno()) }
+            }
+            let name = target.names[n].as_ptr();
+            if unsafe { libc::mknodat(dir, name, *mode, *dev) } != 0 {
+                match errno() {
+                    libc::EEXIST => {}
+                    libc::EPERM => {
+                        // No mknod (e.g. a node without CAP_MKNOD): bind the host's node.
+                        let f = unsafe { libc::openat(dir, name, libc::O_CREAT | libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC, 0o644) };
+                        if f < 0 {
+                            unsafe { fail(io, Stage::Device, i, errno()) }
+                        }
+                        unsafe { libc::close(f) };
+                        let fd = check!(io, Stage::Device, i, resolve(root, target, None));
+                        let path = FdPath::new(fd);
+                        check!(io, Stage::Device, i, mount_raw(host_path.as_ptr(), path.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()));
+                        unsafe { libc::close(fd) };
+                    }
+                    e => unsafe { fail(io, Stage::Device, i, e) },
+                }
+            }
+            check!(io, Stage::Device, i, unsafe { libc::fchownat(dir, name, *uid, *gid, libc::AT_SYMLINK_NOFOLLOW) });
+            unsafe { libc::close(dir) };
+        }
+        RootfsOp::Symlink { target, link } => {
+            let (dir, n) = resolve_parent(root, target);
+            if dir < 0 {
+                unsafe { fail(io, Stage::Symlink, i, errno()) }
+            }
+            if unsafe { libc::symlinkat(link.as_ptr(), dir, target.names[n].as_ptr()) } != 0 && errno() != libc::EEXIST {
+                unsafe { fail(io, Stage::Symlink, i, errno()) }
+            }
+            unsafe { libc::close(dir) };
+        }
     }
 }
 
@@ -801,11 +957,11 @@ mod tests {
         let r = Record { kind: KIND_ERROR, stage: Stage::Mount as u32, index: 7, errno: libc::EPERM };
         assert_eq!(Record::from_bytes(&r.to_bytes()), r);
         assert_eq!(RECORD_SIZE, 16);
-        for v in 1..=41 {
+        for v in 1..=44 {
             assert_eq!(Stage::from_u32(v).map(|s| s as u32), Some(v));
         }
         assert_eq!(Stage::from_u32(0), None);
-        assert_eq!(Stage::from_u32(42), None);
+        assert_eq!(Stage::from_u32(45), None);
     }
 
     #[test]

@@ -1,18 +1,23 @@
 //! Forking container and exec processes from a prepared plan, and explaining their failures.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 
-use super::child::{self, ChildIo, Record, Stage};
+use super::child::{self, ChildIo, Record, Stage, RECORD_SIZE};
 use super::plan::{errno_text, ContainerPlan, ExecPlan, ProcessPlan, RootfsPlan};
 use crate::sys::cvt;
 
-/// Forks the container's main process with its new namespaces. It sets itself up, reports
-/// ready (or an error) on `io.status`, and waits at `io.gate` before execve.
+/// Forks the set-up process of a container: it gets the container's new namespaces (all but the
+/// PID namespace), joins its cgroup, assembles and pivots into its root filesystem, then forks
+/// the container's process into its PID namespace (`fork_process` in `child`), reports its pid
+/// as a KIND_FORKED record on `io.status` and exits. The container's process reports ready (or
+/// an error) on `io.status` too, and waits at `io.gate` before execve. Returns the set-up
+/// process's pid; the container's process is the caller's child too.
 ///
-/// The caller must be single-threaded: the child runs plain system calls until execve.
+/// The caller must be single-threaded: the children run plain system calls until execve.
 pub fn spawn_container(plan: &ContainerPlan, io: &ChildIo) -> io::Result<libc::pid_t> {
-    // A raw clone behaves like fork but can create the PID namespace the child becomes init of.
+    debug_assert_eq!(io.forked, io.status);
+    // A raw clone behaves like fork but can create namespaces for the child.
     let flags = (plan.clone_flags | libc::SIGCHLD) as libc::c_ulong;
     let pid = cvt(unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) })?;
     if pid == 0 {
@@ -21,33 +26,38 @@ pub fn spawn_container(plan: &ContainerPlan, io: &ChildIo) -> io::Result<libc::p
     Ok(pid as libc::pid_t)
 }
 
-/// Forks a process that enters a running container and execs there. When the container has
-/// its own PID namespace the caller's namespace for children is switched around the fork.
+/// Forks a process that enters a running container and execs there: a set-up process enters
+/// its cgroup and namespaces, then forks the process into its PID namespace, so the process is
+/// never seen in the container before it is in the container's mounts. Returns the pid of the
+/// process that execs (the caller's child), once the set-up process is done and reaped; if the
+/// set-up process failed, its own pid (unreaped; its error record is on `io.status`).
+///
+/// The caller must be single-threaded.
 pub fn spawn_exec(plan: &ExecPlan, io: &ChildIo) -> io::Result<libc::pid_t> {
-    let saved = match &plan.pid_ns {
-        None => None,
-        Some(ns) => {
-            let own = open("/proc/self/ns/pid_for_children")?;
-            cvt(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWPID) })?;
-            Some(own)
+    let (report_r, report_w) = crate::sys::pipe_cloexec()?;
+    let io = ChildIo { forked: report_w.as_raw_fd(), ..*io };
+    let setup = cvt(unsafe { libc::fork() })?;
+    if setup == 0 {
+        unsafe { child::exec_main(&plan.process, plan.pid_ns.as_deref().map(|f| f.as_raw_fd()), &io) }
+    }
+    drop(report_w);
+    let mut raw = [0u8; RECORD_SIZE];
+    let mut got = 0;
+    while got < RECORD_SIZE {
+        match unsafe { libc::read(report_r.as_raw_fd(), raw[got..].as_mut_ptr().cast(), RECORD_SIZE - got) } {
+            n if n > 0 => got += n as usize,
+            n if n < 0 && crate::sys::errno(&io::Error::last_os_error()) == libc::EINTR => {}
+            _ => break,
         }
-    };
-    let forked = cvt(unsafe { libc::fork() });
-    if let Ok(0) = forked {
-        unsafe { child::exec_main(&plan.process, io) }
     }
-    if let Some(own) = saved {
-        // Children forked later must land in the pod's namespace again; failing that is fatal
-        // for the caller's invariants, so it is reported loudly.
-        cvt(unsafe { libc::setns(own.as_raw_fd(), libc::CLONE_NEWPID) })?;
+    if got < RECORD_SIZE {
+        // It failed (and said why on the status pipe) or was killed: the caller reaps it.
+        return Ok(setup);
     }
-    forked
-}
-
-fn open(path: &str) -> io::Result<OwnedFd> {
-    let c = crate::sys::cstr(path)?;
-    let fd = cvt(unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) })?;
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let rec = Record::from_bytes(&raw);
+    // It exits right after reporting.
+    crate::sys::wait_pid(setup)?;
+    Ok(rec.index as libc::pid_t)
 }
 
 /// Whether a set-up failure is the spec's fault (a missing binary, a bad mount option) rather
@@ -128,6 +138,9 @@ pub fn describe_failure(process: &ProcessPlan, rootfs: Option<&RootfsPlan>, rec:
         Stage::JoinUserns => "join the pod's user namespace".to_owned(),
         Stage::MaskSource => "take the host's /dev/null to mask paths with".to_owned(),
         Stage::Lsm => process.lsm.describe(i),
+        Stage::JoinPidns => "join the PID namespace".to_owned(),
+        Stage::Fork => "fork the process into its PID namespace".to_owned(),
+        Stage::Dumpable => "make the set-up process non-dumpable".to_owned(),
     };
     (kind, format!("{}: {}", step, errno_text(errno)))
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use super::child::{ChildIo, Record, KIND_ERROR, KIND_READY, RECORD_SIZE};
+use super::child::{ChildIo, Record, KIND_ERROR, KIND_FORKED, KIND_READY, RECORD_SIZE};
 use super::launch::{describe_failure, spawn_container};
 use super::plan::container_plan;
 use super::spec::Spec;
@@ -101,10 +101,18 @@ fn launch_bundle(bundle: &Path, spec: &Spec) -> (Option<Record>, Option<Record>,
         status: status_w.as_raw_fd(),
         gate: gate_r.as_raw_fd(),
         hooks_gate: -1,
+        forked: status_w.as_raw_fd(),
     };
-    let pid = spawn_container(&plan, &io).unwrap();
+    let setup = spawn_container(&plan, &io).unwrap();
     drop((out_w, status_w, gate_r));
-    let ready = read_record(status_r.as_raw_fd());
+    // The set-up process reports the container's process (and exits) before that reports.
+    let mut ready = read_record(status_r.as_raw_fd());
+    let mut pid = setup;
+    if let Some(forked) = ready.filter(|r| r.kind == KIND_FORKED) {
+        assert_eq!(sys::wait_pid(setup).unwrap(), sys::ExitStatus::Exited(0));
+        pid = forked.index as libc::pid_t;
+        ready = read_record(status_r.as_raw_fd());
+    }
     let mut after = None;
     if ready.map(|r| r.kind) == Some(KIND_READY) {
         sys::write_all_fd(gate_w.as_raw_fd(), b"s").unwrap();

@@ -156,6 +156,9 @@ pub struct RootfsPlan {
     pub readonly_paths: Vec<CString>,
     pub masked_paths: Vec<CString>,
     pub readonly_root: bool,
+    /// Per op: made after pivot_root by the container's process, in its PID namespace — proc
+    /// mounts, which show the mounter's PID namespace, and everything at or below them.
+    pub in_pid_ns: Vec<bool>,
     /// With a user namespace: the container's user namespace (the mapping of id-mapped mounts),
     /// and the layer directories to mount id-mapped at the paths the overlay then stacks.
     pub idmap_userns: Option<OwnedFd>,
@@ -226,8 +229,14 @@ impl std::fmt::Debug for ProcessPlan {
 }
 
 pub struct ContainerPlan {
-    /// CLONE_NEW* flags for the clone that creates the container process.
+    /// CLONE_NEW* flags for the clone that creates the container's set-up process (all but
+    /// CLONE_NEWPID: the container's process is forked into its PID namespace once set up).
     pub clone_flags: c_int,
+    /// The container's process is init of a PID namespace of its own.
+    pub new_pid_ns: bool,
+    /// The (pod's) PID namespace the container's process is forked into, when it is not the
+    /// one the caller's children land in.
+    pub pid_ns: Option<Arc<OwnedFd>>,
     pub process: ProcessPlan,
     pub rootfs: RootfsPlan,
 }
@@ -457,7 +466,9 @@ pub fn container_plan(spec: &Spec, bundle: &Path) -> Result<ContainerPlan, Strin
     }
 
     let mut clone_flags = libc::CLONE_NEWNS;
-    for (kind, flag) in [("pid", libc::CLONE_NEWPID), ("network", libc::CLONE_NEWNET), ("ipc", libc::CLONE_NEWIPC), ("uts", libc::CLONE_NEWUTS)] {
+    let new_pid_ns = spec.new_namespace("pid");
+    let mut pid_ns = None;
+    for (kind, flag) in [("network", libc::CLONE_NEWNET), ("ipc", libc::CLONE_NEWIPC), ("uts", libc::CLONE_NEWUTS)] {
         if spec.new_namespace(kind) {
             clone_flags |= flag;
         }
@@ -478,10 +489,11 @@ pub fn container_plan(spec: &Spec, bundle: &Path) -> Result<ContainerPlan, Strin
         if wanted == current {
             continue;
         }
-        if kind == "pid" {
-            return Err(format!("joining PID namespace {} is not supported: it is not the pod's", path));
-        }
         let fd = open_cloexec(Path::new(path), libc::O_RDONLY)?;
+        if kind == "pid" {
+            pid_ns = Some(Arc::new(fd));
+            continue;
+        }
         process.setns.push((Arc::new(fd), flag, kind_name(kind)));
     }
 
@@ -489,7 +501,7 @@ pub fn container_plan(spec: &Spec, bundle: &Path) -> Result<ContainerPlan, Strin
         process.userns = Some(open_cloexec(Path::new(path), libc::O_RDONLY)?);
     }
     let rootfs = rootfs_plan(spec, bundle, &mut process.warnings)?;
-    Ok(ContainerPlan { clone_flags, process, rootfs })
+    Ok(ContainerPlan { clone_flags, new_pid_ns, pid_ns, process, rootfs })
 }
 
 fn kind_name(kind: &str) -> &'static str {
@@ -742,7 +754,9 @@ fn rootfs_plan(spec: &Spec, bundle: &Path, warnings: &mut Vec<String>) -> Result
     let paths = |list: &[String]| -> Result<Vec<CString>, String> {
         list.iter().filter(|p| p.starts_with('/')).map(|p| cstring(clean_destination(p))).collect()
     };
+    let in_pid_ns = in_pid_ns(&ops);
     Ok(RootfsPlan {
+        in_pid_ns,
         root_propagation,
         rootfs_parent_private,
         overlay_chdir,
@@ -756,6 +770,29 @@ fn rootfs_plan(spec: &Spec, bundle: &Path, warnings: &mut Vec<String>) -> Result
         idmap_userns,
         idmap_layers,
     })
+}
+
+/// Which ops must run in the container's PID namespace: proc mounts, and every op at or below
+/// one (the set-up process sees the node's PID namespace).
+fn in_pid_ns(ops: &[RootfsOp]) -> Vec<bool> {
+    fn target(op: &RootfsOp) -> &str {
+        match op {
+            RootfsOp::Mount { target, .. } | RootfsOp::Remount { target, .. } | RootfsOp::Device { target, .. } | RootfsOp::Symlink { target, .. } => {
+                target.display.as_str()
+            }
+        }
+    }
+    let mut proc_targets: Vec<&str> = Vec::new();
+    ops.iter()
+        .map(|op| {
+            let t = target(op);
+            if matches!(op, RootfsOp::Mount { fstype: Some(f), .. } if f.as_bytes() == b"proc") {
+                proc_targets.push(t);
+                return true;
+            }
+            proc_targets.iter().any(|p| t == *p || t.strip_prefix(*p).is_some_and(|rest| rest.starts_with('/')))
+        })
+        .collect()
 }
 
 /// Normalises a destination: no duplicate or trailing slashes, no "." components.
@@ -921,6 +958,22 @@ mod tests {
             base[k] = val.clone();
         }
         Spec::parse(&serde_json::to_vec(&base).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn proc_and_what_lies_below_it_are_mounted_in_the_pid_namespace() {
+        let s = spec(json!({
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs"},
+                {"destination": "/proc/driver/x", "type": "bind", "source": "/etc/hostname", "options": ["rbind", "ro"]},
+                {"destination": "/procedure", "type": "tmpfs", "source": "tmpfs"}
+            ]
+        }));
+        let plan = rootfs_plan(&s, Path::new("/b"), &mut Vec::new()).unwrap();
+        let after: Vec<String> = plan.ops.iter().zip(&plan.in_pid_ns).filter(|(_, d)| **d).map(|(o, _)| o.describe()).collect();
+        assert_eq!(after, ["mount proc (proc) on /proc", "mount /etc/hostname (bind) on /proc/driver/x"]);
+        assert_eq!(plan.in_pid_ns.len(), plan.ops.len());
     }
 
     #[test]
