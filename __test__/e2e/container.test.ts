@@ -1,5 +1,5 @@
 import * as os from 'node:os';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -710,4 +710,53 @@ test('ImageFsInfo reports the image filesystem and the containers\' writable lay
   const after = await env.c.call('imageFsInfo', {});
   t.true(after.containerFilesystems[0].usedBytes!.value >= before.containerFilesystems[0].usedBytes!.value + 6_000_000n);
   t.true(after.imageFilesystems[0].usedBytes!.value > 0n);
+});
+
+/** Runs `cat file` as the host's `nobody`; what it printed, or the error it got. */
+function readAsNobody(file: string): { ok: boolean; output: string } {
+  const res = spawnSync('/bin/cat', [file], { uid: 65534, gid: 65534, encoding: 'utf8' });
+  return { ok: res.status === 0, output: res.status === 0 ? res.stdout : res.stderr };
+}
+
+test('files a container plants in its writable layer or /dev/shm are out of reach of unprivileged host users, also after a restart repairs the modes', async (t) => {
+  const env = await setup(t, { linux: { cgroupParent: CGROUP_PARENT, securityContext: { namespaceOptions: { network: 2, ipc: 0 } } } });
+  // Like /var/lib and /run: the daemon's own directories are all that stands between a local user
+  // and the container's files (the test's temporary directory is 0700 otherwise).
+  fs.chmodSync(env.d.dir, 0o711);
+  const script = [
+    // What a hostile container root leaves for a local user: a setuid shell, a world-readable and
+    // writable file, and the same in the pod's shared memory.
+    'cp /bin/busybox /planted-shell && chmod 4755 /planted-shell',
+    'echo planted > /planted-file && chmod 0666 /planted-file',
+    'echo planted > /dev/shm/planted-shm && chmod 0666 /dev/shm/planted-shm',
+    'echo planted',
+    'exec sleep 60',
+  ].join('; ');
+  const id = await run(env, containerConfig(t, script));
+  const st = (await env.c.call('containerStatus', { containerId: id })).status!;
+  for (let i = 0; i < 100 && !logText(st.logPath).includes('planted'); i++) await new Promise((r) => setTimeout(r, 50));
+  t.is(logText(st.logPath), 'planted\n');
+  const upper = path.join(env.d.root, 'containers', id, 'upper');
+  const planted = [path.join(upper, 'planted-file'), path.join(upper, 'planted-shell'), path.join(env.d.state, 'sandboxes', env.pod, 'shm', 'planted-shm')];
+  for (const file of planted) t.true(fs.existsSync(file), `${file} is there for root`);
+  const check = (when: string) => {
+    for (const file of planted) {
+      const res = readAsNobody(file);
+      t.false(res.ok, `${when}: nobody reads ${file}`);
+      t.regex(res.output, /Permission denied/, `${when}: ${file}`);
+    }
+    for (const dir of [path.join(env.d.root, 'containers'), path.join(env.d.state, 'containers'), path.join(env.d.state, 'sandboxes')]) {
+      t.is(fs.statSync(dir).mode & 0o7777, 0o700, `${when}: ${dir}`);
+    }
+  };
+  check('created');
+  // A root made by an older version keeps its modes unless the daemon repairs them at start.
+  await env.d.stop();
+  for (const dir of ['root/containers', `root/containers/${id}`, 'state/containers', 'state/sandboxes', `state/sandboxes/${env.pod}`]) {
+    fs.chmodSync(path.join(env.d.dir, dir), 0o711);
+  }
+  t.true(readAsNobody(planted[0]!).ok, 'with the old modes, nobody reads the planted file');
+  await env.d.start();
+  check('after a restart');
+  t.is((await env.c.call('containerStatus', { containerId: id })).status!.state, ContainerState.CONTAINER_RUNNING, 'the container survived');
 });
