@@ -60,6 +60,11 @@ export class FakeNativeCore implements NativeCore {
     return undefined;
   }
 
+  /** The fake locks nothing: the daemon lock is tested against the real addon. */
+  lockFile(target: string): number {
+    throw new Error(`FakeNativeCore cannot lock ${target}`);
+  }
+
   async removeTree(target: string): Promise<void> {
     await fsp.rm(target, { recursive: true, force: true });
   }

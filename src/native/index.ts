@@ -55,6 +55,11 @@ export interface NativeCore {
   writeFileAtomic(file: string, data: string, mode: number, durable: boolean): Promise<void>;
   /** `fs.rm(path, {recursive, force})` in one worker-thread task; errno-coded errors. */
   removeTree(path: string): Promise<void>;
+  /**
+   * An exclusive lock on the 0600 file at `path`, held by the returned descriptor until it is
+   * closed or the process dies; throws with code `EAGAIN` while another process holds it.
+   */
+  lockFile(path: string): number;
   /** The cgroupfs path of `name` under `parent` (a path or a systemd slice name). */
   cgroupResolvePath(parent: string, name: string): string;
   /** Creates (idempotently) a cgroup under `parent` with `resources` applied. */
@@ -134,6 +139,7 @@ const REQUIRED_EXPORTS: ReadonlyArray<keyof NativeAddon> = [
   'diskUsage',
   'writeFileAtomic',
   'removeTree',
+  'lockFile',
 ];
 
 /** The error code the addon attached to an error, if any. */
@@ -242,6 +248,11 @@ class AddonCore implements NativeCore {
 
   removeTree(target: string): Promise<void> {
     return this.addon.removeTree(target);
+  }
+
+  lockFile(target: string): number {
+    // Errno-coded, so the caller can tell a held lock (EAGAIN) from a failure.
+    return this.addon.lockFile(target);
   }
 
   mountTmpfs(target: string, options: string): void {

@@ -6,7 +6,7 @@
 use std::os::fd::IntoRawFd;
 use std::path::Path;
 
-use crisp_core::{atomic_file, du, spawn, tree};
+use crisp_core::{atomic_file, du, lock_file, spawn, tree};
 use crisp_core::unpack::errno_name;
 
 use crate::js::{self, Args, Env, IntoJs, JsError, Value};
@@ -21,6 +21,7 @@ pub fn register(env: Env, exports: Value) -> Result<(), JsError> {
     js::register(env, exports, "spawnPiped", spawn_piped)?;
     js::register(env, exports, "removeTree", remove_tree)?;
     js::register(env, exports, "waitChild", wait_child)?;
+    js::register(env, exports, "lockFile", lock_file_export)?;
     Ok(())
 }
 
@@ -159,4 +160,16 @@ fn remove_tree(env: Env, args: &Args) -> Result<Value, JsError> {
     js::promise(env, "crisp.removeTree", move || {
         tree::remove_tree(Path::new(&target)).map(|()| Written).map_err(|e| io_error(&format!("remove {target}"), e))
     })
+}
+
+/// `lockFile(path: string): number` — an exclusive `flock` on the 0600 file at `path` (created if
+/// missing, never through a symlink), held by the returned close-on-exec descriptor for as long as
+/// it stays open. Code `EAGAIN` when another open file holds it.
+fn lock_file_export(env: Env, args: &Args) -> Result<Value, JsError> {
+    let target = args.path(0, "path")?;
+    match lock_file::lock_exclusive(Path::new(&target)) {
+        Ok(fd) => env.number(f64::from(fd.into_raw_fd())),
+        Err(lock_file::LockError::Held) => Err(JsError::new("EAGAIN", format!("{target} is locked by another process"))),
+        Err(lock_file::LockError::Io(e)) => Err(io_error(&format!("lock {target}"), e)),
+    }
 }
