@@ -760,3 +760,29 @@ test('files a container plants in its writable layer or /dev/shm are out of reac
   check('after a restart');
   t.is((await env.c.call('containerStatus', { containerId: id })).status!.state, ContainerState.CONTAINER_RUNNING, 'the container survived');
 });
+
+test('a symlink planted at the container log path is not followed, on create or on reopen', async (t) => {
+  const env = await setup(t);
+  const victim = path.join(env.d.dir, 'victim');
+  fs.writeFileSync(victim, 'precious\n');
+  // The log directory is kubelet's; a pod that has it mounted can leave a link where the log goes.
+  const planted = containerConfig(t, 'echo appended-to-the-victim');
+  fs.mkdirSync(env.logDir, { recursive: true });
+  fs.symlinkSync(victim, path.join(env.logDir, planted.logPath));
+  const err = (await t.throwsAsync(run(env, planted))) as grpc.ServiceError;
+  t.is(err.code, grpc.status.FAILED_PRECONDITION, err.details);
+  t.regex(err.details, /open log file .*symbolic links/);
+
+  // Rotation: kubelet renames the log and asks for a reopen; a link is there by then.
+  const rotated = containerConfig(t, 'sleep 1; echo after-reopen; sleep 30');
+  const id = await run(env, rotated);
+  const logPath = path.join(env.logDir, rotated.logPath);
+  for (let i = 0; i < 100 && !fs.existsSync(logPath); i++) await new Promise((r) => setTimeout(r, 20));
+  fs.renameSync(logPath, `${logPath}.1`);
+  fs.symlinkSync(victim, logPath);
+  const reopenErr = (await t.throwsAsync(env.c.call('reopenContainerLog', { containerId: id }))) as grpc.ServiceError;
+  t.is(reopenErr.code, grpc.status.FAILED_PRECONDITION, reopenErr.details);
+  await new Promise((r) => setTimeout(r, 1500));
+  t.is(fs.readFileSync(victim, 'utf8'), 'precious\n', 'nothing was written through the links');
+  await env.c.call('stopContainer', { containerId: id, timeout: 0n });
+});
