@@ -115,4 +115,10 @@ export interface NativeAddon {
    * `EAGAIN` when another open file holds the lock.
    */
   lockFile(path: string): number;
+  /**
+   * Writes `members` (a JSON array of paths relative to `upperDir`, parents first) as a tar at
+   * `out` (created 0600, synced), reading each through descriptors, never through a symlink;
+   * resolves with JSON `{"entries","skipped"}`. One threadpool task.
+   */
+  writeRootfsDiff(upperDir: string, members: string, out: string): Promise<string>;
 }

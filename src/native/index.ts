@@ -60,6 +60,11 @@ export interface NativeCore {
    * closed or the process dies; throws with code `EAGAIN` while another process holds it.
    */
   lockFile(path: string): number;
+  /**
+   * The listed entries of a running container's writable layer as a tar at `out`, each resolved
+   * beneath `upperDir` without following symlinks and read through its own descriptor.
+   */
+  writeRootfsDiff(upperDir: string, members: readonly string[], out: string): Promise<{ entries: number; skipped: number }>;
   /** The cgroupfs path of `name` under `parent` (a path or a systemd slice name). */
   cgroupResolvePath(parent: string, name: string): string;
   /** Creates (idempotently) a cgroup under `parent` with `resources` applied. */
@@ -140,6 +145,7 @@ const REQUIRED_EXPORTS: ReadonlyArray<keyof NativeAddon> = [
   'writeFileAtomic',
   'removeTree',
   'lockFile',
+  'writeRootfsDiff',
 ];
 
 /** The error code the addon attached to an error, if any. */
@@ -248,6 +254,10 @@ class AddonCore implements NativeCore {
 
   removeTree(target: string): Promise<void> {
     return this.addon.removeTree(target);
+  }
+
+  async writeRootfsDiff(upperDir: string, members: readonly string[], out: string): Promise<{ entries: number; skipped: number }> {
+    return JSON.parse(await this.addon.writeRootfsDiff(upperDir, JSON.stringify(members), out)) as { entries: number; skipped: number };
   }
 
   lockFile(target: string): number {

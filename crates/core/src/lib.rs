@@ -16,3 +16,4 @@ pub mod atomic_file;
 pub mod tree;
 pub mod layer_lookup;
 pub mod lock_file;
+pub mod rootfs_diff;
