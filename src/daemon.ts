@@ -61,7 +61,7 @@ export class Daemon {
   static async start(config: Config, log: Logger): Promise<Daemon> {
     fs.mkdirSync(config.root, { recursive: true, mode: 0o711 });
     fs.mkdirSync(config.state, { recursive: true, mode: 0o711 });
-    const lock = await DaemonLock.acquire(config.root, config.state);
+    const lock = await DaemonLock.acquire(config.root, config.state, (file) => loadNative().lockFile(file));
     let daemon: Daemon | undefined;
     try {
       const service = new CriService(config, log, packageVersion());

@@ -1,44 +1,50 @@
-import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as path from 'node:path';
+import { nativeErrorCode } from './native';
 import { writeFileAtomic } from './util/fsutil';
 
+/** Takes the exclusive lock on a file; returns the descriptor holding it (`NativeCore.lockFile`). */
+export type FileLocker = (file: string) => number;
+
+/** The lock file's name under the root. */
+export const DAEMON_LOCK_FILE = 'crisp.lock';
+
 /**
- * Ensures one daemon per root directory. The lock is an abstract unix socket named after the
- * root's real path: the kernel releases it when the holder dies, even by SIGKILL, so a crashed
- * daemon never leaves a stale lock behind. `<state>/crisp.pid` records the holder for operators.
+ * Ensures one daemon per root directory: an exclusive `flock` on `<root>/crisp.lock`, a 0600 file
+ * only root can open, so no other local user (or host-network pod) can take it first. The kernel
+ * releases it when the holder dies, even by SIGKILL, so a crashed daemon never leaves a stale lock
+ * behind; the descriptor is close-on-exec, so the pod monitors, which outlive the daemon, never
+ * hold it. `<state>/crisp.pid` records the holder for operators.
  */
 export class DaemonLock {
   private constructor(
-    private readonly server: net.Server,
+    private fd: number | undefined,
     private readonly pidFile: string,
   ) {}
 
-  static async acquire(root: string, state: string): Promise<DaemonLock> {
+  static async acquire(root: string, state: string, lockFile: FileLocker): Promise<DaemonLock> {
     const real = fs.realpathSync(root);
-    const name = `\0crisp-${crypto.createHash('sha256').update(real).digest('hex').slice(0, 32)}`;
     const pidFile = path.join(state, 'crisp.pid');
-    const server = net.createServer();
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', (err: NodeJS.ErrnoException) => {
-        if (err.code === 'EADDRINUSE') {
-          let holder = '';
-          try {
-            holder = ` (pid ${fs.readFileSync(pidFile, 'utf8').trim()})`;
-          } catch {
-            // The pid file is informational only.
-          }
-          reject(new Error(`another crisp daemon${holder} is already using root ${real}`));
-        } else {
-          reject(err);
-        }
-      });
-      server.listen({ path: name, exclusive: true }, () => resolve());
-    });
-    server.unref();
-    await writeFileAtomic(pidFile, `${process.pid}\n`, 0o644);
-    return new DaemonLock(server, pidFile);
+    let fd: number;
+    try {
+      fd = lockFile(path.join(real, DAEMON_LOCK_FILE));
+    } catch (err) {
+      if (nativeErrorCode(err) !== 'EAGAIN') throw err;
+      let holder = '';
+      try {
+        holder = ` (pid ${fs.readFileSync(pidFile, 'utf8').trim()})`;
+      } catch {
+        // The pid file is informational only.
+      }
+      throw new Error(`another crisp daemon${holder} is already using root ${real}`);
+    }
+    try {
+      await writeFileAtomic(pidFile, `${process.pid}\n`, 0o644);
+    } catch (err) {
+      fs.closeSync(fd);
+      throw err;
+    }
+    return new DaemonLock(fd, pidFile);
   }
 
   release(): void {
@@ -48,6 +54,7 @@ export class DaemonLock {
     } catch {
       // Already gone.
     }
-    this.server.close();
+    if (this.fd !== undefined) fs.closeSync(this.fd);
+    this.fd = undefined;
   }
 }

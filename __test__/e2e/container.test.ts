@@ -1,5 +1,5 @@
 import * as os from 'node:os';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -760,4 +760,79 @@ test('ImageFsInfo reports the image filesystem and the containers\' writable lay
   const after = await env.c.call('imageFsInfo', {});
   t.true(after.containerFilesystems[0].usedBytes!.value >= before.containerFilesystems[0].usedBytes!.value + 6_000_000n);
   t.true(after.imageFilesystems[0].usedBytes!.value > 0n);
+});
+
+/** Runs `cat file` as the host's `nobody`; what it printed, or the error it got. */
+function readAsNobody(file: string): { ok: boolean; output: string } {
+  const res = spawnSync('/bin/cat', [file], { uid: 65534, gid: 65534, encoding: 'utf8' });
+  return { ok: res.status === 0, output: res.status === 0 ? res.stdout : res.stderr };
+}
+
+test('files a container plants in its writable layer or /dev/shm are out of reach of unprivileged host users, also after a restart repairs the modes', async (t) => {
+  const env = await setup(t, { linux: { cgroupParent: CGROUP_PARENT, securityContext: { namespaceOptions: { network: 2, ipc: 0 } } } });
+  // Like /var/lib and /run: the daemon's own directories are all that stands between a local user
+  // and the container's files (the test's temporary directory is 0700 otherwise).
+  fs.chmodSync(env.d.dir, 0o711);
+  const script = [
+    // What a hostile container root leaves for a local user: a setuid shell, a world-readable and
+    // writable file, and the same in the pod's shared memory.
+    'cp /bin/busybox /planted-shell && chmod 4755 /planted-shell',
+    'echo planted > /planted-file && chmod 0666 /planted-file',
+    'echo planted > /dev/shm/planted-shm && chmod 0666 /dev/shm/planted-shm',
+    'echo planted',
+    'exec sleep 60',
+  ].join('; ');
+  const id = await run(env, containerConfig(t, script));
+  const st = (await env.c.call('containerStatus', { containerId: id })).status!;
+  for (let i = 0; i < 100 && !logText(st.logPath).includes('planted'); i++) await new Promise((r) => setTimeout(r, 50));
+  t.is(logText(st.logPath), 'planted\n');
+  const upper = path.join(env.d.root, 'containers', id, 'upper');
+  const planted = [path.join(upper, 'planted-file'), path.join(upper, 'planted-shell'), path.join(env.d.state, 'sandboxes', env.pod, 'shm', 'planted-shm')];
+  for (const file of planted) t.true(fs.existsSync(file), `${file} is there for root`);
+  const check = (when: string) => {
+    for (const file of planted) {
+      const res = readAsNobody(file);
+      t.false(res.ok, `${when}: nobody reads ${file}`);
+      t.regex(res.output, /Permission denied/, `${when}: ${file}`);
+    }
+    for (const dir of [path.join(env.d.root, 'containers'), path.join(env.d.state, 'containers'), path.join(env.d.state, 'sandboxes')]) {
+      t.is(fs.statSync(dir).mode & 0o7777, 0o700, `${when}: ${dir}`);
+    }
+  };
+  check('created');
+  // A root made by an older version keeps its modes unless the daemon repairs them at start.
+  await env.d.stop();
+  for (const dir of ['root/containers', `root/containers/${id}`, 'state/containers', 'state/sandboxes', `state/sandboxes/${env.pod}`]) {
+    fs.chmodSync(path.join(env.d.dir, dir), 0o711);
+  }
+  t.true(readAsNobody(planted[0]!).ok, 'with the old modes, nobody reads the planted file');
+  await env.d.start();
+  check('after a restart');
+  t.is((await env.c.call('containerStatus', { containerId: id })).status!.state, ContainerState.CONTAINER_RUNNING, 'the container survived');
+});
+
+test('a symlink planted at the container log path is not followed, on create or on reopen', async (t) => {
+  const env = await setup(t);
+  const victim = path.join(env.d.dir, 'victim');
+  fs.writeFileSync(victim, 'precious\n');
+  // The log directory is kubelet's; a pod that has it mounted can leave a link where the log goes.
+  const planted = containerConfig(t, 'echo appended-to-the-victim');
+  fs.mkdirSync(env.logDir, { recursive: true });
+  fs.symlinkSync(victim, path.join(env.logDir, planted.logPath));
+  const err = (await t.throwsAsync(run(env, planted))) as grpc.ServiceError;
+  t.is(err.code, grpc.status.FAILED_PRECONDITION, err.details);
+  t.regex(err.details, /open log file .*symbolic links/);
+
+  // Rotation: kubelet renames the log and asks for a reopen; a link is there by then.
+  const rotated = containerConfig(t, 'sleep 1; echo after-reopen; sleep 30');
+  const id = await run(env, rotated);
+  const logPath = path.join(env.logDir, rotated.logPath);
+  for (let i = 0; i < 100 && !fs.existsSync(logPath); i++) await new Promise((r) => setTimeout(r, 20));
+  fs.renameSync(logPath, `${logPath}.1`);
+  fs.symlinkSync(victim, logPath);
+  const reopenErr = (await t.throwsAsync(env.c.call('reopenContainerLog', { containerId: id }))) as grpc.ServiceError;
+  t.is(reopenErr.code, grpc.status.FAILED_PRECONDITION, reopenErr.details);
+  await new Promise((r) => setTimeout(r, 1500));
+  t.is(fs.readFileSync(victim, 'utf8'), 'precious\n', 'nothing was written through the links');
+  await env.c.call('stopContainer', { containerId: id, timeout: 0n });
 });

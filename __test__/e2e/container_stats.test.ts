@@ -157,6 +157,35 @@ test('a file written in the container grows its writable layer on the image file
   t.true(after.writableLayer!.timestamp > before.writableLayer!.timestamp);
 });
 
+test('a directory chain deeper than PATH_MAX does not hide the writable layer\'s usage; the layer is still removed', async (t) => {
+  // Three chains of 150 levels of 20-byte names, each moved below the next (a path past PATH_MAX
+  // cannot be named, but a directory can be moved anywhere): 9450 bytes of path, then 8 MiB
+  // written next to it.
+  const script = [
+    'sleep 1',
+    'p=$(for i in $(seq 150); do printf dddddddddddddddddddd/; done)',
+    'mkdir -p "/deep/$p"',
+    'for r in 1 2; do mkdir -p "/next/$p" && mv /deep "/next/$p" && mv /next /deep || exit 1; done',
+    'dd if=/dev/urandom of=/payload bs=1M count=8 2>/dev/null',
+    'sync',
+    'echo built',
+    'exec sleep 600',
+  ].join('; ');
+  const id = await run(t, script);
+  const before = await stats(t, id);
+  t.not(before.writableLayer?.usedBytes, undefined);
+  const after = await until(
+    () => stats(t, id),
+    (v) => (v.writableLayer?.usedBytes?.value ?? 0n) >= 8n * MiB,
+    20_000,
+    'writable layer with a deep chain',
+  );
+  t.true(after.writableLayer!.inodesUsed!.value >= 400n, 'every directory of the chain is counted');
+  await t.context.c.call('stopContainer', { containerId: id, timeout: 0n });
+  await t.context.c.call('removeContainer', { containerId: id });
+  t.false(fs.existsSync(`${t.context.d.root}/containers/${id}`), 'the writable layer is gone');
+});
+
 test('only running containers are listed; filters; unknown ids are NotFound', async (t) => {
   const { c, pod } = t.context;
   const running = await run(t, 'sleep 600', { group: 'listed' });

@@ -1,3 +1,5 @@
+import { spawn, spawnSync } from 'node:child_process';
+import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
@@ -111,6 +113,40 @@ test('a second daemon on the same root or socket refuses to start', async (t) =>
   t.regex(sameSocket.stderr, /socket .* is in use by another process/);
   // The first daemon is untouched.
   t.is((await daemon.client().call('version', {})).runtimeName, 'crisp');
+});
+
+test('the root lock is a root-only file: a local user squatting a name cannot keep crisp from starting', async (t) => {
+  const daemon = new TestDaemon();
+  t.teardown(() => daemon.destroy());
+  // Like /var/lib: only the daemon's own modes keep a local user out (mkdtemp made it 0700).
+  fs.chmodSync(daemon.dir, 0o711);
+  fs.mkdirSync(daemon.root, { mode: 0o711 });
+  // The name an abstract-socket lock would have for this root, bound first by nobody.
+  const name = `\0crisp-${crypto.createHash('sha256').update(fs.realpathSync(daemon.root)).digest('hex').slice(0, 32)}`;
+  const squatter = spawn(process.execPath, ['-e', `require('net').createServer().listen({ path: ${JSON.stringify(name)} }, () => console.log('bound'))`], {
+    uid: 65534,
+    gid: 65534,
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  t.teardown(() => squatter.kill('SIGKILL'));
+  await new Promise<void>((resolve, reject) => {
+    squatter.stdout!.once('data', () => resolve());
+    squatter.once('exit', (code) => reject(new Error(`the squatter exited with ${code}`)));
+  });
+
+  await daemon.start();
+  t.is((await daemon.client().call('version', {})).runtimeName, 'crisp');
+  const lock = fs.lstatSync(path.join(daemon.root, 'crisp.lock'));
+  t.true(lock.isFile());
+  t.is(lock.mode & 0o7777, 0o600);
+  t.is(lock.uid, 0);
+  const asNobody = spawnSync('/bin/cat', [path.join(daemon.root, 'crisp.lock')], { uid: 65534, gid: 65534, encoding: 'utf8' });
+  t.not(asNobody.status, 0);
+  t.regex(asNobody.stderr, /Permission denied/, 'nobody cannot even open the lock file');
+  // Still one daemon per root.
+  const second = await runCli(['daemon', '--config', daemon.configFile, '--socket', path.join(daemon.dir, 'other.sock')]);
+  t.not(second.code, 0);
+  t.regex(second.stderr, /another crisp daemon \(pid \d+\) is already using root/);
 });
 
 test('a path at the socket location that is not a socket is not clobbered', async (t) => {

@@ -7,7 +7,7 @@ import * as grpc from '@grpc/grpc-js';
 import anyTest, { type TestFn } from 'ava';
 import type { CriClient } from '../../src/client/cri_client';
 import { TestDaemon, tempDir } from '../fixtures/daemon';
-import { buildFixtureImages, ESCAPE_MARKER, type ExpectedFile, type FixtureSet, type PushedImage, pushFixtures, type SmallFixtureKey } from '../fixtures/images';
+import { buildFixtureImages, ESCAPE_MARKER, type ExpectedFile, type FixtureSet, type PushedImage, pushConfigOnlyImage, pushFixtures, type SmallFixtureKey } from '../fixtures/images';
 import { type RegistryHandle, startRegistry } from '../fixtures/registry';
 
 interface Context {
@@ -272,6 +272,34 @@ test('a corrupted blob fails the pull and stores nothing', async (t) => {
   t.deepEqual((await c.call('listImages', {})).images, []);
   t.deepEqual(fs.readdirSync(path.join(d.root, 'snapshots')), []);
   t.deepEqual(fs.readdirSync(path.join(d.root, 'content', 'ingest')), []);
+});
+
+test('an oversized image config, or one with too many entries, is refused before it is parsed and stores nothing', async (t) => {
+  const { registry } = t.context;
+  const base = { architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [] } };
+  // Digest-valid and well-formed, just big: 6 MiB of labels, as a hostile registry could serve
+  // hundreds of MiB.
+  const huge = Buffer.from(JSON.stringify({ ...base, config: { Labels: { filler: 'x'.repeat(6 * 1024 * 1024) } } }));
+  const hugeRef = await pushConfigOnlyImage(registry, 'hostile-config', 'huge', huge);
+  // Small, but with an environment of 100000 variables every container would get.
+  const env = Array.from({ length: 100_000 }, (_, i) => `V${i}=1`);
+  const crowded = Buffer.from(JSON.stringify({ ...base, config: { Env: env } }));
+  const crowdedRef = await pushConfigOnlyImage(registry, 'hostile-config', 'crowded', crowded);
+  const fineRef = await pushConfigOnlyImage(registry, 'hostile-config', 'fine', Buffer.from(JSON.stringify({ ...base, config: { Env: ['A=1'] } })));
+
+  const { d, c } = await daemon(t);
+  const hugeErr = (await t.throwsAsync(c.call('pullImage', { image: { image: hugeRef } }))) as grpc.ServiceError;
+  t.is(hugeErr.code, grpc.status.FAILED_PRECONDITION, hugeErr.details);
+  t.regex(hugeErr.details, /config sha256:[0-9a-f]{64} is \d+ bytes, more than the 4194304 allowed/);
+  const crowdedErr = (await t.throwsAsync(c.call('pullImage', { image: { image: crowdedRef } }))) as grpc.ServiceError;
+  t.is(crowdedErr.code, grpc.status.FAILED_PRECONDITION, crowdedErr.details);
+  t.regex(crowdedErr.details, /config\.Env has 100000 entries, more than the 4096 allowed/);
+  t.deepEqual((await c.call('listImages', {})).images, []);
+  const stored = fs.readdirSync(path.join(d.root, 'content', 'blobs', 'sha256'));
+  for (const config of [huge, crowded]) t.false(stored.includes(crypto.createHash('sha256').update(config).digest('hex')), 'the refused config is not kept');
+  // The daemon still serves, and a normal config still pulls.
+  const ok = await c.call('pullImage', { image: { image: fineRef } });
+  t.regex(ok.imageRef, /^sha256:/);
 });
 
 /** A TCP proxy to the registry that can stop forwarding registry responses after `limit` bytes. */

@@ -6,14 +6,14 @@ import test from 'ava';
 import { CriClient } from '../../src/client/cri_client';
 import { GrpcServer } from '../../src/server/grpc_server';
 import type { RpcTable } from '../../src/server/instrument';
-import { silentLogger } from '../../src/log';
+import { createLogger, silentLogger } from '../../src/log';
 import { invalidArgument, notFound } from '../../src/util/errors';
 
-async function serve(t: any, table: RpcTable, isReady: () => boolean = () => true) {
+async function serve(t: any, table: RpcTable, isReady: () => boolean = () => true, log = silentLogger()) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'crisp-test-'));
   const socket = path.join(dir, 'crisp.sock');
   const finished: [string, grpc.status][] = [];
-  const server = new GrpcServer({ socket, table, log: silentLogger(), isReady, onFinished: (m, code) => finished.push([m, code]) });
+  const server = new GrpcServer({ socket, table, log, isReady, onFinished: (m, code) => finished.push([m, code]) });
   await server.listen();
   const client = new CriClient(socket);
   t.teardown(async () => {
@@ -101,4 +101,34 @@ test('the same handlers serve runtime.v1alpha2 and tell the caller which API it 
     fs.rmSync(dir, { recursive: true, force: true });
   });
   t.is((await legacy.call('version', {})).runtimeApiVersion, 'v1alpha2');
+});
+
+test('trace logging of requests redacts registry credentials and environment values', async (t) => {
+  const lines: string[] = [];
+  const log = createLogger('trace', { write: (line: string) => lines.push(line) } as never);
+  const { client } = await serve(
+    t,
+    {
+      PullImage: async () => ({ imageRef: 'sha256:1' }),
+      CreateContainer: async () => ({ containerId: 'c' }),
+    },
+    () => true,
+    log,
+  );
+  await client.call('pullImage', {
+    image: { image: 'registry.example/app:1' },
+    auth: { username: 'robot', password: 'hunter2-password', auth: 'cm9ib3Q6aHVudGVyMg==', identityToken: 'id-token-secret', registryToken: 'reg-token-secret', serverAddress: 'registry.example' },
+  });
+  await client.call('createContainer', {
+    podSandboxId: 'p',
+    config: { metadata: { name: 'c', attempt: 0 }, image: { image: 'app' }, envs: [{ key: 'DB_PASSWORD', value: 'env-secret-value' }] },
+  });
+  await new Promise((r) => setTimeout(r, 50));
+  const logged = lines.join('');
+  t.regex(logged, /"msg":"request"/, 'requests are traced');
+  for (const secret of ['hunter2-password', 'cm9ib3Q6aHVudGVyMg==', 'id-token-secret', 'reg-token-secret', 'env-secret-value']) {
+    t.false(logged.includes(secret), `${secret} is not in the log`);
+  }
+  t.true(logged.includes('DB_PASSWORD'), 'the variable names stay, for debugging');
+  t.true(logged.includes('registry.example/app:1'));
 });

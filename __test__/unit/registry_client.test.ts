@@ -2,6 +2,7 @@ import test from 'ava';
 import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import * as http from 'node:http';
+import * as https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -11,6 +12,7 @@ import { type Platform, hostPlatform, parsePlatform, platformMatches, selectPlat
 import { parseReference } from '../../src/image/reference';
 import { RegistryClient, type RegistryClientOptions, Semaphore } from '../../src/image/registry_client';
 import { RegistryHosts } from '../../src/image/registry_hosts';
+import { createCertificateAuthority, issueServerCertificate } from '../fixtures/certs';
 
 // ---- a fake registry speaking enough of the distribution API ----
 
@@ -587,6 +589,63 @@ test('redirects to another host do not carry Authorization', async (t) => {
   t.is(cdn.requests[0].headers.authorization, undefined);
   t.true(cdn.requests[0].url.endsWith('?sig=abc'));
   t.truthy(r.requests.at(-1)?.headers.authorization);
+});
+
+test('configured headers do not follow a redirect to another origin', async (t) => {
+  const r = await registry(t);
+  const cdn = await registry(t);
+  const dir = await scratch(t);
+  const desc = cdn.addBlob('from-the-cdn');
+  r.hook = (_req, res, route) => {
+    if (route?.kind !== 'blobs') return false;
+    res.statusCode = 307;
+    res.setHeader('Location', `http://${cdn.host}/v2/app/blobs/${desc.digest}?sig=abc`);
+    res.end();
+    return true;
+  };
+  const certs = path.join(dir, 'certs.d');
+  await fsp.mkdir(path.join(certs, r.host), { recursive: true });
+  await fsp.writeFile(
+    path.join(certs, r.host, 'hosts.toml'),
+    [`[host."http://${r.host}"]`, `  capabilities = ["pull", "resolve"]`, `  [host."http://${r.host}".header]`, `    x-registry-key = "secret"`].join('\n'),
+  );
+  const c = client(t, { hosts: new RegistryHosts({ configDir: certs }) });
+  const res = await c.fetchBlob(parseReference(`${r.host}/app`), desc, path.join(dir, 'b'));
+  t.is(await fsp.readFile(res.path, 'utf8'), 'from-the-cdn');
+  t.is(r.requests.at(-1)?.headers['x-registry-key'], 'secret', 'the configured host gets its header');
+  t.is(cdn.requests.length, 1);
+  t.is(cdn.requests[0].headers['x-registry-key'], undefined, 'the redirect target does not');
+  t.truthy(cdn.requests[0].headers['user-agent']);
+});
+
+test('a redirect from https to plain http is refused', async (t) => {
+  const dir = await scratch(t);
+  const cdn = await registry(t);
+  const desc = cdn.addBlob('from-the-cdn');
+  // Verification is off (skip_verify): what is tested is where the redirect may lead.
+  const ca = await createCertificateAuthority(dir, 'ca', 'crisp test CA');
+  const cert = await issueServerCertificate(dir, 'registry', ca, { ips: ['127.0.0.1'] });
+  const secure = https.createServer({ cert: cert.certPem, key: cert.keyPem }, (req, res) => {
+    res.statusCode = 307;
+    res.setHeader('Location', `http://${cdn.host}${req.url}`);
+    res.end();
+  });
+  await new Promise<void>((resolve) => secure.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => {
+    secure.closeAllConnections();
+    secure.close();
+  });
+  const host = `127.0.0.1:${(secure.address() as AddressInfo).port}`;
+  const certs = path.join(dir, 'certs.d');
+  await fsp.mkdir(path.join(certs, host), { recursive: true });
+  await fsp.writeFile(
+    path.join(certs, host, 'hosts.toml'),
+    [`server = "https://${host}"`, `skip_verify = true`].join('\n'),
+  );
+  const c = client(t, { hosts: new RegistryHosts({ configDir: certs }), maxAttempts: 1 });
+  const err = await t.throwsAsync(c.fetchBlob(parseReference(`${host}/app`), desc, path.join(dir, 'b')));
+  t.regex(err!.message, /redirected from https to plain http/);
+  t.is(cdn.requests.length, 0, 'nothing was sent over plain http');
 });
 
 test('concurrent fetches of one blob share a single transfer', async (t) => {

@@ -307,6 +307,43 @@ test('layer cache: first look measures, later looks are served and re-measured i
   t.is(measured.length, 3, 'measured moments ago: not due');
 });
 
+test('layer cache: a layer that cannot be measured any more stops being reported once its last sample is stale; a gone layer at once', async (t) => {
+  let now = 0n;
+  let failing = false;
+  let gone = false;
+  const cache = new LayerUsageCache({
+    log: silentLogger(),
+    measure: async () => {
+      now += 10n;
+      if (failing) throw Object.assign(new Error('walk failed'), { code: 'ENAMETOOLONG' });
+      return gone ? undefined : { bytes: 4096n, inodes: 1n };
+    },
+    monotonicNs: () => now,
+    wallNs: () => now,
+    refreshNs: 100n,
+    costFactor: 20n,
+    maxAgeNs: 1000n,
+  });
+  const target = { id: 'c1', dir: '/layers/c1' };
+  t.is((await cache.get([target])).get('c1')?.usage.bytes, 4096n);
+  failing = true;
+  now = 500n;
+  t.is((await cache.get([target])).get('c1')?.usage.bytes, 4096n, 'a recent sample is still served while re-measuring fails');
+  await cache.settle();
+  now = 1200n;
+  await cache.refresh([target]);
+  t.false((await cache.get([target])).has('c1'), 'a sample older than the maximum age is not served');
+  failing = false;
+  await cache.refresh([{ ...target }]);
+  now += 500n;
+  await cache.refresh([target]);
+  t.is((await cache.get([target])).get('c1')?.usage.bytes, 4096n, 'measurable again: reported again');
+  gone = true;
+  now += 500n;
+  await cache.refresh([target]);
+  t.false((await cache.get([target])).has('c1'), 'a layer that is gone is not reported');
+});
+
 test('collector: the background pass keeps running containers and pods warm and forgets removed ones', async (t) => {
   const native = new FakeNativeCore();
   native.stats.set('/pod', cpuStats(1n));

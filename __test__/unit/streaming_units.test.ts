@@ -1,11 +1,12 @@
 import test from 'ava';
 import type { IncomingMessage } from 'node:http';
-import { PassThrough } from 'node:stream';
+import * as crypto from 'node:crypto';
+import { Duplex, PassThrough } from 'node:stream';
 import { RequestCache } from '../../src/streaming/request_cache';
 import { decodeResizeStream, ResizeQueue } from '../../src/streaming/resize';
 import { encodeStatus, exitCodeStatus, internalErrorStatus, successStatus } from '../../src/streaming/status';
 import type { TerminalSize } from '../../src/streaming/types';
-import { handshakeAccept, isWebSocketRequest, offeredSubprotocols } from '../../src/streaming/websocket';
+import { handshakeAccept, isWebSocketRequest, offeredSubprotocols, WebSocketConnection } from '../../src/streaming/websocket';
 import { CrispError } from '../../src/util/errors';
 
 test('request cache: tokens are random base64url, single use, and expire', (t) => {
@@ -97,4 +98,39 @@ test('websocket handshake: accept key, version and upgrade detection', (t) => {
     'v4.channel.k8s.io',
     'channel.k8s.io',
   ]);
+});
+
+test('websocket: a large frame arriving in small chunks is reassembled with linear copying', async (t) => {
+  const socket = new Duplex({ read() {}, write: (_chunk, _enc, cb) => cb() });
+  const ws = new WebSocketConnection(socket);
+  const received: Buffer[] = [];
+  ws.on('message', (data: Buffer) => received.push(Buffer.from(data)));
+  const message = crypto.randomBytes(4 << 20);
+  const mask = crypto.randomBytes(4);
+  const header = Buffer.alloc(14);
+  header[0] = 0x82; // FIN, binary
+  header[1] = 0x80 | 127;
+  header.writeBigUInt64BE(BigInt(message.length), 2);
+  mask.copy(header, 10);
+  const masked = Buffer.from(message);
+  for (let i = 0; i < masked.length; i++) masked[i]! ^= mask[i & 3]!;
+  const frame = Buffer.concat([header, masked]);
+  // Count what Buffer.concat copies while the frame arrives 4 KiB at a time.
+  const concat = Buffer.concat;
+  let copied = 0;
+  Buffer.concat = ((list: readonly Uint8Array[], total?: number) => {
+    const out = concat(list, total);
+    copied += out.length;
+    return out;
+  }) as typeof Buffer.concat;
+  try {
+    for (let off = 0; off < frame.length; off += 4096) socket.push(frame.subarray(off, off + 4096));
+    await new Promise((r) => setImmediate(r));
+  } finally {
+    Buffer.concat = concat;
+  }
+  t.is(received.length, 1);
+  t.true(received[0]!.equals(message), 'the message arrives intact');
+  t.true(copied <= 2 * frame.length, `copied ${copied} bytes for a ${frame.length}-byte frame`);
+  ws.destroy();
 });

@@ -4,6 +4,7 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import type { Logger } from '../log';
 import { CrispError, deadlineExceeded, errorMessage, failedPrecondition, internal, invalidArgument, unimplemented } from '../util/errors';
+import { loadNative } from '../native';
 import { syncDir } from '../util/fsutil';
 
 /**
@@ -423,6 +424,23 @@ async function tar(args: string[], deadline: number, what: string, input?: strin
 }
 
 /**
+ * Writes `include` (paths relative to `upperDir`) of the running container's writable layer as
+ * a tar at `dest`. The container can swap anything there meanwhile, so nothing is reopened by
+ * path (as tar --files-from would, following a directory swapped for a symlink onto the host):
+ * the native core resolves each entry beneath the layer without symlinks and reads it through
+ * its own descriptor; entries that moved are left out.
+ */
+export async function writeRootfsDiff(upperDir: string, include: string[], dest: string, log?: Logger): Promise<void> {
+  let written: { entries: number; skipped: number };
+  try {
+    written = await loadNative().writeRootfsDiff(upperDir, include, dest);
+  } catch (err) {
+    throw internal(`writing the rootfs diff: ${errorMessage(err)}`, err);
+  }
+  if (written.skipped > 0) log?.warn({ skipped: written.skipped, entries: written.entries }, 'rootfs diff: entries changed while they were read were left out');
+}
+
+/**
  * Dumps the running container with CRIU (it keeps running) and writes the archive at
  * `req.location` atomically: built in a scratch directory next to it, then renamed into place.
  */
@@ -460,13 +478,7 @@ export async function writeCheckpoint(req: CheckpointRequest): Promise<{ criuMs:
 
     const mountDestinations = (spec.mounts ?? []).map((m) => path.posix.normalize(m.destination));
     const diff = await diffWritableLayer(req.upperDir, spec.crispRootfs?.lowerDirs ?? [], `/proc/${req.pid}/root`, mountDestinations);
-    await tar(
-      ['--create', '--file', path.join(work, ROOTFS_DIFF_TAR), '--directory', req.upperDir, '--no-recursion', '--numeric-owner', '--sparse', '--null', '--files-from', '-'],
-      req.deadline,
-      'writing the rootfs diff',
-      diff.include.map((p) => `${p}\0`).join(''),
-      req.signal,
-    );
+    await writeRootfsDiff(req.upperDir, diff.include, path.join(work, ROOTFS_DIFF_TAR), req.log);
     const members = [CHECKPOINT_DIRECTORY, CONFIG_DUMP_FILE, SPEC_DUMP_FILE, ROOTFS_DIFF_TAR, DUMP_LOG_FILE];
     if (diff.deleted.length > 0) {
       await writeFileSynced(path.join(work, DELETED_FILES_FILE), JSON.stringify(diff.deleted));

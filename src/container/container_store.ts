@@ -3,7 +3,7 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { ContainerConfig } from '../generated/runtime/v1/api';
 import { CrispError, failedPrecondition, notFound } from '../util/errors';
-import { readJsonIfExists, removeTree, writeJsonAtomic } from '../util/fsutil';
+import { ensurePrivateDirSync, readJsonIfExists, removeTree, writeJsonAtomic } from '../util/fsutil';
 import { checkpointRecord } from '../util/record_checkpoint';
 
 /**
@@ -108,8 +108,10 @@ export class ContainerStore {
   ) {}
 
   async load(): Promise<Container[]> {
-    await fsp.mkdir(this.stateDir, { recursive: true, mode: 0o711 });
-    await fsp.mkdir(this.layerRoot, { recursive: true, mode: 0o711 });
+    // Only root may enter: writable layers hold whatever a container's root put there (setuid
+    // binaries, device nodes), reachable by path from the host (CVE-2021-41091).
+    ensurePrivateDirSync(this.stateDir, 0o700);
+    ensurePrivateDirSync(this.layerRoot, 0o700);
     const out: Container[] = [];
     for (const id of await fsp.readdir(this.stateDir)) {
       const record = await readJsonIfExists<ContainerRecord>(path.join(this.stateDir, id, 'container.json')).catch(() => undefined);
@@ -142,8 +144,8 @@ export class ContainerStore {
   async create(record: ContainerRecord): Promise<Container> {
     const container = this.wrap(record);
     // Two local mkdirs take microseconds; a trip to the threadpool each costs more.
-    fs.mkdirSync(container.bundleDir, { mode: 0o711 });
-    fs.mkdirSync(container.layerDir, { mode: 0o711 });
+    fs.mkdirSync(container.bundleDir, { mode: 0o700 });
+    fs.mkdirSync(container.layerDir, { mode: 0o700 });
     await this.persist(container);
     this.index(container);
     return container;

@@ -59,6 +59,11 @@ export class ContentStore {
     return fsp.readFile(this.blobPath(digest));
   }
 
+  /** Bytes the stored blob holds. */
+  async size(digest: string): Promise<number> {
+    return (await fsp.stat(this.blobPath(digest))).size;
+  }
+
   async remove(digest: string): Promise<void> {
     await fsp.rm(this.blobPath(digest), { force: true });
   }

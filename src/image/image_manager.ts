@@ -5,7 +5,7 @@ import type { Logger } from '../log';
 import { CrispError, failedPrecondition, internal, invalidArgument, notFound } from '../util/errors';
 import { ContentStore } from './content_store';
 import { type ImageRecord, ImageStore } from './image_store';
-import { layerCompression } from './media_types';
+import { layerCompression, MAX_IMAGE_CONFIG_BYTES, MAX_IMAGE_CONFIG_ENTRIES } from './media_types';
 import { isImageId, normalizeImageId, parseReference, type ImageReference } from './reference';
 import type { RegistryClient } from './registry_client';
 import { chainIds, SnapshotStore } from './snapshot_store';
@@ -27,6 +27,53 @@ export interface ImageConfig {
   };
   rootfs?: { type: string; diff_ids: string[] };
   history?: unknown[];
+}
+
+/**
+ * Checks the parts of a parsed config crisp reads: their types, and at most
+ * MAX_IMAGE_CONFIG_ENTRIES entries in each list or map, so one image cannot make every container
+ * built from it carry an unbounded environment, volume or label set.
+ */
+export function checkImageConfig(digest: string, parsed: unknown): ImageConfig {
+  const bad = (what: string) => failedPrecondition(`image config ${digest}: ${what}`);
+  const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+  if (!isObject(parsed)) throw bad('not a JSON object');
+  const bounded = (name: string, value: unknown, kind: 'strings' | 'map' | 'stringMap') => {
+    if (value === undefined || value === null) return;
+    if (kind === 'strings') {
+      if (!Array.isArray(value) || !value.every((v) => typeof v === 'string')) throw bad(`${name} is not a list of strings`);
+      if (value.length > MAX_IMAGE_CONFIG_ENTRIES) throw bad(`${name} has ${value.length} entries, more than the ${MAX_IMAGE_CONFIG_ENTRIES} allowed`);
+      return;
+    }
+    if (!isObject(value)) throw bad(`${name} is not an object`);
+    const keys = Object.keys(value);
+    if (keys.length > MAX_IMAGE_CONFIG_ENTRIES) throw bad(`${name} has ${keys.length} entries, more than the ${MAX_IMAGE_CONFIG_ENTRIES} allowed`);
+    if (kind === 'stringMap' && !keys.every((k) => typeof value[k] === 'string')) throw bad(`${name} values are not all strings`);
+  };
+  const c = parsed.config;
+  if (c !== undefined && c !== null) {
+    if (!isObject(c)) throw bad('config is not an object');
+    for (const name of ['User', 'WorkingDir', 'StopSignal'] as const) {
+      if (c[name] !== undefined && c[name] !== null && typeof c[name] !== 'string') throw bad(`config.${name} is not a string`);
+    }
+    bounded('config.Env', c.Env, 'strings');
+    bounded('config.Entrypoint', c.Entrypoint, 'strings');
+    bounded('config.Cmd', c.Cmd, 'strings');
+    bounded('config.Volumes', c.Volumes, 'map');
+    bounded('config.ExposedPorts', c.ExposedPorts, 'map');
+    bounded('config.Labels', c.Labels, 'stringMap');
+  }
+  const rootfs = parsed.rootfs;
+  if (rootfs !== undefined && rootfs !== null) {
+    if (!isObject(rootfs)) throw bad('rootfs is not an object');
+    bounded('rootfs.diff_ids', rootfs.diff_ids, 'strings');
+  }
+  const history = parsed.history;
+  if (history !== undefined && history !== null) {
+    if (!Array.isArray(history)) throw bad('history is not a list');
+    if (history.length > MAX_IMAGE_CONFIG_ENTRIES) throw bad(`history has ${history.length} entries, more than the ${MAX_IMAGE_CONFIG_ENTRIES} allowed`);
+  }
+  return parsed as ImageConfig;
 }
 
 export type LayerCompression = 'gzip' | 'zstd' | 'none';
@@ -99,6 +146,12 @@ export class ImageManager {
       if (!this.content.has(doc.descriptor.digest)) await this.content.write(doc.descriptor.digest, doc.bytes);
     }
     const configDigest = manifest.config.digest;
+    // The descriptor's size is enforced while the blob streams, so this bounds the download too.
+    if (manifest.config.size > MAX_IMAGE_CONFIG_BYTES) {
+      throw failedPrecondition(
+        `image "${ref.toString()}": config ${configDigest} is ${manifest.config.size} bytes, more than the ${MAX_IMAGE_CONFIG_BYTES} allowed`,
+      );
+    }
     if (!this.content.has(configDigest)) {
       // finalize runs once per shared transfer, so concurrent pulls never race on the rename.
       await registry.fetchBlob(ref, manifest.config, this.content.ingestPath(configDigest), {
@@ -107,7 +160,14 @@ export class ImageManager {
         finalize: (verified) => this.content.commit(verified, configDigest),
       });
     }
-    const config = await this.readConfig(configDigest);
+    let config: ImageConfig;
+    try {
+      config = await this.readConfig(configDigest);
+    } catch (err) {
+      // A config that is refused is not kept: the next pull fetches it again.
+      if (err instanceof CrispError && err.code === 'FailedPrecondition') await this.content.remove(configDigest);
+      throw err;
+    }
     const diffIds = config.rootfs?.diff_ids ?? [];
     if (diffIds.length !== manifest.layers.length) {
       throw failedPrecondition(
@@ -159,14 +219,32 @@ export class ImageManager {
     return record;
   }
 
+  /**
+   * The parsed config blob, cached. FailedPrecondition for one over the size or entry bounds or
+   * not shaped as the image spec says (checked before and after parsing, since a blob stored by
+   * an older version was never checked); Internal when it cannot be read.
+   */
   async readConfig(configDigest: string): Promise<ImageConfig> {
     let config = this.configs.get(configDigest);
     if (!config) {
+      let bytes: Buffer;
       try {
-        config = JSON.parse((await this.content.read(configDigest)).toString('utf8')) as ImageConfig;
+        const size = await this.content.size(configDigest);
+        if (size > MAX_IMAGE_CONFIG_BYTES) {
+          throw failedPrecondition(`image config ${configDigest} is ${size} bytes, more than the ${MAX_IMAGE_CONFIG_BYTES} allowed`);
+        }
+        bytes = await this.content.read(configDigest);
       } catch (err) {
+        if (err instanceof CrispError) throw err;
         throw internal(`reading image config ${configDigest}: ${(err as Error).message}`, err);
       }
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(bytes.toString('utf8'));
+      } catch (err) {
+        throw failedPrecondition(`image config ${configDigest} is not valid JSON: ${(err as Error).message}`);
+      }
+      config = checkImageConfig(configDigest, parsed);
       this.configs.set(configDigest, config);
     }
     return config;

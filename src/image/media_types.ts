@@ -38,6 +38,16 @@ export const MANIFEST_ACCEPT = [
 /** Largest manifest accepted from a registry; real ones are a few KiB. */
 export const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
 
+/**
+ * Largest image config accepted: real ones are a few KiB, tens with a long history. The config is
+ * parsed whole (on pulls, and again after a restart on create and status), so without a bound a
+ * digest-valid config of hundreds of MiB would exhaust the daemon's heap every time.
+ */
+export const MAX_IMAGE_CONFIG_BYTES = 4 * 1024 * 1024;
+
+/** Most entries accepted in each list or map of an image config (Env, Volumes, Labels, ...). */
+export const MAX_IMAGE_CONFIG_ENTRIES = 4096;
+
 export interface Descriptor {
   mediaType: string;
   digest: string;

@@ -184,6 +184,8 @@ const TRANSIENT_NETWORK_CODES = new Set([
 const RETRYABLE_STATUS = new Set([408, 429, 500, 502, 503, 504]);
 const REDIRECT_STATUS = new Set([301, 302, 303, 307, 308]);
 const MAX_REDIRECTS = 10;
+/** Headers a redirect to another origin still carries: they describe the request, not the caller. */
+const CROSS_ORIGIN_HEADERS = new Set(['user-agent', 'accept', 'range', 'content-type', 'content-length']);
 const MAX_ERROR_BODY_BYTES = 16 * 1024;
 
 /** `manifest sha256:…` or `manifest for tag "v1"`, for messages. */
@@ -603,7 +605,13 @@ export class RegistryClient {
     });
   }
 
-  /** Follows redirects; Authorization is only ever sent to the origin it was issued for. */
+  /**
+   * Follows redirects. Authorization is only ever sent to the origin it was issued for, and the
+   * other headers the request was configured with (hosts.toml `header`, which may carry keys)
+   * only to the origin it was made for: elsewhere only those describing the request itself go.
+   * A redirect from https to plain http is refused: it would hand the rest of the exchange to
+   * anyone on the path.
+   */
   private async exchangeFollowing(
     url: URL,
     init: SendInit,
@@ -612,7 +620,10 @@ export class RegistryClient {
     let current = url;
     let agent = init.agent;
     for (let hops = 0; ; hops++) {
-      const headers = { ...init.headers };
+      let headers = { ...init.headers };
+      if (current.origin !== url.origin) {
+        headers = Object.fromEntries(Object.entries(headers).filter(([name]) => CROSS_ORIGIN_HEADERS.has(name.toLowerCase())));
+      }
       if (current.origin !== authOrigin) delete headers.Authorization;
       const res = await this.exchange(current, { ...init, headers, agent });
       const location = res.headers.location;
@@ -622,6 +633,9 @@ export class RegistryClient {
       const next = new URL(location, current);
       if (next.protocol !== 'http:' && next.protocol !== 'https:') {
         throw unavailable(`${init.what}: ${current.host} redirected to unsupported URL ${next.protocol}`);
+      }
+      if (current.protocol === 'https:' && next.protocol === 'http:') {
+        throw unavailable(`${init.what}: ${current.host} redirected from https to plain http (${next.host}); refused`);
       }
       agent = next.origin === url.origin ? init.agent : this.defaultAgent(next.protocol);
       current = next;

@@ -109,4 +109,16 @@ export interface NativeAddon {
   writeFileAtomic(path: string, data: string, mode: number, durable: boolean): Promise<void>;
   /** Removes the tree at `path` in one threadpool task, never following symlinks; missing is fine. */
   removeTree(path: string): Promise<void>;
+  /**
+   * Takes an exclusive `flock` on the regular file at `path` (created 0600 if missing, made 0600
+   * if not, never through a symlink) and returns the close-on-exec descriptor holding it. Code
+   * `EAGAIN` when another open file holds the lock.
+   */
+  lockFile(path: string): number;
+  /**
+   * Writes `members` (a JSON array of paths relative to `upperDir`, parents first) as a tar at
+   * `out` (created 0600, synced), reading each through descriptors, never through a symlink;
+   * resolves with JSON `{"entries","skipped"}`. One threadpool task.
+   */
+  writeRootfsDiff(upperDir: string, members: string, out: string): Promise<string>;
 }

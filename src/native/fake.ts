@@ -60,6 +60,16 @@ export class FakeNativeCore implements NativeCore {
     return undefined;
   }
 
+  /** The fake archives nothing: the rootfs diff is tested against the real addon. */
+  writeRootfsDiff(upperDir: string): Promise<{ entries: number; skipped: number }> {
+    return Promise.reject(new Error(`FakeNativeCore cannot archive ${upperDir}`));
+  }
+
+  /** The fake locks nothing: the daemon lock is tested against the real addon. */
+  lockFile(target: string): number {
+    throw new Error(`FakeNativeCore cannot lock ${target}`);
+  }
+
   async removeTree(target: string): Promise<void> {
     await fsp.rm(target, { recursive: true, force: true });
   }

@@ -55,6 +55,16 @@ export interface NativeCore {
   writeFileAtomic(file: string, data: string, mode: number, durable: boolean): Promise<void>;
   /** `fs.rm(path, {recursive, force})` in one worker-thread task; errno-coded errors. */
   removeTree(path: string): Promise<void>;
+  /**
+   * An exclusive lock on the 0600 file at `path`, held by the returned descriptor until it is
+   * closed or the process dies; throws with code `EAGAIN` while another process holds it.
+   */
+  lockFile(path: string): number;
+  /**
+   * The listed entries of a running container's writable layer as a tar at `out`, each resolved
+   * beneath `upperDir` without following symlinks and read through its own descriptor.
+   */
+  writeRootfsDiff(upperDir: string, members: readonly string[], out: string): Promise<{ entries: number; skipped: number }>;
   /** The cgroupfs path of `name` under `parent` (a path or a systemd slice name). */
   cgroupResolvePath(parent: string, name: string): string;
   /** Creates (idempotently) a cgroup under `parent` with `resources` applied. */
@@ -134,6 +144,8 @@ const REQUIRED_EXPORTS: ReadonlyArray<keyof NativeAddon> = [
   'diskUsage',
   'writeFileAtomic',
   'removeTree',
+  'lockFile',
+  'writeRootfsDiff',
 ];
 
 /** The error code the addon attached to an error, if any. */
@@ -242,6 +254,15 @@ class AddonCore implements NativeCore {
 
   removeTree(target: string): Promise<void> {
     return this.addon.removeTree(target);
+  }
+
+  async writeRootfsDiff(upperDir: string, members: readonly string[], out: string): Promise<{ entries: number; skipped: number }> {
+    return JSON.parse(await this.addon.writeRootfsDiff(upperDir, JSON.stringify(members), out)) as { entries: number; skipped: number };
+  }
+
+  lockFile(target: string): number {
+    // Errno-coded, so the caller can tell a held lock (EAGAIN) from a failure.
+    return this.addon.lockFile(target);
   }
 
   mountTmpfs(target: string, options: string): void {

@@ -2,7 +2,7 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { PodSandboxConfig } from '../generated/runtime/v1/api';
 import { CrispError, failedPrecondition, notFound } from '../util/errors';
-import { readJsonIfExists, removeTree, writeJsonAtomic } from '../util/fsutil';
+import { ensurePrivateDirSync, readJsonIfExists, removeTree, writeJsonAtomic } from '../util/fsutil';
 import { checkpointRecord } from '../util/record_checkpoint';
 
 /**
@@ -94,7 +94,8 @@ export class SandboxStore {
 
   /** Reads every record; returns them for the recovery pass to reconcile. */
   async load(): Promise<Sandbox[]> {
-    await fsp.mkdir(this.dir, { recursive: true, mode: 0o711 });
+    // Only root may enter: each pod's /dev/shm tmpfs (mode 1777, the pod's to write) is below.
+    ensurePrivateDirSync(this.dir, 0o700);
     const out: Sandbox[] = [];
     for (const id of await fsp.readdir(this.dir)) {
       const dir = this.sandboxDir(id);
@@ -117,7 +118,7 @@ export class SandboxStore {
 
   async create(record: SandboxRecord): Promise<Sandbox> {
     const dir = this.sandboxDir(record.id);
-    await fsp.mkdir(dir, { mode: 0o711 });
+    await fsp.mkdir(dir, { mode: 0o700 });
     const sandbox = new Sandbox(record, dir);
     await this.persist(sandbox);
     this.index(sandbox);

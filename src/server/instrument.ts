@@ -170,7 +170,7 @@ export function instrument(
           callback(refused, null);
           return;
         }
-        if (options.log.isLevelEnabled('trace')) ctx.log.trace({ request: call.request }, 'request');
+        if (options.log.isLevelEnabled('trace')) ctx.log.trace({ request: redactRequest(call.request) }, 'request');
         (run as UnaryImpl)(call.request, ctx, notStreaming).then(
           (response) => {
             finish(ctx, started);
@@ -220,6 +220,35 @@ export function instrument(
     }
   }
   return impl;
+}
+
+const REDACTED = '<redacted>';
+/** Fields whose every string is a secret (AuthConfig of PullImage and of image volumes). */
+const SECRET_OBJECTS = new Set(['auth']);
+/** Fields that are secrets wherever they appear. */
+const SECRET_FIELDS = new Set(['password', 'identityToken', 'registryToken', 'auth']);
+
+/**
+ * A copy of a request fit for the trace log: registry credentials and the values of
+ * environment variables (which routinely carry tokens and passwords) replaced by a marker.
+ */
+export function redactRequest(value: unknown, key = ''): unknown {
+  if (typeof value === 'string') return SECRET_FIELDS.has(key) && value !== '' ? REDACTED : value;
+  if (Buffer.isBuffer(value) || value instanceof Uint8Array) return value;
+  if (Array.isArray(value)) {
+    if (key === 'envs') return value.map((e: { key?: unknown; value?: unknown }) => ({ ...e, value: e?.value === undefined ? undefined : REDACTED }));
+    return value.map((v) => redactRequest(v));
+  }
+  if (typeof value !== 'object' || value === null) return value;
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(value)) {
+    if (SECRET_OBJECTS.has(k) && typeof v === 'object' && v !== null) {
+      out[k] = Object.fromEntries(Object.entries(v).map(([f, x]) => [f, f === 'serverAddress' || x === '' || typeof x !== 'string' ? x : REDACTED]));
+    } else {
+      out[k] = redactRequest(v, k);
+    }
+  }
+  return out;
 }
 
 /**

@@ -27,6 +27,8 @@ interface LayerEntry {
   sample?: LayerUsageSample;
   /** Monotonic time the last measurement finished. */
   measuredAt?: bigint;
+  /** Monotonic time `sample` was taken. */
+  sampledAt?: bigint;
   /** How long the last walk took: big layers are walked less often. */
   walkNs: bigint;
   pending?: Promise<void>;
@@ -45,6 +47,13 @@ export interface LayerUsageCacheOptions {
    * with millions of files costs a bounded share of time.
    */
   costFactor?: bigint;
+  /**
+   * A measurement is served for at most this long, or three re-measurement intervals if longer
+   * (default 60 s): when the layer cannot be measured any more (or the walk hangs), its usage is
+   * reported as unknown rather than frozen at an old, possibly far smaller, value that would keep
+   * the container clear of ephemeral-storage eviction.
+   */
+  maxAgeNs?: bigint;
 }
 
 /**
@@ -60,6 +69,7 @@ export class LayerUsageCache {
   private readonly wallNs: () => bigint;
   private readonly refreshNs: bigint;
   private readonly costFactor: bigint;
+  private readonly maxAgeNs: bigint;
 
   constructor(private readonly options: LayerUsageCacheOptions) {
     this.measure = options.measure;
@@ -67,6 +77,7 @@ export class LayerUsageCache {
     this.wallNs = options.wallNs ?? (() => BigInt(Date.now()) * 1_000_000n);
     this.refreshNs = options.refreshNs ?? 5_000_000_000n;
     this.costFactor = options.costFactor ?? 20n;
+    this.maxAgeNs = options.maxAgeNs ?? 60_000_000_000n;
   }
 
   /** The latest measurement of each target's layer, by container id (absent: never measurable). */
@@ -80,9 +91,10 @@ export class LayerUsageCache {
     }
     await Promise.all(waits);
     const out = new Map<string, LayerUsageSample>();
+    const after = this.monotonicNs();
     for (const target of targets) {
-      const sample = this.entries.get(target.id)?.sample;
-      if (sample) out.set(target.id, sample);
+      const entry = this.entries.get(target.id);
+      if (entry?.sample && !this.expired(entry, after)) out.set(target.id, entry.sample);
     }
     return out;
   }
@@ -116,10 +128,19 @@ export class LayerUsageCache {
     return entry;
   }
 
+  private interval(entry: LayerEntry): bigint {
+    return entry.walkNs * this.costFactor > this.refreshNs ? entry.walkNs * this.costFactor : this.refreshNs;
+  }
+
   private due(entry: LayerEntry, now: bigint): boolean {
     if (entry.measuredAt === undefined) return true;
-    const interval = entry.walkNs * this.costFactor > this.refreshNs ? entry.walkNs * this.costFactor : this.refreshNs;
-    return now - entry.measuredAt >= interval;
+    return now - entry.measuredAt >= this.interval(entry);
+  }
+
+  private expired(entry: LayerEntry, now: bigint): boolean {
+    if (entry.sampledAt === undefined) return true;
+    const threeIntervals = 3n * this.interval(entry);
+    return now - entry.sampledAt > (threeIntervals > this.maxAgeNs ? threeIntervals : this.maxAgeNs);
   }
 
   private remeasure(id: string, entry: LayerEntry): Promise<void> {
@@ -127,8 +148,15 @@ export class LayerUsageCache {
       const started = this.monotonicNs();
       try {
         const usage = await this.measure(entry.dir);
-        if (usage) entry.sample = { timestamp: this.wallNs(), usage };
+        if (usage) {
+          entry.sample = { timestamp: this.wallNs(), usage };
+          entry.sampledAt = this.monotonicNs();
+        } else {
+          // The layer is gone: nothing is there to report.
+          entry.sample = undefined;
+        }
       } catch (err) {
+        // The old sample is served until it expires, not forever.
         this.options.log.debug({ container: id.slice(0, 12), dir: entry.dir, err: errorMessage(err) }, 'writable layer usage unavailable');
       } finally {
         const finished = this.monotonicNs();

@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
+import { ByteQueue } from '../util/byte_queue';
 
 /**
  * The server side of RFC 6455 WebSockets, as much as the Kubernetes streaming protocols need: no
@@ -96,7 +97,8 @@ export function acceptWebSocket(req: IncomingMessage, socket: Duplex, protocol: 
  * (code: number, reason: string) when the socket is gone.
  */
 export class WebSocketConnection extends EventEmitter {
-  private buffer: Buffer = Buffer.alloc(0);
+  /** Bytes received and not yet parsed: chunks are queued, not appended to one growing buffer. */
+  private readonly received = new ByteQueue();
   private fragments: Buffer[] = [];
   private fragmentBytes = 0;
   private fragmentOpcode = 0;
@@ -185,7 +187,9 @@ export class WebSocketConnection extends EventEmitter {
   }
 
   private onData(chunk: Buffer): void {
-    this.buffer = this.buffer.length === 0 ? chunk : Buffer.concat([this.buffer, chunk]);
+    // Queued as is: appending each chunk to one buffer would copy a large frame over and over
+    // while it arrives (quadratic in its size).
+    this.received.push(chunk);
     while (!this.closed) {
       const frame = this.parseFrame();
       if (!frame) return;
@@ -194,8 +198,10 @@ export class WebSocketConnection extends EventEmitter {
   }
 
   private parseFrame(): { fin: boolean; opcode: number; payload: Buffer } | undefined {
-    const buf = this.buffer;
-    if (buf.length < 2) return undefined;
+    const received = this.received;
+    if (received.length < 2) return undefined;
+    // The longest header: 2 bytes, 8 of extended length, 4 of mask.
+    const buf = received.peek(Math.min(received.length, 14));
     const fin = (buf[0]! & 0x80) !== 0;
     const rsv = buf[0]! & 0x70;
     const opcode = buf[0]! & 0x0f;
@@ -228,11 +234,13 @@ export class WebSocketConnection extends EventEmitter {
       this.fail(CloseCode.MessageTooBig, 'frame too large');
       return undefined;
     }
-    if (buf.length < offset + 4 + length) return undefined;
-    const mask = buf.subarray(offset, offset + 4);
-    const payload = Buffer.from(buf.subarray(offset + 4, offset + 4 + length));
+    if (received.length < offset + 4 + length) return undefined;
+    // One copy per frame at most (when it spans chunks), then unmasked in place: the bytes are
+    // this connection's own.
+    const frame = received.take(offset + 4 + length);
+    const mask = Buffer.from(frame.subarray(offset, offset + 4));
+    const payload = frame.subarray(offset + 4);
     for (let i = 0; i < payload.length; i++) payload[i]! ^= mask[i & 3]!;
-    this.buffer = buf.subarray(offset + 4 + length);
     return { fin, opcode, payload };
   }
 

@@ -157,6 +157,21 @@ export function mkdirpSync(dir: string, mode: number): void {
   fs.mkdirSync(dir, { recursive: true, mode });
 }
 
+/**
+ * Creates `dir` (and missing parents) and forces its own mode to `mode` even when it already
+ * existed: a directory left by an older version (or tampered with) keeps the mode it was created
+ * with otherwise, and these modes are what keeps unprivileged host users out of container files.
+ * Refuses a symlink or non-directory there, and makes root its owner (with `gid` as group when
+ * given, so a user-namespaced pod's root can be let through with a group bit).
+ */
+export function ensurePrivateDirSync(dir: string, mode: number, gid = 0): void {
+  fs.mkdirSync(dir, { recursive: true, mode });
+  const st = fs.lstatSync(dir);
+  if (!st.isDirectory()) throw new Error(`${dir} exists and is not a directory`);
+  if (process.getuid?.() === 0 && (st.uid !== 0 || st.gid !== gid)) fs.chownSync(dir, 0, gid);
+  if ((st.mode & 0o7777) !== mode) fs.chmodSync(dir, mode);
+}
+
 export function isErrno(err: unknown, code: string): boolean {
   return (err as NodeJS.ErrnoException | undefined)?.code === code;
 }

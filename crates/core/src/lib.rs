@@ -15,3 +15,5 @@ pub mod du;
 pub mod atomic_file;
 pub mod tree;
 pub mod layer_lookup;
+pub mod lock_file;
+pub mod rootfs_diff;

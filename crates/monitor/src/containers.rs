@@ -72,8 +72,33 @@ struct LogFile {
 }
 
 impl LogFile {
+    /// Opens (creating) the log for appending. The log directory is kubelet's and may be mounted
+    /// into a pod, so whatever sits at the path is not trusted: a symlink there is not followed
+    /// (root would append container output to any host file), and anything but a regular file
+    /// is refused (opened without blocking, so a FIFO cannot stall the monitor).
     fn open(path: &Path) -> io::Result<File> {
-        OpenOptions::new().append(true).create(true).mode(0o640).custom_flags(libc::O_CLOEXEC).open(path)
+        let file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o640)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)?;
+        // /dev/null stands for "no log" (kubelet gave no path); any other node is refused, since
+        // one planted in the log directory could be a host disk.
+        if !file.metadata()?.is_file() && path != Path::new("/dev/null") {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+        }
+        Ok(file)
+    }
+
+    /// How a failure to open the log is reported: a symlink or special file planted at the
+    /// path is the caller's to fix, anything else is ours.
+    fn open_error_code(e: &io::Error) -> ErrorCode {
+        if e.raw_os_error() == Some(libc::ELOOP) || e.kind() == io::ErrorKind::InvalidInput {
+            ErrorCode::FailedPrecondition
+        } else {
+            ErrorCode::Internal
+        }
     }
 
     fn write(&mut self, records: &[u8]) {
@@ -407,7 +432,7 @@ impl Server {
         }
         let log_file = match LogFile::open(Path::new(&req.log_path)) {
             Ok(f) => f,
-            Err(e) => return err(id, ErrorCode::Internal, format!("open log file {}: {}", req.log_path, e)),
+            Err(e) => return err(id, LogFile::open_error_code(&e), format!("open log file {}: {}", req.log_path, e)),
         };
         let tty = req.tty || spec.process.terminal;
         self.ctrs.failed_creates.remove(&req.container_id);
@@ -634,7 +659,7 @@ impl Server {
                 c.log.file = Some(f);
                 Some(Response::ok(id, Reply::Empty(Default::default())))
             }
-            Err(e) => err(id, ErrorCode::Internal, format!("reopen log file {}: {}", c.log.path.display(), e)),
+            Err(e) => err(id, LogFile::open_error_code(&e), format!("reopen log file {}: {}", c.log.path.display(), e)),
         }
     }
 

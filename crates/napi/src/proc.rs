@@ -6,7 +6,7 @@
 use std::os::fd::IntoRawFd;
 use std::path::Path;
 
-use crisp_core::{atomic_file, du, spawn, tree};
+use crisp_core::{atomic_file, du, lock_file, rootfs_diff, spawn, tree};
 use crisp_core::unpack::errno_name;
 
 use crate::js::{self, Args, Env, IntoJs, JsError, Value};
@@ -21,6 +21,8 @@ pub fn register(env: Env, exports: Value) -> Result<(), JsError> {
     js::register(env, exports, "spawnPiped", spawn_piped)?;
     js::register(env, exports, "removeTree", remove_tree)?;
     js::register(env, exports, "waitChild", wait_child)?;
+    js::register(env, exports, "lockFile", lock_file_export)?;
+    js::register(env, exports, "writeRootfsDiff", write_rootfs_diff)?;
     Ok(())
 }
 
@@ -158,5 +160,41 @@ fn remove_tree(env: Env, args: &Args) -> Result<Value, JsError> {
     let target = args.path(0, "path")?;
     js::promise(env, "crisp.removeTree", move || {
         tree::remove_tree(Path::new(&target)).map(|()| Written).map_err(|e| io_error(&format!("remove {target}"), e))
+    })
+}
+
+/// `lockFile(path: string): number` — an exclusive `flock` on the 0600 file at `path` (created if
+/// missing, never through a symlink), held by the returned close-on-exec descriptor for as long as
+/// it stays open. Code `EAGAIN` when another open file holds it.
+fn lock_file_export(env: Env, args: &Args) -> Result<Value, JsError> {
+    let target = args.path(0, "path")?;
+    match lock_file::lock_exclusive(Path::new(&target)) {
+        Ok(fd) => env.number(f64::from(fd.into_raw_fd())),
+        Err(lock_file::LockError::Held) => Err(JsError::new("EAGAIN", format!("{target} is locked by another process"))),
+        Err(lock_file::LockError::Io(e)) => Err(io_error(&format!("lock {target}"), e)),
+    }
+}
+
+/// How many members a rootfs diff archived and skipped.
+struct DiffWritten(rootfs_diff::DiffTarResult);
+
+impl IntoJs for DiffWritten {
+    fn into_js(self, env: Env) -> Result<Value, JsError> {
+        env.string(&format!("{{\"entries\":{},\"skipped\":{}}}", self.0.entries, self.0.skipped))
+    }
+}
+
+/// `writeRootfsDiff(upperDir: string, members: string, out: string): Promise<string>` — the
+/// members (a JSON array of paths relative to `upperDir`) written as a tar at `out` (created
+/// 0600), each read through descriptors and never through a symlink; resolves with JSON
+/// `{"entries","skipped"}`. One threadpool task.
+fn write_rootfs_diff(env: Env, args: &Args) -> Result<Value, JsError> {
+    let upper = args.path(0, "upperDir")?;
+    let members = string_list(&args.string(1, "members")?, "members")?;
+    let out = args.path(2, "out")?;
+    js::promise(env, "crisp.writeRootfsDiff", move || {
+        rootfs_diff::write_diff_tar(Path::new(&upper), &members, Path::new(&out))
+            .map(DiffWritten)
+            .map_err(|e| io_error(&format!("write the rootfs diff of {upper}"), e))
     })
 }

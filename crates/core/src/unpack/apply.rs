@@ -363,19 +363,10 @@ impl Applier {
     }
 }
 
-/// Removes `name` from `dir`, recursively if it is a directory, never following symlinks.
+/// Removes `name` from `dir`, recursively if it is a directory, never following symlinks;
+/// iterative, so a hostile layer's deep directory chain cannot exhaust the stack.
 fn remove_all(dir: std::os::fd::BorrowedFd<'_>, name: &CStr) -> std::io::Result<()> {
-    match sys::stat_at(dir, name)? {
-        None => Ok(()),
-        Some(st) if sys::is_dir(&st) => {
-            let sub = sys::open_subdir_nofollow(dir, name)?;
-            for child in sys::list_dir(sub.as_fd())? {
-                remove_all(sub.as_fd(), &child)?;
-            }
-            sys::unlink_at(dir, name, true)
-        }
-        Some(_) => sys::unlink_at(dir, name, false),
-    }
+    crate::tree::remove_at(dir, name)
 }
 
 /// A failed lookup of a parent directory; EXDEV means it would leave the layer through a symlink.

@@ -124,12 +124,6 @@ pub fn link_at(old_dir: BorrowedFd<'_>, old_name: &CStr, new_dir: BorrowedFd<'_>
     check(unsafe { libc::linkat(old_dir.as_raw_fd(), old_name.as_ptr(), new_dir.as_raw_fd(), new_name.as_ptr(), 0) })
 }
 
-pub fn unlink_at(dir: BorrowedFd<'_>, name: &CStr, remove_dir: bool) -> io::Result<()> {
-    let flags = if remove_dir { libc::AT_REMOVEDIR } else { 0 };
-    // SAFETY: valid fd and NUL-terminated name.
-    check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) })
-}
-
 /// `lchown` relative to `dir`.
 pub fn chown_at(dir: BorrowedFd<'_>, name: &CStr, uid: u32, gid: u32) -> io::Result<()> {
     // SAFETY: valid fd and NUL-terminated name.
@@ -203,16 +197,6 @@ pub fn set_xattr_at(dir: BorrowedFd<'_>, name: Option<&CStr>, key: &CStr, value:
         }
     };
     check(ret)
-}
-
-/// Names in the directory open as `dir`, without `.` and `..`.
-pub fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<CString>> {
-    let mut names = Vec::new();
-    for entry in std::fs::read_dir(Path::new(std::ffi::OsStr::from_bytes(proc_fd_path(dir, None).as_bytes())))? {
-        let name = entry?.file_name();
-        names.push(CString::new(name.as_bytes()).expect("directory entries contain no NUL"));
-    }
-    Ok(names)
 }
 
 pub fn geteuid() -> u32 {

@@ -5,6 +5,7 @@
 //! Metadata blocks (PAX records, long names) come from untrusted input and are read into memory,
 //! so their size is capped; member data is never buffered, the caller reads it through `Read`.
 
+use std::collections::HashMap;
 use std::io::{self, Read};
 
 use super::error::{Error, Result};
@@ -13,6 +14,12 @@ use super::path::show;
 const BLOCK: usize = 512;
 /// Upper bound for one PAX extended header; generous enough for many large xattrs.
 const MAX_PAX_SIZE: u64 = 1 << 20;
+/// Most extended attributes one entry may carry. A filesystem keeps a few per inode (ext4 fits
+/// them in one block); the bound keeps a hostile header from making thousands per entry.
+pub const MAX_XATTRS_PER_ENTRY: usize = 256;
+/// Longest xattr name and value the kernel accepts (XATTR_NAME_MAX, XATTR_SIZE_MAX).
+const MAX_XATTR_NAME: usize = 255;
+const MAX_XATTR_VALUE: usize = 64 << 10;
 /// Upper bound for a GNU long name or long link name (PATH_MAX is 4096).
 const MAX_LONG_NAME: u64 = 64 << 10;
 
@@ -416,6 +423,9 @@ fn trim(bytes: &[u8], strip: impl Fn(u8) -> bool) -> &[u8] {
 /// Parses PAX records (`"<len> <key>=<value>\n"`, len counting the whole record).
 fn parse_pax(mut data: &[u8]) -> Result<Pax> {
     let mut pax = Pax::default();
+    // Where each xattr name is in `pax.xattrs`: a repeated name replaces the earlier value in
+    // constant time (a scan per record made a header of many records quadratic).
+    let mut xattr_index: HashMap<Vec<u8>, usize> = HashMap::new();
     while !data.is_empty() && data[0] != 0 {
         let space = data
             .iter()
@@ -435,12 +445,12 @@ fn parse_pax(mut data: &[u8]) -> Result<Pax> {
             .position(|&b| b == b'=')
             .ok_or_else(|| Error::format(format!("PAX record {} has no '='", show(record))))?;
         let (key, value) = (&record[..eq], &record[eq + 1..]);
-        apply_pax_record(&mut pax, key, value)?;
+        apply_pax_record(&mut pax, &mut xattr_index, key, value)?;
     }
     Ok(pax)
 }
 
-fn apply_pax_record(pax: &mut Pax, key: &[u8], value: &[u8]) -> Result<()> {
+fn apply_pax_record(pax: &mut Pax, xattr_index: &mut HashMap<Vec<u8>, usize>, key: &[u8], value: &[u8]) -> Result<()> {
     const XATTR: &[u8] = b"SCHILY.xattr.";
     match key {
         b"path" => pax.path = Some(value.to_vec()),
@@ -455,8 +465,19 @@ fn apply_pax_record(pax: &mut Pax, key: &[u8], value: &[u8]) -> Result<()> {
             if name.is_empty() || name.contains(&0) {
                 return Err(Error::format(format!("invalid xattr name in PAX record {}", show(key))));
             }
-            pax.xattrs.retain(|(existing, _)| existing != name);
-            pax.xattrs.push((name.to_vec(), value.to_vec()));
+            if name.len() > MAX_XATTR_NAME || value.len() > MAX_XATTR_VALUE {
+                return Err(Error::format(format!("xattr {} in a PAX record is longer than the kernel allows", show(&name[..name.len().min(64)]))));
+            }
+            match xattr_index.get(name) {
+                Some(&at) => pax.xattrs[at].1 = value.to_vec(),
+                None => {
+                    if pax.xattrs.len() >= MAX_XATTRS_PER_ENTRY {
+                        return Err(Error::format(format!("more than {MAX_XATTRS_PER_ENTRY} xattrs on one entry")));
+                    }
+                    xattr_index.insert(name.to_vec(), pax.xattrs.len());
+                    pax.xattrs.push((name.to_vec(), value.to_vec()));
+                }
+            }
         }
         _ if key.starts_with(b"GNU.sparse.") => {
             return Err(Error::unsupported("PAX sparse files are not supported"));
@@ -681,6 +702,44 @@ mod tests {
         tar.pax(&pax_record("GNU.sparse.major", b"1"));
         tar.file("x", b"", 0o644);
         assert_eq!(headers(&tar.finish()).unwrap_err().code(), "EUNSUPPORTED");
+    }
+
+    #[test]
+    fn xattrs_are_bounded_per_entry_and_a_repeated_name_keeps_its_last_value() {
+        // The most an entry may carry is accepted; a header of tens of thousands of names, which
+        // still fits the 1 MiB PAX limit (30000 records of 29 bytes), is refused.
+        for (count, ok) in [(MAX_XATTRS_PER_ENTRY, true), (30_000, false)] {
+            let mut records = Vec::new();
+            for i in 0..count {
+                records.extend(pax_record(&format!("SCHILY.xattr.user.{i:05}"), b"v"));
+            }
+            assert!(records.len() as u64 <= MAX_PAX_SIZE);
+            let mut tar = TarBuilder::new();
+            tar.pax(&records);
+            tar.file("x", b"", 0o644);
+            let result = headers(&tar.finish());
+            if ok {
+                assert_eq!(result.unwrap()[0].0.xattrs.len(), count);
+            } else {
+                assert_eq!(result.err().map(|e| e.code()), Some("EFORMAT"), "{count} xattrs are refused");
+            }
+        }
+
+        // A value longer than the kernel accepts is refused too.
+        let mut tar = TarBuilder::new();
+        tar.pax(&pax_record("SCHILY.xattr.user.big", &vec![b'x'; MAX_XATTR_VALUE + 1]));
+        tar.file("x", b"", 0o644);
+        assert_eq!(headers(&tar.finish()).unwrap_err().code(), "EFORMAT");
+
+        let mut records = Vec::new();
+        records.extend(pax_record("SCHILY.xattr.user.a", b"first"));
+        records.extend(pax_record("SCHILY.xattr.user.b", b"b"));
+        records.extend(pax_record("SCHILY.xattr.user.a", b"last"));
+        let mut tar = TarBuilder::new();
+        tar.pax(&records);
+        tar.file("x", b"", 0o644);
+        let entries = headers(&tar.finish()).unwrap();
+        assert_eq!(entries[0].0.xattrs, vec![(b"user.a".to_vec(), b"last".to_vec()), (b"user.b".to_vec(), b"b".to_vec())]);
     }
 
     #[test]
