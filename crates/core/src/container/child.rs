@@ -731,7 +731,7 @@ unsafe fn rootfs_op(r: &RootfsPlan, root: c_int, i: usize, op: &RootfsOp, io: &C
             check!(io, Stage::Remount, i, mount_raw(std::ptr::null(), path.as_ptr(), std::ptr::null(), libc::MS_REMOUNT | flags, std::ptr::null()));
             unsafe { libc::close(fd) };
         }
-        RootfsOp::Device { target, mode, dev, uid, gid, host_path } => {
+        RootfsOp::Device { target, mode, dev, uid, gid, host_paths } => {
             let (dir, n) = resolve_parent(root, target);
             if dir < 0 {
                 unsafe { fail(io, Stage::Device, i, errno()) }
@@ -741,16 +741,22 @@ unsafe fn rootfs_op(r: &RootfsPlan, root: c_int, i: usize, op: &RootfsOp, io: &C
                 match errno() {
                     libc::EEXIST => {}
                     libc::EPERM => {
-                        // No mknod (e.g. a node without CAP_MKNOD): bind the host's node.
+                        // No mknod (no CAP_MKNOD in the node's user namespace): bind the node's
+                        // own node for this device, never whatever the container's path names
+                        // on the node.
+                        let source = check!(io, Stage::Device, i, open_device_node(host_paths, *mode, *dev));
                         let f = unsafe { libc::openat(dir, name, libc::O_CREAT | libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC, 0o644) };
                         if f < 0 {
                             unsafe { fail(io, Stage::Device, i, errno()) }
                         }
                         unsafe { libc::close(f) };
                         let fd = check!(io, Stage::Device, i, resolve(root, target, None));
-                        let path = FdPath::new(fd);
-                        check!(io, Stage::Device, i, mount_raw(host_path.as_ptr(), path.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()));
-                        unsafe { libc::close(fd) };
+                        let (from, to) = (FdPath::new(source), FdPath::new(fd));
+                        check!(io, Stage::Device, i, mount_raw(from.as_ptr(), to.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()));
+                        unsafe {
+                            libc::close(fd);
+                            libc::close(source);
+                        }
                     }
                     e => unsafe { fail(io, Stage::Device, i, e) },
                 }
@@ -769,6 +775,24 @@ unsafe fn rootfs_op(r: &RootfsPlan, root: c_int, i: usize, op: &RootfsOp, io: &C
             unsafe { libc::close(dir) };
         }
     }
+}
+
+/// An O_PATH descriptor of the first of `candidates` that is a device node of `mode`'s type
+/// with number `dev`; -1 with ENODEV when none is. Async-signal-safe.
+pub(super) fn open_device_node(candidates: &[CString], mode: libc::mode_t, dev: libc::dev_t) -> c_int {
+    for path in candidates {
+        let fd = unsafe { libc::open(path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+        if fd < 0 {
+            continue;
+        }
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstat(fd, &mut st) } == 0 && st.st_mode & libc::S_IFMT == mode & libc::S_IFMT && st.st_rdev == dev {
+            return fd;
+        }
+        unsafe { libc::close(fd) };
+    }
+    set_errno(libc::ENODEV);
+    -1
 }
 
 const OPEN_TREE_CLONE: libc::c_uint = 1;
@@ -962,6 +986,24 @@ mod tests {
         }
         assert_eq!(Stage::from_u32(0), None);
         assert_eq!(Stage::from_u32(45), None);
+    }
+
+    #[test]
+    fn a_device_is_bound_from_a_node_with_its_own_number_never_from_another_at_its_path() {
+        let null = libc::makedev(1, 3);
+        let zero = libc::makedev(1, 5);
+        // The container asked for 1:5 at /dev/null: /dev/null on the node is another device.
+        let fd = open_device_node(&[c"/nonexistent".to_owned(), c"/dev/null".to_owned()], libc::S_IFCHR | 0o666, zero);
+        assert_eq!((fd, errno()), (-1, libc::ENODEV));
+        // A block device of the same number is not the character device either.
+        assert_eq!(open_device_node(&[c"/dev/null".to_owned()], libc::S_IFBLK | 0o666, null), -1);
+        // The kernel's /dev/char link (when the node has one) or the node at the path.
+        let fd = open_device_node(&[c"/dev/char/1:5".to_owned(), c"/dev/zero".to_owned()], libc::S_IFCHR | 0o666, zero);
+        assert!(fd >= 0);
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::fstat(fd, &mut st) }, 0);
+        assert_eq!(st.st_rdev, zero);
+        unsafe { libc::close(fd) };
     }
 
     #[test]

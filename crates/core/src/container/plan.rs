@@ -116,8 +116,10 @@ pub enum RootfsOp {
         dev: libc::dev_t,
         uid: libc::uid_t,
         gid: libc::gid_t,
-        /// The node to bind-mount when mknod is not permitted.
-        host_path: CString,
+        /// Where the node's own device may be found on the node, to bind-mount when mknod is not
+        /// permitted: the kernel's /dev/{char,block}/MAJ:MIN, then the container's path (the one
+        /// the standard nodes have on the node too). Whichever is used must be this device.
+        host_paths: [CString; 2],
     },
     Symlink { target: RootPath, link: CString },
 }
@@ -738,7 +740,7 @@ fn rootfs_plan(spec: &Spec, bundle: &Path, warnings: &mut Vec<String>) -> Result
             dev: libc::makedev(d.major as u32, d.minor as u32),
             uid: d.uid.unwrap_or(0),
             gid: d.gid.unwrap_or(0),
-            host_path: cstring(&path)?,
+            host_paths: [cstring(&format!("/dev/{}/{}:{}", if fmt == libc::S_IFBLK { "block" } else { "char" }, d.major, d.minor))?, cstring(&path)?],
         });
     }
     if dev_tmpfs {
