@@ -22,13 +22,6 @@ pub struct DiffTarResult {
     pub skipped: u64,
 }
 
-#[repr(C)]
-struct OpenHow {
-    flags: u64,
-    mode: u64,
-    resolve: u64,
-}
-
 fn cstring(bytes: &[u8]) -> io::Result<CString> {
     CString::new(bytes).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
@@ -43,20 +36,10 @@ fn owned(fd: libc::c_long) -> io::Result<OwnedFd> {
 
 /// Directory `rel` (relative, `""` for the root itself) beneath `root`, never through a symlink.
 fn open_beneath(root: RawFd, rel: &CStr) -> io::Result<OwnedFd> {
-    let how = OpenHow {
-        flags: (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64,
-        mode: 0,
-        resolve: libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS | libc::RESOLVE_NO_XDEV,
-    };
+    let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
+    let resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS | libc::RESOLVE_NO_XDEV;
     let path = if rel.to_bytes().is_empty() { c"." } else { rel };
-    loop {
-        // SAFETY: `path` and `how` outlive the call; the size matches the struct passed.
-        let ret = unsafe { libc::syscall(libc::SYS_openat2, root, path.as_ptr(), &how as *const OpenHow, std::mem::size_of::<OpenHow>()) };
-        match owned(ret) {
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR)) => continue,
-            other => return other,
-        }
-    }
+    owned(crate::sys::openat2_raw(root, path.as_ptr(), flags, resolve) as libc::c_long)
 }
 
 fn stat_at(dir: RawFd, name: &CStr, flags: libc::c_int) -> io::Result<libc::stat> {

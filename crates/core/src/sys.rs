@@ -469,3 +469,29 @@ mod tests {
         assert_eq!(fs_magic(Path::new("/proc")).unwrap(), PROC_MAGIC);
     }
 }
+
+/// openat2(2) with `flags` and `resolve` (RESOLVE_* from <linux/openat2.h>), retried while the
+/// kernel answers EAGAIN (a concurrent rename raced the lookup) or EINTR. Returns the descriptor,
+/// or -1 with errno set. Async-signal-safe: usable between fork and exec.
+pub fn openat2_raw(dir: RawFd, path: *const libc::c_char, flags: libc::c_int, resolve: u64) -> libc::c_int {
+    /// `struct open_how`.
+    #[repr(C)]
+    struct OpenHow {
+        flags: u64,
+        mode: u64,
+        resolve: u64,
+    }
+    let how = OpenHow { flags: flags as u64, mode: 0, resolve };
+    loop {
+        // SAFETY: `path` is the caller's C string; `how` outlives the call and has the size passed.
+        let fd = unsafe { libc::syscall(libc::SYS_openat2, dir, path, &how as *const OpenHow, std::mem::size_of::<OpenHow>()) } as libc::c_int;
+        if fd >= 0 {
+            return fd;
+        }
+        // SAFETY: reading this thread's errno.
+        let e = unsafe { *libc::__errno_location() };
+        if e != libc::EAGAIN && e != libc::EINTR {
+            return -1;
+        }
+    }
+}

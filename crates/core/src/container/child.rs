@@ -224,31 +224,9 @@ impl FdPath {
     }
 }
 
-#[repr(C)]
-struct OpenHow {
-    flags: u64,
-    mode: u64,
-    resolve: u64,
-}
-
-const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
-const RESOLVE_IN_ROOT: u64 = 0x10;
-
 /// Opens `path` (relative) as if `root` were "/": symlinks and ".." cannot leave it.
 fn open_in_root(root: RawFd, path: *const c_char) -> c_int {
-    let how = OpenHow {
-        flags: (libc::O_PATH | libc::O_CLOEXEC) as u64,
-        mode: 0,
-        resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
-    };
-    loop {
-        let fd = unsafe {
-            libc::syscall(libc::SYS_openat2, root, path, &how as *const OpenHow, std::mem::size_of::<OpenHow>())
-        } as c_int;
-        if fd >= 0 || errno() != libc::EAGAIN {
-            return fd;
-        }
-    }
+    crate::sys::openat2_raw(root, path, libc::O_PATH | libc::O_CLOEXEC, libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS)
 }
 
 /// Resolves `p` inside `root`, creating missing components (directories, and for the last

@@ -14,7 +14,6 @@
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use libc::c_int;
 
 /// `f_type` of procfs (linux/magic.h).
 pub const PROC_SUPER_MAGIC: i64 = 0x9fa0;
@@ -146,16 +145,6 @@ pub fn open_checked_dir(path: &CStr, magic: i64) -> Result<OwnedFd, String> {
     }
 }
 
-#[repr(C)]
-struct OpenHow {
-    flags: u64,
-    mode: u64,
-    resolve: u64,
-}
-
-const RESOLVE_NO_XDEV: u64 = 0x01;
-const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
-const RESOLVE_BENEATH: u64 = 0x08;
 
 fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
@@ -171,20 +160,11 @@ pub unsafe fn write_attr(dir: RawFd, magic: i64, files: &[CString], value: &[u8]
     if fs_magic(dir) != Some(magic) {
         return Err(libc::EXDEV);
     }
-    let how = OpenHow {
-        flags: (libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW) as u64,
-        mode: 0,
-        resolve: RESOLVE_BENEATH | RESOLVE_NO_XDEV | RESOLVE_NO_MAGICLINKS,
-    };
+    let flags = libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW;
+    let resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_XDEV | libc::RESOLVE_NO_MAGICLINKS;
     let mut last = libc::ENOENT;
     for file in files {
-        let fd = loop {
-            // SAFETY: valid pointers to a C string and an open_how of the size passed.
-            let fd = unsafe { libc::syscall(libc::SYS_openat2, dir, file.as_ptr(), &how as *const OpenHow, std::mem::size_of::<OpenHow>()) } as c_int;
-            if fd >= 0 || errno() != libc::EAGAIN {
-                break fd;
-            }
-        };
+        let fd = crate::sys::openat2_raw(dir, file.as_ptr(), flags, resolve);
         if fd < 0 {
             last = errno();
             if last == libc::ENOENT {

@@ -29,14 +29,6 @@ fn check_fd(ret: libc::c_long) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(ret as libc::c_int) })
 }
 
-/// `struct open_how` from <linux/openat2.h>.
-#[repr(C)]
-struct OpenHow {
-    flags: u64,
-    mode: u64,
-    resolve: u64,
-}
-
 /// Opens the unpack destination itself (a trusted path chosen by the runtime).
 pub fn open_root(path: &Path) -> io::Result<OwnedFd> {
     let path = CString::new(path.as_os_str().as_bytes())
@@ -51,28 +43,8 @@ pub fn open_root(path: &Path) -> io::Result<OwnedFd> {
 /// with EXDEV instead of being followed, and /proc magic links are refused. Layers are untrusted:
 /// writing through such a symlink is treated as an escape attempt, not reinterpreted.
 pub fn open_dir_in_root(root: BorrowedFd<'_>, path: &CStr) -> io::Result<OwnedFd> {
-    let how = OpenHow {
-        flags: (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64,
-        mode: 0,
-        resolve: libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS,
-    };
-    loop {
-        // SAFETY: `path` and `how` outlive the call; the size matches the struct passed.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                root.as_raw_fd(),
-                path.as_ptr(),
-                &how as *const OpenHow,
-                std::mem::size_of::<OpenHow>(),
-            )
-        };
-        match check_fd(ret) {
-            // EAGAIN: a concurrent rename raced the lookup; the kernel asks us to retry.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR)) => continue,
-            other => return other,
-        }
-    }
+    let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
+    check_fd(crate::sys::openat2_raw(root.as_raw_fd(), path.as_ptr(), flags, libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS) as libc::c_long)
 }
 
 /// Opens subdirectory `name` of `dir` without following a symlink, readable (for listing).
