@@ -56,16 +56,11 @@ export function authorityIsValid(value: string): boolean {
   return VALID_AUTHORITY.test(value);
 }
 
-/** Replaces an `:authority`/`host` value nghttp2 would refuse. Returns whether anything changed. */
-export function sanitizeAuthority(fields: HeaderField[]): boolean {
-  let changed = false;
+/** Replaces an `:authority`/`host` value nghttp2 would refuse. */
+function sanitizeAuthority(fields: HeaderField[]): void {
   for (const f of fields) {
-    if ((f.name === ':authority' || f.name === 'host') && !authorityIsValid(f.value)) {
-      f.value = REPLACEMENT_AUTHORITY;
-      changed = true;
-    }
+    if ((f.name === ':authority' || f.name === 'host') && !authorityIsValid(f.value)) f.value = REPLACEMENT_AUTHORITY;
   }
-  return changed;
 }
 
 class ConnectionError extends Error {
@@ -102,7 +97,7 @@ export class AuthorityFilter extends Duplex {
   private readonly serverHeader = Buffer.alloc(FRAME_HEADER);
   private serverRemaining = 0;
   /** Payload of a SETTINGS frame from the server being collected, if any. */
-  private serverSettings?: { parts: Buffer[]; size: number };
+  private serverSettings?: Buffer[];
   private maxFrameSize = DEFAULT_MAX_FRAME_SIZE;
   private maxHeaderList = DEFAULT_MAX_HEADER_LIST;
 
@@ -379,18 +374,17 @@ export class AuthorityFilter extends Duplex {
         this.serverHeaderFill = 0;
         const h = this.serverHeader;
         this.serverRemaining = (h[0] << 16) | (h[1] << 8) | h[2];
-        if (h[3] === FrameType.SETTINGS && !(h[4] & FLAG_ACK) && this.serverRemaining > 0) this.serverSettings = { parts: [], size: 0 };
+        if (h[3] === FrameType.SETTINGS && !(h[4] & FLAG_ACK) && this.serverRemaining > 0) this.serverSettings = [];
         continue;
       }
       const n = Math.min(this.serverRemaining, chunk.length - pos);
       if (this.serverSettings) {
-        this.serverSettings.parts.push(chunk.subarray(pos, pos + n));
-        this.serverSettings.size += n;
+        this.serverSettings.push(chunk.subarray(pos, pos + n));
       }
       this.serverRemaining -= n;
       pos += n;
       if (this.serverRemaining === 0 && this.serverSettings) {
-        this.applyServerSettings(Buffer.concat(this.serverSettings.parts));
+        this.applyServerSettings(Buffer.concat(this.serverSettings));
         this.serverSettings = undefined;
       }
     }
