@@ -342,9 +342,11 @@ test('exec -it through a real terminal: type a command, read its answer, exit', 
     // Typed keys must not reach the editor as part of the report.
     await new Promise((r) => setTimeout(r, 300));
   }
-  term.stdin!.write('test -t 0 && test -t 1 && echo on-a-terminal; echo answer-$((6*7))\n');
+  term.stdin!.write('test -t 0 && test -t 1 && echo on-a-terminal; echo tty=$(tty); echo answer-$((6*7))\n');
   await seen('the answer', () => /\r\nanswer-42\r\n/.test(term.out()));
   t.regex(term.out(), /\r\non-a-terminal\r\n/, "the shell's stdin and stdout are a terminal");
+  // The terminal is on the container's own devpts, so it has a name there (as runc's consoles do).
+  t.regex(term.out(), /\r\ntty=\/dev\/pts\/\d+\r\n/, 'tty names the terminal inside the container');
   term.stdin!.write('exit\n');
   const res = await term.done;
   t.is(res.code, 0, res.stderr + res.stdout);

@@ -722,7 +722,7 @@ impl Server {
         let mut input: Option<OwnedFd> = None;
         let (stdin, stdout, stderr);
         if wiring.tty {
-            let (master, slave) = pty::open_pair()?;
+            let (master, slave) = pty::open_pair_in(plan.root.as_ref().map(|r| r.as_raw_fd()))?;
             stdin = slave.as_raw_fd();
             stdout = stdin;
             stderr = stdin;

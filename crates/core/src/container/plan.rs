@@ -248,6 +248,8 @@ pub struct ExecPlan {
     /// The container's PID namespace when it is not the one the caller's children land in;
     /// the caller must enter it (for children) around the fork.
     pub pid_ns: Option<Arc<OwnedFd>>,
+    /// The container's root directory (O_PATH), where a terminal for the process is allocated.
+    pub root: Option<Arc<OwnedFd>>,
 }
 
 /// What entering a running container takes: its cgroups and the namespaces it does not share
@@ -257,6 +259,8 @@ pub struct ExecTarget {
     pub cgroup_procs: Vec<Arc<OwnedFd>>,
     pub setns: Vec<(Arc<OwnedFd>, c_int, &'static str)>,
     pub pid_ns: Option<Arc<OwnedFd>>,
+    /// The container's root directory, as its process sees it.
+    pub root: Option<Arc<OwnedFd>>,
 }
 
 /// Process fields an exec may override.
@@ -547,7 +551,9 @@ pub fn exec_target(spec: &Spec, pid: libc::pid_t) -> Result<ExecTarget, String> 
     } else {
         Some(Arc::new(open_cloexec(&target_pid, libc::O_RDONLY)?))
     };
-    Ok(ExecTarget { cgroup_procs, setns, pid_ns })
+    // Only ever a starting point for lookups confined to it (RESOLVE_IN_ROOT).
+    let root = open_cloexec(&PathBuf::from(format!("/proc/{}/root", pid)), libc::O_PATH | libc::O_DIRECTORY).ok().map(Arc::new);
+    Ok(ExecTarget { cgroup_procs, setns, pid_ns, root })
 }
 
 /// A process to exec into the running container `target` was opened for, with the caller's
@@ -555,7 +561,7 @@ pub fn exec_target(spec: &Spec, pid: libc::pid_t) -> Result<ExecTarget, String> 
 pub fn exec_plan(spec: &Spec, target: &ExecTarget, overrides: &ProcessOverrides, ignored_signals: &[c_int]) -> Result<ExecPlan, String> {
     let mut process = process_plan(spec, overrides, target.cgroup_procs.clone(), ignored_signals.to_vec())?;
     process.setns = target.setns.clone();
-    Ok(ExecPlan { process, pid_ns: target.pid_ns.clone() })
+    Ok(ExecPlan { process, pid_ns: target.pid_ns.clone(), root: target.root.clone() })
 }
 
 fn dir_for_idmap(bundle: &Path) -> PathBuf {
