@@ -12,6 +12,7 @@ import {
   H2_ENHANCE_YOUR_CALM,
   H2_FRAME_SIZE_ERROR,
   H2_PROTOCOL_ERROR,
+  parseFrameHeader,
   PREFACE,
   SETTINGS_HEADER_TABLE_SIZE,
   SETTINGS_MAX_FRAME_SIZE,
@@ -274,11 +275,7 @@ export class AuthorityFilter extends Duplex {
 
   /** Reads the frame header just completed; returns whether its payload is collected. */
   private startFrame(): boolean {
-    const h = this.header;
-    const length = (h[0] << 16) | (h[1] << 8) | h[2];
-    const type = h[3];
-    const flags = h[4];
-    const streamId = h.readUInt32BE(5) & 0x7fffffff;
+    const { length, type, flags, streamId } = parseFrameHeader(this.header);
     if (length > this.maxFrameSize) throw new ConnectionError(H2_FRAME_SIZE_ERROR, `frame of ${length} octets above the maximum ${this.maxFrameSize}`);
     if (this.block && (type !== FrameType.CONTINUATION || streamId !== this.block.streamId)) {
       throw new ConnectionError(H2_PROTOCOL_ERROR, 'header block interrupted by another frame');
@@ -372,9 +369,9 @@ export class AuthorityFilter extends Duplex {
         pos += n;
         if (this.serverHeaderFill < FRAME_HEADER) break;
         this.serverHeaderFill = 0;
-        const h = this.serverHeader;
-        this.serverRemaining = (h[0] << 16) | (h[1] << 8) | h[2];
-        if (h[3] === FrameType.SETTINGS && !(h[4] & FLAG_ACK) && this.serverRemaining > 0) this.serverSettings = [];
+        const { length, type, flags } = parseFrameHeader(this.serverHeader);
+        this.serverRemaining = length;
+        if (type === FrameType.SETTINGS && !(flags & FLAG_ACK) && length > 0) this.serverSettings = [];
         continue;
       }
       const n = Math.min(this.serverRemaining, chunk.length - pos);

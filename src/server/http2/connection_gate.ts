@@ -2,7 +2,7 @@ import type * as net from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Logger } from '../../log';
 import { AuthorityFilter, authorityIsValid } from './authority_filter';
-import { FLAG_ACK, FLAG_END_HEADERS, FrameType, frameHeader, PREFACE, splitHeadersPayload } from './frames';
+import { FLAG_ACK, FLAG_END_HEADERS, FrameType, frameHeader, parseFrameHeader, PREFACE, splitHeadersPayload } from './frames';
 import { HpackDecoder } from './hpack';
 
 /**
@@ -78,9 +78,7 @@ export function gateConnection(socket: net.Socket, options: GateOptions): void {
     }
     if (scanned === 0) scanned = Math.min(PREFACE.length, data.length);
     while (scanned + 9 <= data.length && !(firstBlock?.done && ackDropped)) {
-      const length = data.readUIntBE(scanned, 3);
-      const type = data[scanned + 3];
-      const flags = data[scanned + 4];
+      const { length, type, flags } = parseFrameHeader(data, scanned);
       if (!EARLY_FRAME_TYPES.has(type)) {
         // Anything else before the first request: the filter handles every case.
         decide(false, data);

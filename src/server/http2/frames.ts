@@ -30,6 +30,16 @@ export const H2_FRAME_SIZE_ERROR = 0x6;
 export const H2_COMPRESSION_ERROR = 0x9;
 export const H2_ENHANCE_YOUR_CALM = 0xb;
 
+/** The fields of the frame header at `offset` (9 octets must be there). */
+export function parseFrameHeader(buf: Buffer, offset = 0): { length: number; type: number; flags: number; streamId: number } {
+  return {
+    length: (buf[offset] << 16) | (buf[offset + 1] << 8) | buf[offset + 2],
+    type: buf[offset + 3],
+    flags: buf[offset + 4],
+    streamId: buf.readUInt32BE(offset + 5) & 0x7fffffff,
+  };
+}
+
 export function frameHeader(length: number, type: number, flags: number, streamId: number): Buffer {
   const h = Buffer.allocUnsafe(FRAME_HEADER);
   h[0] = (length >>> 16) & 0xff;
