@@ -9,7 +9,7 @@ import { ContainerState } from '../../src/generated/runtime/v1/api';
 import { removeCgroupParents } from '../fixtures/test_network';
 import { connectSpdy, readAll, spdyRemoteCommand } from '../fixtures/spdy_client';
 import type { PushedImage } from '../fixtures/images';
-import { criLogText, type PodEnv, readCriLog, runContainer, startBusyboxRegistry, startPodEnv, waitExited } from '../fixtures/pod_env';
+import { criLogText, type PodEnv, readCriLog, runContainer, shellContainer, startBusyboxRegistry, startPodEnv, waitExited } from '../fixtures/pod_env';
 import type { RegistryHandle } from '../fixtures/registry';
 
 /**
@@ -49,17 +49,8 @@ async function setup(t: any, podExtra: Record<string, unknown> = {}, daemonConfi
   });
 }
 
-let counter = 0;
 function containerConfig(t: any, script: string, extra: Record<string, unknown> = {}) {
-  const name = `c${counter++}`;
-  return {
-    metadata: { name, attempt: 0 },
-    image: { image: t.context.busybox.reference },
-    command: ['/bin/sh', '-c', script],
-    logPath: `${name}.log`,
-    labels: { test: 'container' },
-    ...extra,
-  };
+  return shellContainer(t.context.busybox.reference, 'c', script, { labels: { test: 'container' }, ...extra });
 }
 
 const run = runContainer;

@@ -6,7 +6,7 @@ import anyTest, { type TestFn } from 'ava';
 import { NamespaceMode } from '../../src/generated/runtime/v1/api';
 import { removeCgroupParents } from '../fixtures/test_network';
 import type { PushedImage } from '../fixtures/images';
-import { criLogText, type PodEnv, runContainer, startBusyboxRegistry, startPodEnv, waitExited } from '../fixtures/pod_env';
+import { criLogText, type PodEnv, runContainer, shellContainer, startBusyboxRegistry, startPodEnv, waitExited } from '../fixtures/pod_env';
 import type { RegistryHandle } from '../fixtures/registry';
 
 /**
@@ -43,17 +43,8 @@ async function sharedPidPod(t: any, daemonConfig?: string): Promise<PodEnv> {
   });
 }
 
-let counter = 0;
 function container(t: any, script: string, securityContext: Record<string, unknown> = {}, extra: Record<string, unknown> = {}) {
-  const name = `p${counter++}`;
-  return {
-    metadata: { name, attempt: 0 },
-    image: { image: t.context.busybox.reference },
-    command: ['/bin/sh', '-c', script],
-    logPath: `${name}.log`,
-    linux: { securityContext },
-    ...extra,
-  };
+  return shellContainer(t.context.busybox.reference, 'p', script, { linux: { securityContext }, ...extra });
 }
 
 /** A file only the node has, in a directory of its own: what a container must never reach. */

@@ -5,7 +5,7 @@ import anyTest, { type TestFn } from 'ava';
 import { ContainerState } from '../../src/generated/runtime/v1/api';
 import { removeCgroupParents } from '../fixtures/test_network';
 import type { PushedImage } from '../fixtures/images';
-import { criLogText, type PodEnv, runContainer, startBusyboxRegistry, startPodEnv } from '../fixtures/pod_env';
+import { criLogText, type PodEnv, runContainer, shellContainer, startBusyboxRegistry, startPodEnv } from '../fixtures/pod_env';
 import type { RegistryHandle } from '../fixtures/registry';
 import { connectSpdy, readAll, spdyRemoteCommand } from '../fixtures/spdy_client';
 import { channelData, connectWebSocket, sendChannel } from '../fixtures/ws_client';
@@ -45,16 +45,8 @@ async function setup(t: any, network = NAMESPACE_POD): Promise<Env> {
   });
 }
 
-let counter = 0;
 async function run(t: any, env: Env, script: string, extra: Record<string, unknown> = {}): Promise<string> {
-  const name = `s${counter++}`;
-  return runContainer(env, {
-    metadata: { name, attempt: 0 },
-    image: { image: t.context.busybox.reference },
-    command: ['/bin/sh', '-c', script],
-    logPath: `${name}.log`,
-    ...extra,
-  });
+  return runContainer(env, shellContainer(t.context.busybox.reference, 's', script, extra));
 }
 
 async function until(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 15_000): Promise<void> {
