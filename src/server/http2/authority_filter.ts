@@ -183,6 +183,8 @@ export class AuthorityFilter extends Duplex {
     let pos = 0;
     // Octets from here on are held back: a frame header not yet complete.
     let held = chunk.length;
+    // Where the frame being looked at starts: what precedes it is whole frames.
+    let frameStart = 0;
     try {
       while (pos < chunk.length) {
         if (this.passthrough) {
@@ -209,6 +211,7 @@ export class AuthorityFilter extends Duplex {
             break;
           }
           this.headerFill = 0;
+          frameStart = headerStart;
           const collect = this.startFrame();
           if (collect) {
             flushRun(headerStart);
@@ -236,7 +239,10 @@ export class AuthorityFilter extends Duplex {
       }
     } catch (err) {
       if (!(err instanceof ConnectionError)) throw err;
-      // Nothing more reaches the server: it learns of the end when the connection closes.
+      // The frames before the offending one still reach the server (GOAWAY's last stream id
+      // counts them); nothing after it does, and the server learns of the end as it closes.
+      flushRun(frameStart);
+      if (out && out.length > 0) this.pushOut(out.length === 1 ? out[0] : Buffer.concat(out));
       this.fail(err);
       return;
     }
