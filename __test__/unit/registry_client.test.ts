@@ -10,7 +10,8 @@ import { isCrispError } from '../../src/util/errors';
 import { MediaTypes, type Descriptor } from '../../src/image/media_types';
 import { type Platform, hostPlatform, parsePlatform, platformMatches, selectPlatformEntry } from '../../src/image/platform';
 import { parseReference } from '../../src/image/reference';
-import { RegistryClient, type RegistryClientOptions, Semaphore } from '../../src/image/registry_client';
+import { Semaphore } from '../../src/image/registry_blobs';
+import { RegistryClient, type RegistryClientOptions } from '../../src/image/registry_client';
 import { RegistryHosts } from '../../src/image/registry_hosts';
 import { createCertificateAuthority, issueServerCertificate } from '../fixtures/certs';
 

@@ -89,6 +89,25 @@ export function serverAddressMatches(serverAddress: string | undefined, host: st
   return normalizeServerAddress(serverAddress) === normalizeServerAddress(host);
 }
 
+/**
+ * The credentials to send to one endpoint: a request's own credentials go to the endpoint their
+ * server address names, or to the reference's registry itself (not a mirror of it) when the
+ * address names that; otherwise the endpoint's configured credentials apply.
+ */
+export function credentialsForEndpoint(
+  request: { credentials?: RegistryCredentials; serverAddress?: string },
+  ep: { host: string; mirror: boolean; credentials?: RegistryCredentials },
+  registry: string,
+): RegistryCredentials | undefined {
+  if (
+    request.credentials &&
+    (serverAddressMatches(request.serverAddress, ep.host) || (!ep.mirror && serverAddressMatches(request.serverAddress, registry)))
+  ) {
+    return request.credentials;
+  }
+  return ep.credentials;
+}
+
 export interface AuthChallenge {
   /** Lowercased scheme, e.g. "bearer", "basic". */
   scheme: string;
@@ -235,6 +254,14 @@ export interface AuthScope {
   http: TokenHttp;
 }
 
+/** What the challenge loop needs to know of a response. */
+export interface ChallengeView {
+  status: number;
+  wwwAuthenticate: string | string[] | undefined;
+  /** The response came from the scope's origin, not from a host a redirect led to. */
+  fromScopeOrigin: boolean;
+}
+
 /** Default and minimum token lifetime per the distribution token spec. */
 const MIN_TOKEN_LIFETIME_S = 60;
 const MAX_TOKEN_RESPONSE_BYTES = 1024 * 1024;
@@ -288,6 +315,36 @@ export class RegistryAuthenticator {
     const previous = this.challenges.get(scope.origin);
     if (previous) this.tokens.delete(this.tokenKey(previous, scope));
     this.challenges.set(scope.origin, chosen);
+  }
+
+  /**
+   * Sends a request with the authorization `scope` currently has. A 401 from the scope's own
+   * origin is a challenge: it is recorded and the request sent once more with the answer; a second
+   * 401, or a 403 from anywhere, is the refusal error. Responses not returned are passed to `drop`.
+   */
+  async send<R>(
+    scope: AuthScope,
+    request: (authorization: string | undefined) => Promise<R>,
+    view: (res: R) => ChallengeView,
+    drop: (res: R) => void,
+  ): Promise<R> {
+    let challenged = false;
+    for (;;) {
+      const res = await request(await this.authorization(scope));
+      const { status, wwwAuthenticate, fromScopeOrigin } = view(res);
+      if (status === 401 && fromScopeOrigin) {
+        drop(res);
+        if (challenged) throw this.rejected(scope, 401);
+        this.onUnauthorized(scope, wwwAuthenticate);
+        challenged = true;
+        continue;
+      }
+      if (status === 403) {
+        drop(res);
+        throw this.rejected(scope, 403);
+      }
+      return res;
+    }
   }
 
   /** The error for a request the registry refused even after its challenge was answered. */
