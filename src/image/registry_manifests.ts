@@ -17,7 +17,7 @@ import {
   parseManifest,
 } from './media_types';
 import { type Platform, formatPlatform, selectPlatformEntry } from './platform';
-import { type ImageReference, isDigest, parseDigest } from './reference';
+import { isDigest, parseDigest } from './reference';
 import type { HostCapability, RegistryEndpoint } from './registry_hosts';
 import {
   EndpointFailure,
