@@ -4,7 +4,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import test from 'ava';
 import { DEFAULT_APPARMOR_PROFILE, defaultAppArmorProfile } from '../../src/container/apparmor_profile';
-import { nodeSpecHost } from '../../src/container/spec_builder';
+import { nodeSpecHost } from '../../src/container/spec_host';
 
 /** apparmor_parser compiles a profile without loading it (-Q), so this works on any host. */
 function compile(text: string): string {
