@@ -36,7 +36,7 @@ export async function recoverContainers(svc: CriService): Promise<void> {
   // none is missed for containers that are running.
   for (const sandbox of svc.sandboxes.list()) {
     if (sandbox.state === 'ready' && svc.containers.bySandbox(sandbox.id).some((c) => c.state === 'running' || c.state === 'created')) {
-      await svc.pods.client(sandbox).catch((err: unknown) => log.warn({ sandbox: sandbox.id, err: errorMessage(err) }, 'cannot reach the pod monitor'));
+      await svc.pods.runtimeOf(sandbox).catch((err: unknown) => log.warn({ sandbox: sandbox.id, err: errorMessage(err) }, 'cannot reach the pod monitor'));
     }
   }
 }

@@ -64,6 +64,11 @@ export class Sandbox {
     return this.record.state;
   }
 
+  /** Whether the pod shares the node's network namespace. */
+  get hostNetwork(): boolean {
+    return this.record.hostNetwork;
+  }
+
   get netnsPath(): string {
     return path.join(this.dir, 'ns', 'net');
   }

@@ -136,9 +136,9 @@ async function doCreate(svc: CriService, sandbox: Sandbox, config: ContainerConf
     await writeJsonAtomic(path.join(container.bundleDir, 'config.json'), spec, 0o600, { durable: false });
 
     const user = spec.process?.user;
-    const monitor = await svc.pods.client(sandbox);
-    cleanup.push('monitor process', () => svc.pods.killContainer(sandbox, id));
-    const created = await monitor.request<{ pid: number }>('create', {
+    const runtime = await svc.pods.runtimeOf(sandbox);
+    cleanup.push('container process', () => svc.pods.killContainer(sandbox, id));
+    const created = await runtime.create({
       containerId: id,
       bundleDir: container.bundleDir,
       // Without a log path from kubelet the output still has to be drained somewhere.

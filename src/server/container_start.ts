@@ -16,10 +16,10 @@ export async function startContainer(svc: CriService, req: StartContainerRequest
     }
     if (container.state !== 'created') throw failedPrecondition(`container ${container.id} is ${container.state}, not created`);
     const sandbox = svc.sandboxes.resolve(container.record.sandboxId);
-    const client = await svc.pods.client(sandbox);
+    const runtime = await svc.pods.runtimeOf(sandbox);
     let started: { pid: number; startedAtMs: number };
     try {
-      started = await client.request<{ pid: number; startedAtMs: number }>('start', { containerId: container.id });
+      started = await runtime.start(container.id);
     } catch (err) {
       // The process is gone: record it as exited with the reason, as kubelet expects to see it.
       await svc.containers.update(container, (r) => {

@@ -98,7 +98,7 @@ async function createSandbox(svc: CriService, config: PodSandboxConfig, handler:
     failpoint('sandbox-after-monitor');
     // The control connection every container call needs is opened and subscribed while CNI
     // runs, not by the pod's first CreateContainer. A failure here is seen again by that call.
-    svc.pods.client(sandbox).catch(() => undefined);
+    svc.pods.runtimeOf(sandbox).catch(() => undefined);
 
     if (ns.network === 'pod') {
       cleanup.push('network', () => svc.cni.del(cniParams(sandbox)));
