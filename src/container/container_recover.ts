@@ -1,4 +1,5 @@
 import type { CriService } from '../server/service';
+import { lostExit, markExited } from '../state/container_state';
 import { errorMessage } from '../util/errors';
 
 /**
@@ -19,14 +20,7 @@ export async function recoverContainers(svc: CriService): Promise<void> {
       }
       if (await svc.exits.reconcile(c, true)) continue;
       if (!sandbox || !svc.pods.alive(sandbox)) {
-        await svc.containers.update(c, (r) => {
-          r.state = 'exited';
-          r.pid = 0;
-          r.exitCode = 255;
-          r.reason = 'Error';
-          r.message = 'the pod monitor is gone; the container was lost';
-          r.finishedAt = (BigInt(Date.now()) * 1_000_000n).toString();
-        });
+        await svc.containers.update(c, (r) => markExited(r, lostExit()));
       }
     } catch (err) {
       log.error({ container: c.id, err: errorMessage(err) }, 'container recovery failed');
