@@ -7,7 +7,8 @@
 import test, { type ExecutionContext } from 'ava';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { CONTAINER_EXIT_FILE, type ContainerExitRecord, type MonitorEvent } from '../../src/sandbox/monitor_client';
+import { CONTAINER_EXIT_FILE, type ContainerExitRecord } from '../../src/runtime/exit_record';
+import type { MonitorEvent } from '../../src/sandbox/monitor_client';
 import { monitorBinaryPath } from '../../src/sandbox/monitor_spawn';
 import { CrispError } from '../../src/util/errors';
 import { DEFAULT_CAPABILITIES } from '../../src/container/capabilities';
@@ -226,7 +227,7 @@ serial('exec returns output and exit code, and its timeout kills it', async (t) 
   const { pid } = await pod.client.start('app');
   const mountNs = fs.readlinkSync(`/proc/${pid}/ns/mnt`);
 
-  const r = await pod.client.exec({
+  const r = await pod.client.execSync({
     containerId: 'app',
     execId: 'e1',
     process: { args: ['sh', '-c', 'echo out; echo err >&2; id -u; pwd; exit 7'], uid: 65534, gid: 65534, cwd: '/tmp' },
@@ -239,11 +240,11 @@ serial('exec returns output and exit code, and its timeout kills it', async (t) 
   t.false(r.truncated);
 
   // The exec sees the container's filesystem, not the host's.
-  const seen = await pod.client.exec({ containerId: 'app', execId: 'e2', process: { args: ['ls', '/bin/busybox'] } });
+  const seen = await pod.client.execSync({ containerId: 'app', execId: 'e2', process: { args: ['ls', '/bin/busybox'] } });
   t.is(seen.stdout.toString(), '/bin/busybox\n');
 
   const started = Date.now();
-  const slow = await pod.client.exec({ containerId: 'app', execId: 'e3', process: { args: ['sh', '-c', 'sleep 30; echo never'] }, timeoutMs: 300 });
+  const slow = await pod.client.execSync({ containerId: 'app', execId: 'e3', process: { args: ['sh', '-c', 'sleep 30; echo never'] }, timeoutMs: 300 });
   t.true(slow.timedOut);
   t.is(slow.exitCode, 137);
   t.is(slow.stdout.toString(), '');
@@ -252,13 +253,13 @@ serial('exec returns output and exit code, and its timeout kills it', async (t) 
   // A command that leaves a child behind holding its output (kubernetes#92057) still returns once
   // it exits: what the child writes later is not waited for beyond a short drain.
   const leftBehind = Date.now();
-  const bg = await pod.client.exec({ containerId: 'app', execId: 'bg', process: { args: ['sh', '-c', 'echo hi; sleep 30 & exit 0'] }, timeoutMs: 20_000 });
+  const bg = await pod.client.execSync({ containerId: 'app', execId: 'bg', process: { args: ['sh', '-c', 'echo hi; sleep 30 & exit 0'] }, timeoutMs: 20_000 });
   t.is(bg.exitCode, 0);
   t.is(bg.stdout.toString(), 'hi\n');
   t.false(bg.timedOut);
   t.true(Date.now() - leftBehind < 5_000, `returned after ${Date.now() - leftBehind} ms`);
 
-  const missing = await t.throwsAsync(pod.client.exec({ containerId: 'app', execId: 'e4', process: { args: ['no-such-tool'] } }));
+  const missing = await t.throwsAsync(pod.client.execSync({ containerId: 'app', execId: 'e4', process: { args: ['no-such-tool'] } }));
   t.regex(missing?.message ?? '', /executable file not found in \$PATH/);
   // The monitor keeps what entering the container takes between execs...
   t.true(monitorHolds(pod.mon.pid, mountNs), 'the container mount namespace is held for exec');
@@ -270,7 +271,7 @@ serial('exec returns output and exit code, and its timeout kills it', async (t) 
   t.is(exit.signal, 15);
   // ...and lets go of it when the container exits: it would keep the root filesystem mounted.
   t.false(monitorHolds(pod.mon.pid, mountNs), 'nothing of the exited container is held');
-  const notRunning = await t.throwsAsync(pod.client.exec({ containerId: 'app', execId: 'e5', process: { args: ['true'] } }));
+  const notRunning = await t.throwsAsync(pod.client.execSync({ containerId: 'app', execId: 'e5', process: { args: ['true'] } }));
   t.true(notRunning instanceof CrispError && notRunning.code === 'FailedPrecondition');
   // Signalling an exited container is not an error.
   await t.notThrowsAsync(pod.client.signal('app', 'SIGKILL'));
@@ -362,7 +363,7 @@ serial('reopen_log switches to a fresh file after kubelet rotated the old one', 
   fs.renameSync(logPath, `${logPath}.1`);
   await pod.client.reopenLog('w');
   t.is(fs.statSync(logPath).mode & 0o777, 0o640);
-  await pod.client.exec({ containerId: 'w', execId: 'go', process: { args: ['touch', '/tmp/go'] } });
+  await pod.client.execSync({ containerId: 'w', execId: 'go', process: { args: ['touch', '/tmp/go'] } });
   t.is((await waitForExit(pod, 'w')).exitCode, 0);
   t.deepEqual(readLog(`${logPath}.1`).map((r) => r.content), ['one']);
   t.deepEqual(readLog(logPath).map((r) => r.content), ['two']);

@@ -243,7 +243,7 @@ serial('a pod monitor sets up pinned namespaces and shuts down without leftovers
   t.is(status.sandboxId, 'sb-pod');
   t.is(status.state, 'running');
   t.true(Math.abs(status.startedAtMs - Date.now()) < 60_000);
-  const unknown = await t.throwsAsync(client.request('frobnicate', {}));
+  const unknown = await t.throwsAsync(client['request']('frobnicate', {}));
   t.is((unknown as CrispError).code, 'InvalidArgument', 'an unknown op is refused and the connection stays open');
 
   const events: MonitorEvent[] = [];

@@ -97,7 +97,7 @@ function exec(pod: Pod, containerId: string, args: string[], streams: Partial<Ex
  * namespaces) until the container exits: descriptors counted after it belong to sessions only.
  */
 async function openExecTarget(pod: Pod): Promise<void> {
-  const r = await pod.client.exec({ containerId: 'app', execId: 'first', process: { args: ['true'] } });
+  const r = await pod.client.execSync({ containerId: 'app', execId: 'first', process: { args: ['true'] } });
   if (r.exitCode !== 0) throw new Error(`true exited ${r.exitCode}`);
 }
 

@@ -75,7 +75,6 @@ function sandbox(id: string): Sandbox {
       state: 'ready',
       createdAt: '1',
       runtimeHandler: 'crisp',
-      hostNetwork: false,
       ips: [],
       resources: {},
       stage: 'ready',

@@ -77,7 +77,7 @@ test('monitor errors keep their code and shutdown sends the grace period', async
   });
   const client = await MonitorClient.connect(sockPath);
   t.teardown(() => client.close());
-  const err = await t.throwsAsync(client.request('exec', { containerId: 'c' }));
+  const err = await t.throwsAsync(client['request']('exec', { containerId: 'c' }));
   t.true(err instanceof CrispError);
   t.is((err as CrispError).code, 'Unimplemented');
   t.regex(err!.message, /exec/);

@@ -1,7 +1,9 @@
 import { ContainerEventType } from '../generated/runtime/v1/api';
 import type { CriService } from '../server/service';
 import { errorMessage } from '../util/errors';
-import { type Container, exitReason, readExitRecord } from './container_store';
+import { readExitRecord } from '../runtime/exit_record';
+import { markExited, recordedExit } from '../state/container_state';
+import type { Container } from './container_store';
 
 /**
  * Turns exits recorded by the pods' monitors into container state, and lets StopContainer wait
@@ -19,19 +21,11 @@ export class ContainerExits {
     // With the monitor's events flowing, a running container's exit is pushed to us: no need to
     // look at the disk on every status call.
     if (!force && container.state === 'running' && this.svc.pods.connected(container.record.sandboxId)) return false;
-    const exit = await readExitRecord(container);
+    const exit = await readExitRecord(container.bundleDir);
     if (!exit) return false;
     await this.svc.containerLocks.run(container.id, async () => {
       if (container.state === 'exited' || !this.svc.containers.get(container.id)) return;
-      await this.svc.containers.update(container, (r) => {
-        r.state = 'exited';
-        r.pid = 0;
-        r.exitCode = exit.exitCode;
-        r.reason = exitReason(exit);
-        r.message = exit.startError ? exit.startError : exit.oomKilled ? 'the container exceeded its memory limit' : '';
-        r.finishedAt = (BigInt(exit.finishedAtMs) * 1_000_000n).toString();
-        if (r.startedAt === '0' && exit.startedAtMs) r.startedAt = (BigInt(exit.startedAtMs) * 1_000_000n).toString();
-      });
+      await this.svc.containers.update(container, (r) => markExited(r, recordedExit(exit)));
     });
     this.svc.log.info({ container: container.id.slice(0, 12), exitCode: exit.exitCode, reason: container.record.reason }, 'container exited');
     const sandbox = this.svc.sandboxes.get(container.record.sandboxId);

@@ -1,4 +1,5 @@
 import type { CriService } from '../server/service';
+import { lostExit, markExited } from '../state/container_state';
 import { errorMessage } from '../util/errors';
 
 /**
@@ -19,14 +20,7 @@ export async function recoverContainers(svc: CriService): Promise<void> {
       }
       if (await svc.exits.reconcile(c, true)) continue;
       if (!sandbox || !svc.pods.alive(sandbox)) {
-        await svc.containers.update(c, (r) => {
-          r.state = 'exited';
-          r.pid = 0;
-          r.exitCode = 255;
-          r.reason = 'Error';
-          r.message = 'the pod monitor is gone; the container was lost';
-          r.finishedAt = (BigInt(Date.now()) * 1_000_000n).toString();
-        });
+        await svc.containers.update(c, (r) => markExited(r, lostExit()));
       }
     } catch (err) {
       log.error({ container: c.id, err: errorMessage(err) }, 'container recovery failed');
@@ -36,7 +30,7 @@ export async function recoverContainers(svc: CriService): Promise<void> {
   // none is missed for containers that are running.
   for (const sandbox of svc.sandboxes.list()) {
     if (sandbox.state === 'ready' && svc.containers.bySandbox(sandbox.id).some((c) => c.state === 'running' || c.state === 'created')) {
-      await svc.pods.client(sandbox).catch((err: unknown) => log.warn({ sandbox: sandbox.id, err: errorMessage(err) }, 'cannot reach the pod monitor'));
+      await svc.pods.runtimeOf(sandbox).catch((err: unknown) => log.warn({ sandbox: sandbox.id, err: errorMessage(err) }, 'cannot reach the pod monitor'));
     }
   }
 }

@@ -2,32 +2,13 @@ import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { ContainerConfig } from '../generated/runtime/v1/api';
-import { CrispError, failedPrecondition, notFound } from '../util/errors';
+import type { ContainerState } from '../state/container_state';
+import { ObjectIndex } from '../state/object_index';
 import { ensurePrivateDirSync, readJsonIfExists, removeTree, writeJsonAtomic } from '../util/fsutil';
 import { checkpointRecord } from '../util/record_checkpoint';
 
-/**
- * Container lifecycle:
- *
- *   CreateContainer ─► creating ─(monitor set the process up)─► created ─StartContainer─► running ─(exit)─► exited
- *                          │                                       │                                         │
- *                          └─(failure / crash: undone)─► gone      └──────────── RemoveContainer ────────────┴─► gone
- *
- * `creating` is persisted before the first side effect so recovery can undo an interrupted create.
- * The exit itself is recorded by the pod's monitor (`<bundle>/exit.json`), so exits that happen
- * while the daemon is down are found at start-up.
- */
-export type ContainerState = 'creating' | 'created' | 'running' | 'exited';
-
-export interface ExitRecord {
-  exitCode: number;
-  signal?: number | null;
-  oomKilled?: boolean;
-  startedAtMs?: number;
-  finishedAtMs: number;
-  /** Why the process never ran its program (a failed set-up or exec); exit code 128 then. */
-  startError?: string | null;
-}
+/** The states and their transitions: src/state/container_state.ts. */
+export type { ContainerState };
 
 export interface ContainerRecord {
   version: 1;
@@ -98,9 +79,9 @@ export function containerNameKey(sandboxId: string, config: ContainerConfig): st
   return `${sandboxId}/${config.metadata!.name}_${config.metadata!.attempt}`;
 }
 
+/** All containers, in memory and persisted one file each under `<state>/containers/<id>/container.json`. */
 export class ContainerStore {
-  private readonly byId = new Map<string, Container>();
-  private readonly byName = new Map<string, string>();
+  private readonly index = new ObjectIndex<Container>('container', (c) => containerNameKey(c.record.sandboxId, c.config));
 
   constructor(
     readonly stateDir: string,
@@ -122,12 +103,12 @@ export class ContainerStore {
         continue;
       }
       const container = this.wrap(record);
-      this.index(container);
+      this.index.add(container);
       out.push(container);
     }
     // Writable layers whose container record is gone.
     for (const id of await fsp.readdir(this.layerRoot)) {
-      if (!this.byId.has(id)) await fsp.rm(path.join(this.layerRoot, id), { recursive: true, force: true });
+      if (!this.index.has(id)) await fsp.rm(path.join(this.layerRoot, id), { recursive: true, force: true });
     }
     return out;
   }
@@ -136,18 +117,13 @@ export class ContainerStore {
     return new Container(record, path.join(this.stateDir, record.id), path.join(this.layerRoot, record.id));
   }
 
-  private index(c: Container): void {
-    this.byId.set(c.id, c);
-    this.byName.set(containerNameKey(c.record.sandboxId, c.config), c.id);
-  }
-
   async create(record: ContainerRecord): Promise<Container> {
     const container = this.wrap(record);
     // Two local mkdirs take microseconds; a trip to the threadpool each costs more.
     fs.mkdirSync(container.bundleDir, { mode: 0o700 });
     fs.mkdirSync(container.layerDir, { mode: 0o700 });
     await this.persist(container);
-    this.index(container);
+    this.index.add(container);
     return container;
   }
 
@@ -160,64 +136,46 @@ export class ContainerStore {
   }
 
   async delete(c: Container): Promise<void> {
-    this.byId.delete(c.id);
-    const key = containerNameKey(c.record.sandboxId, c.config);
-    if (this.byName.get(key) === c.id) this.byName.delete(key);
+    this.index.remove(c);
     await Promise.all([removeTree(c.bundleDir), removeTree(c.layerDir)]);
   }
 
   get(id: string): Container | undefined {
-    return this.byId.get(id);
+    return this.index.get(id);
   }
 
   idByName(key: string): string | undefined {
-    return this.byName.get(key);
+    return this.index.idByName(key);
   }
 
   list(): Container[] {
-    return [...this.byId.values()];
+    return this.index.list();
   }
 
   bySandbox(sandboxId: string): Container[] {
     return this.list().filter((c) => c.record.sandboxId === sandboxId);
   }
 
+  /** Resolves a full id or a unique prefix, as crictl passes truncated ids. */
   resolve(idOrPrefix: string): Container {
-    if (!idOrPrefix) throw notFound('container id is empty');
-    const exact = this.byId.get(idOrPrefix);
-    if (exact) return exact;
-    const matches = [...this.byId.keys()].filter((id) => id.startsWith(idOrPrefix));
-    if (matches.length === 1) return this.byId.get(matches[0])!;
-    if (matches.length > 1) throw failedPrecondition(`container id prefix "${idOrPrefix}" is ambiguous`);
-    throw notFound(`container "${idOrPrefix}" not found`);
+    return this.index.resolve(idOrPrefix);
   }
 
+  /** Like resolve(), but undefined for an unknown id: removing a gone container succeeds. */
   find(idOrPrefix: string): Container | undefined {
-    try {
-      return this.resolve(idOrPrefix);
-    } catch (err) {
-      if (err instanceof CrispError && err.code === 'NotFound') return undefined;
-      throw err;
-    }
+    return this.index.find(idOrPrefix);
+  }
+
+  /** Runs `create` unless a create of the name key is in flight (joined) or done (its container). */
+  createOnce(nameKey: string, create: () => Promise<string>): Promise<{ id: string; via: 'created' | 'joined' | 'existing' }> {
+    return this.index.createOnce(nameKey, create);
   }
 
   /** Chain ids used by any container's rootfs or image volumes. */
   *chainIdsInUse(): Iterable<string> {
-    for (const c of this.byId.values()) {
+    for (const c of this.index.values()) {
       yield* c.record.chainIds;
       yield* c.record.imageVolumeChainIds ?? [];
     }
   }
-}
-
-/** The exit the monitor recorded for a container, if it has exited. */
-export async function readExitRecord(c: Container): Promise<ExitRecord | undefined> {
-  return readJsonIfExists<ExitRecord>(path.join(c.bundleDir, 'exit.json')).catch(() => undefined);
-}
-
-/** CRI reason for an exit: OOMKilled, Completed (code 0) or Error, as kubelet shows them. */
-export function exitReason(exit: ExitRecord): string {
-  if (exit.startError) return 'StartError';
-  if (exit.oomKilled) return 'OOMKilled';
-  return exit.exitCode === 0 ? 'Completed' : 'Error';
 }

@@ -7,11 +7,21 @@
  * One client is one connection. When the monitor goes away every pending and later call fails
  * with Unavailable; connect again (a dead monitor refuses with Unavailable too).
  */
-import * as fs from 'node:fs';
-import * as net from 'node:net';
+import type * as net from 'node:net';
 import * as os from 'node:os';
-import * as path from 'node:path';
-import { CrispError, type ErrorCode } from '../util/errors';
+import type {
+  AttachStreamParams,
+  ContainerRuntime,
+  CreateContainerParams,
+  ExecParams,
+  ExecResult,
+  ExecStreamParams,
+  ProcessStream,
+  RuntimeEvent,
+} from '../runtime/container_runtime';
+import { CrispError } from '../util/errors';
+import { connectMonitorSocket, monitorError, monitorUnavailable } from './monitor_socket';
+import { openAttachStream, openExecStream } from './monitor_stream';
 
 /** The protocol version this client speaks; `status().protocolVersion` reports the monitor's. */
 export const MONITOR_PROTOCOL_VERSION = 1;
@@ -25,8 +35,6 @@ const MAX_TIMER_MS = 2 ** 31 - 1;
  * reply carries up to 16 MiB per stream, base64-encoded.
  */
 const MAX_LINE_CHARS = 48 << 20;
-/** sun_path holds 108 bytes including the terminator. */
-const MAX_SOCKET_PATH_BYTES = 107;
 
 export interface MonitorStatus {
   protocolVersion: number;
@@ -52,82 +60,8 @@ export interface MonitorContainer {
   exitCode?: number;
 }
 
-/** The file in a container's bundle where the monitor records its exit. */
-export const CONTAINER_EXIT_FILE = 'exit.json';
-
-/** `<container bundle>/exit.json`, written atomically by the monitor when the container exits. */
-export interface ContainerExitRecord {
-  /** The exit status, or 128 + signal number; 128 when the program could not be started. */
-  exitCode: number;
-  signal: number | null;
-  oomKilled: boolean;
-  /** null when the process never got to exec its program. */
-  startedAtMs: number | null;
-  finishedAtMs: number;
-  /** Why the program could not be started. */
-  startError?: string;
-}
-
-export interface CreateContainerParams {
-  containerId: string;
-  /** Holds config.json (OCI runtime spec with crispRootfs/crispCgroup) and the empty rootfs/. */
-  bundleDir: string;
-  /** CRI-format log file; created 0640 if missing. */
-  logPath: string;
-  tty?: boolean;
-  stdin?: boolean;
-  stdinOnce?: boolean;
-  /**
-   * Answer once the process is forked rather than once it is set up; a set-up failure is then
-   * the answer to `start`.
-   */
-  earlyReply?: boolean;
-}
-
-export interface ExecProcess {
-  args: string[];
-  /** Defaults to the container's environment. */
-  env?: string[];
-  /** Defaults to the container's working directory. */
-  cwd?: string;
-  /** Default to the container's user. */
-  uid?: number;
-  gid?: number;
-  additionalGids?: number[];
-}
-
-export interface ExecParams {
-  containerId: string;
-  execId: string;
-  process: ExecProcess;
-  tty?: boolean;
-  /** Kill the process (and its process group) after this long; 0 or absent waits indefinitely. */
-  timeoutMs?: number;
-}
-
-export interface ExecResult {
-  /** The exit status, or 128 + signal number. */
-  exitCode: number;
-  stdout: Buffer;
-  stderr: Buffer;
-  timedOut: boolean;
-  /** Output beyond 16 MiB per stream was dropped. */
-  truncated: boolean;
-}
-
-export type MonitorEvent =
-  | {
-      event: 'container_exit';
-      containerId: string;
-      execId?: string;
-      pid: number;
-      exitCode: number;
-      signal?: number;
-      exitedAtMs: number;
-      oomKilled?: boolean;
-    }
-  | { event: 'oom'; containerId: string }
-  | { event: 'shutdown' };
+/** What a monitor pushes to a subscribed connection. */
+export type MonitorEvent = RuntimeEvent;
 
 export interface MonitorClientOptions {
   connectTimeoutMs?: number;
@@ -149,16 +83,8 @@ interface ResponseLine {
   error?: { code?: string; message?: string };
 }
 
-const MONITOR_ERROR_CODES: Record<string, ErrorCode> = {
-  invalid_argument: 'InvalidArgument',
-  not_found: 'NotFound',
-  already_exists: 'AlreadyExists',
-  failed_precondition: 'FailedPrecondition',
-  unimplemented: 'Unimplemented',
-  internal: 'Internal',
-};
-
-export class MonitorClient {
+/** A pod monitor's control connection: the `ContainerRuntime` of crisp's own launcher. */
+export class MonitorClient implements ContainerRuntime {
   private nextId = 1;
   private readonly pending = new Map<number, Pending>();
   private readonly listeners = new Set<(event: MonitorEvent) => void>();
@@ -193,7 +119,7 @@ export class MonitorClient {
   }
 
   /** Sends one request and resolves with its `result`. Monitor-side errors keep their code. */
-  request<T = unknown>(op: string, params: Record<string, unknown> = {}, timeoutMs = this.requestTimeoutMs): Promise<T> {
+  private request<T = unknown>(op: string, params: Record<string, unknown> = {}, timeoutMs = this.requestTimeoutMs): Promise<T> {
     if (this.closedError) return Promise.reject(this.closedError);
     const id = this.nextId++;
     const line = `${JSON.stringify({ ...params, id, op })}\n`;
@@ -242,7 +168,7 @@ export class MonitorClient {
    * timeout defaults to the exec timeout plus the client's request timeout; without an exec
    * timeout it waits indefinitely.
    */
-  async exec(params: ExecParams, timeoutMs?: number): Promise<ExecResult> {
+  async execSync(params: ExecParams, timeoutMs?: number): Promise<ExecResult> {
     const execTimeout = Math.max(0, Math.floor(params.timeoutMs ?? 0));
     const requestTimeout = timeoutMs ?? (execTimeout > 0 ? execTimeout + this.requestTimeoutMs : MAX_TIMER_MS);
     const reply = await this.request<{ exitCode: number; stdout: string; stderr: string; timedOut: boolean; truncated: boolean }>(
@@ -257,6 +183,16 @@ export class MonitorClient {
       timedOut: reply.timedOut,
       truncated: reply.truncated,
     };
+  }
+
+  /** An interactive exec, on a stream connection of its own. */
+  exec(params: ExecStreamParams): Promise<ProcessStream> {
+    return openExecStream(this.socketPath, params);
+  }
+
+  /** Attaches to the container's main process, on a stream connection of its own. */
+  attach(params: AttachStreamParams): Promise<ProcessStream> {
+    return openAttachStream(this.socketPath, params);
   }
 
   /** Reopens the container's log file (after kubelet rotated it away). */
@@ -362,64 +298,4 @@ export class MonitorClient {
     this.closeListeners.clear();
     this.listeners.clear();
   }
-}
-
-/**
- * Connects to a monitor's control socket. Rejects with Unavailable when no monitor serves it
- * (missing socket, connection refused) and DeadlineExceeded when the connect hangs.
- */
-export function connectMonitorSocket(socketPath: string, timeoutMs = DEFAULT_CONNECT_TIMEOUT_MS): Promise<net.Socket> {
-  return new Promise<net.Socket>((resolve, reject) => {
-    let dirFd: number | undefined;
-    let target = socketPath;
-    if (Buffer.byteLength(socketPath) > MAX_SOCKET_PATH_BYTES) {
-      // Too long for sun_path: reach the socket through an open descriptor of its directory.
-      try {
-        dirFd = fs.openSync(path.dirname(socketPath), fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
-      } catch (err) {
-        reject(monitorUnavailable(socketPath, `cannot open its directory: ${(err as Error).message}`));
-        return;
-      }
-      target = `/proc/self/fd/${dirFd}/${path.basename(socketPath)}`;
-    }
-    const socket = net.connect(target);
-    const done = (): void => {
-      clearTimeout(timer);
-      socket.removeAllListeners('connect');
-      socket.removeAllListeners('error');
-      if (dirFd !== undefined) fs.closeSync(dirFd);
-      dirFd = undefined;
-    };
-    const timer = setTimeout(() => {
-      done();
-      socket.destroy();
-      reject(new CrispError('DeadlineExceeded', `connecting to monitor socket ${socketPath} timed out after ${timeoutMs} ms`));
-    }, timeoutMs);
-    socket.once('connect', () => {
-      done();
-      resolve(socket);
-    });
-    socket.once('error', (err: NodeJS.ErrnoException) => {
-      done();
-      socket.destroy();
-      const reason =
-        err.code === 'ENOENT'
-          ? 'the socket does not exist (monitor not running)'
-          : err.code === 'ECONNREFUSED'
-            ? 'connection refused (monitor not running)'
-            : err.message;
-      reject(monitorUnavailable(socketPath, reason, err));
-    });
-  });
-}
-
-/** The error a monitor answered `op` with, keeping its code. */
-export function monitorError(op: string, error: { code?: string; message?: string } | undefined): CrispError {
-  const code = MONITOR_ERROR_CODES[error?.code ?? ''] ?? 'Internal';
-  return new CrispError(code, `monitor ${op}: ${error?.message ?? 'unknown error'}`);
-}
-
-/** The error for a monitor that cannot be reached (or went away): Unavailable. */
-export function monitorUnavailable(socketPath: string, reason: string, cause?: unknown): CrispError {
-  return new CrispError('Unavailable', `monitor at ${socketPath} is unavailable: ${reason}`, { cause });
 }

@@ -12,7 +12,8 @@ import type * as net from 'node:net';
 import { Readable, Writable } from 'node:stream';
 import { ByteQueue } from '../util/byte_queue';
 import { CrispError } from '../util/errors';
-import { connectMonitorSocket, type ExecProcess, monitorError, monitorUnavailable } from './monitor_client';
+import type { AttachStreamParams, ExecStreamParams, ProcessStream } from '../runtime/container_runtime';
+import { connectMonitorSocket, monitorError, monitorUnavailable } from './monitor_socket';
 
 export const StreamFrame = {
   /** Daemon → monitor: bytes for stdin; an empty payload closes it. */
@@ -32,25 +33,7 @@ export const MAX_FRAME_PAYLOAD = 1 << 20;
 const MAX_REPLY_BYTES = 64 << 10;
 const DEFAULT_REPLY_TIMEOUT_MS = 30_000;
 
-export interface ExecStreamParams {
-  containerId: string;
-  /** Names the exec for `signal` with an execId. */
-  execId: string;
-  process: ExecProcess;
-  /** A terminal for stdin, stdout and stderr; its output is all stdout. */
-  tty: boolean;
-  stdin: boolean;
-  stdout: boolean;
-  stderr: boolean;
-}
-
-export interface AttachStreamParams {
-  containerId: string;
-  /** Refused (FailedPrecondition) unless the container was created with stdin. */
-  stdin: boolean;
-  stdout: boolean;
-  stderr: boolean;
-}
+export type { AttachStreamParams, ExecStreamParams };
 
 export interface StreamOptions {
   connectTimeoutMs?: number;
@@ -146,7 +129,7 @@ class FrameReader {
  * either is not being consumed, which in turn makes the monitor stop reading the process);
  * `stdin` sends input and, when ended, EOF.
  */
-export class MonitorStream {
+export class MonitorStream implements ProcessStream {
   readonly stdout: Readable;
   readonly stderr: Readable;
   readonly stdin: Writable;

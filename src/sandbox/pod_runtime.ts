@@ -6,8 +6,9 @@ import type { Logger } from '../log';
 import type { CgroupResources, NativeCore } from '../native';
 import { errorMessage, internal, isCrispError } from '../util/errors';
 import { procStatFields } from '../util/proc_stat';
-import { MonitorClient, type MonitorEvent } from './monitor_client';
-import { MONITOR_NS_DIR, MONITOR_SOCKET_FILE, spawnMonitor } from './monitor_spawn';
+import type { ContainerRuntime, RuntimeEvent } from '../runtime/container_runtime';
+import { MonitorClient } from './monitor_client';
+import { MONITOR_NS_DIR, MONITOR_SOCKET_FILE, type MonitorConfig, spawnMonitor } from './monitor_spawn';
 import type { SandboxNamespaces } from './sandbox_spec';
 import type { Sandbox } from './sandbox_store';
 
@@ -42,6 +43,38 @@ export function cgroupResources(r: LinuxContainerResources | undefined): CgroupR
 }
 
 /**
+ * How pod monitors are started, reached and watched: real processes in the daemon
+ * (`processMonitorHost`), an in-memory stand-in in unit tests.
+ */
+export interface MonitorHost {
+  /** Starts the monitor for the pod in `sandboxDir`; resolves once it holds the pod's namespaces. */
+  spawn(sandboxDir: string, config: MonitorConfig): Promise<{ pid: number; startTime: number }>;
+  /** The control connection of the monitor serving the pod in `sandboxDir`. */
+  connect(sandboxDir: string): Promise<ContainerRuntime>;
+  /** Whether the monitor `pid` (started at `startTime`, when known) still runs. */
+  running(pid: number, startTime: number | undefined): boolean;
+  /** Collects a monitor this daemon started, once it has exited. */
+  reap(pid: number): void;
+  kill(pid: number): void;
+}
+
+/** Monitors as processes: `crisp-monitor` spawned through the native core, reached over its socket. */
+export function processMonitorHost(native: NativeCore, monitorBinary?: string): MonitorHost {
+  return {
+    spawn: async (sandboxDir, config) => {
+      const monitor = await spawnMonitor(sandboxDir, config, monitorBinary, { spawner: native });
+      return { pid: monitor.pid, startTime: monitor.startTime ?? 0 };
+    },
+    connect: (sandboxDir) => MonitorClient.connect(path.join(sandboxDir, MONITOR_SOCKET_FILE)),
+    running: processRunning,
+    reap: (pid) => {
+      native.reapChild(pid);
+    },
+    kill: (pid) => process.kill(pid, 'SIGKILL'),
+  };
+}
+
+/**
  * What holds a pod's namespaces: its cgroup, its /dev/shm and its monitor process, which pins the
  * namespaces under `<sandbox dir>/ns/` and will parent the pod's containers.
  */
@@ -51,22 +84,22 @@ export class PodRuntime {
   /** Where primeCgroupMigration() writes: unknown yet, or null when it cannot. */
   private migrationPrimeFile: string | null | undefined;
   /** One connection per pod's monitor, subscribed to its events, opened on first use. */
-  private readonly clients = new Map<string, Promise<MonitorClient>>();
+  private readonly clients = new Map<string, Promise<ContainerRuntime>>();
   /** Receives every event a pod's monitor pushes (container exits). */
-  onMonitorEvent?: (sandboxId: string, event: MonitorEvent) => void;
+  onMonitorEvent?: (sandboxId: string, event: RuntimeEvent) => void;
 
   constructor(
     private readonly native: NativeCore,
     private readonly log: Logger,
-    private readonly monitorBinary?: string,
+    private readonly monitors: MonitorHost = processMonitorHost(native),
   ) {}
 
-  /** The pod monitor's control connection; Unavailable if the monitor is gone. */
-  client(sandbox: Sandbox): Promise<MonitorClient> {
+  /** The runtime of the pod's containers (its monitor's control connection); Unavailable if the monitor is gone. */
+  runtimeOf(sandbox: Sandbox): Promise<ContainerRuntime> {
     let pending = this.clients.get(sandbox.id);
     if (!pending) {
       pending = (async () => {
-        const client = await MonitorClient.connect(path.join(sandbox.dir, MONITOR_SOCKET_FILE));
+        const client = await this.monitors.connect(sandbox.dir);
         client.onClose(() => {
           this.connectedClients.delete(sandbox.id);
           this.liveness.delete(sandbox.id);
@@ -161,8 +194,7 @@ export class PodRuntime {
 
   /** Sends `signal` to a container's main process through the monitor. */
   async signalContainer(sandbox: Sandbox, containerId: string, signal: number): Promise<void> {
-    const client = await this.client(sandbox);
-    await client.request('signal', { containerId, signal });
+    await (await this.runtimeOf(sandbox)).signal(containerId, signal);
   }
 
   /** Best-effort SIGKILL, for undoing a create: a monitor that is gone has no process to kill. */
@@ -188,22 +220,16 @@ export class PodRuntime {
       fs.mkdirSync(shm, { recursive: true, mode: 0o1777 });
       this.native.mountTmpfs(shm, `mode=1777,size=${SHM_SIZE}`);
     }
-    const monitor = await spawnMonitor(
-      sandbox.dir,
-      {
-        sandboxId: sandbox.id,
-        hostname: spec.namespaces.uts === 'pod' ? sandbox.config.hostname || sandbox.config.metadata!.name : undefined,
-        namespaces: { network: spec.namespaces.network, ipc: spec.namespaces.ipc, uts: spec.namespaces.uts, pid: spec.namespaces.pid },
-        cgroup: { version: cgroup.version, paths: cgroup.paths },
-        sysctls: spec.sysctls,
-        oomScoreAdj: SANDBOX_OOM_SCORE_ADJ,
-        logLevel: 'info',
-        userns: spec.namespaces.userns,
-      },
-      this.monitorBinary,
-      { spawner: this.native },
-    );
-    return { pid: monitor.pid, startTime: monitor.startTime ?? 0 };
+    return this.monitors.spawn(sandbox.dir, {
+      sandboxId: sandbox.id,
+      hostname: spec.namespaces.uts === 'pod' ? sandbox.config.hostname || sandbox.config.metadata!.name : undefined,
+      namespaces: { network: spec.namespaces.network, ipc: spec.namespaces.ipc, uts: spec.namespaces.uts, pid: spec.namespaces.pid },
+      cgroup: { version: cgroup.version, paths: cgroup.paths },
+      sysctls: spec.sysctls,
+      oomScoreAdj: SANDBOX_OOM_SCORE_ADJ,
+      logLevel: 'info',
+      userns: spec.namespaces.userns,
+    });
   }
 
   /**
@@ -220,7 +246,7 @@ export class PodRuntime {
     // per pod.
     if (cached && cached.pid === sandbox.record.resources.monitorPid && now - cached.at < LIVENESS_TTL_MS) return cached.alive;
     const { monitorPid, monitorStartTime } = sandbox.record.resources;
-    const alive = monitorPid !== undefined && processRunning(monitorPid, monitorStartTime);
+    const alive = monitorPid !== undefined && this.monitors.running(monitorPid, monitorStartTime);
     this.liveness.set(sandbox.id, { pid: monitorPid, at: now, alive });
     return alive;
   }
@@ -246,7 +272,7 @@ export class PodRuntime {
       return;
     }
     try {
-      const client = await this.client(sandbox);
+      const client = await this.runtimeOf(sandbox);
       const closed = new Promise<void>((resolve) => client.onClose(() => resolve()));
       await client.shutdown(STOP_GRACE_MS);
       // The monitor exits right after its reply, and its end of the connection closes as it
@@ -268,15 +294,15 @@ export class PodRuntime {
     const giveUpAt = Date.now() + EXIT_GIVE_UP_MS;
     let killed = false;
     for (let sleepMs = 1; ; sleepMs = Math.min(sleepMs * 2, 10)) {
-      if (!processRunning(pid, startTime)) {
+      if (!this.monitors.running(pid, startTime)) {
         // Started by this daemon, the monitor is our child until reaped.
-        this.native.reapChild(pid);
+        this.monitors.reap(pid);
         return;
       }
       const now = Date.now();
       if (now >= giveUpAt) break;
       if (!killed && now >= killAt) {
-        process.kill(pid, 'SIGKILL');
+        this.monitors.kill(pid);
         killed = true;
       }
       await new Promise((r) => setTimeout(r, sleepMs));

@@ -1,22 +1,14 @@
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { PodSandboxConfig } from '../generated/runtime/v1/api';
-import { CrispError, failedPrecondition, notFound } from '../util/errors';
+import { ObjectIndex } from '../state/object_index';
+import type { SandboxState } from '../state/sandbox_state';
 import { ensurePrivateDirSync, readJsonIfExists, removeTree, writeJsonAtomic } from '../util/fsutil';
 import { checkpointRecord } from '../util/record_checkpoint';
+import { sandboxNamespaces } from './sandbox_spec';
 
-/**
- * Sandbox lifecycle:
- *
- *   RunPodSandbox ──► creating ──(all steps done)──► ready ──StopPodSandbox──► stopped
- *                        │                             │                          │
- *                        └─(a step failed / crash)─► undone, record deleted      RemovePodSandbox ─► gone
- *
- * `creating` is persisted before the first side effect, so a daemon that dies half-way finds the
- * record at start-up and undoes what it lists in `resources` (see sandbox_recover.ts).
- * A ready sandbox whose monitor died is reported NOTREADY, as a dead pause container would be.
- */
-export type SandboxState = 'creating' | 'ready' | 'stopped';
+/** The states and their transitions: src/state/sandbox_state.ts. */
+export type { SandboxState };
 
 /** What a sandbox holds, recorded as it is acquired so cleanup knows what to release. */
 export interface SandboxResources {
@@ -38,8 +30,6 @@ export interface SandboxRecord {
   /** Nanoseconds since the epoch, as a decimal string (JSON has no 64-bit integers). */
   createdAt: string;
   runtimeHandler: string;
-  /** Node or pod, per namespace, as decided at creation. */
-  hostNetwork: boolean;
   ips: string[];
   resources: SandboxResources;
   /** For diagnostics: the last step a create reached. */
@@ -64,6 +54,11 @@ export class Sandbox {
     return this.record.state;
   }
 
+  /** Whether the pod shares the node's network namespace (from its config, never stored). */
+  get hostNetwork(): boolean {
+    return sandboxNamespaces(this.config).network === 'node';
+  }
+
   get netnsPath(): string {
     return path.join(this.dir, 'ns', 'net');
   }
@@ -83,8 +78,7 @@ export function sandboxNameKey(config: PodSandboxConfig): string {
  * All sandboxes, in memory and persisted one file each under `<state>/sandboxes/<id>/sandbox.json`.
  */
 export class SandboxStore {
-  private readonly byId = new Map<string, Sandbox>();
-  private readonly byName = new Map<string, string>();
+  private readonly index = new ObjectIndex<Sandbox>('pod sandbox', (s) => sandboxNameKey(s.config));
 
   constructor(readonly dir: string) {}
 
@@ -105,15 +99,10 @@ export class SandboxStore {
         continue;
       }
       const sandbox = new Sandbox(record, dir);
-      this.index(sandbox);
+      this.index.add(sandbox);
       out.push(sandbox);
     }
     return out;
-  }
-
-  private index(sandbox: Sandbox): void {
-    this.byId.set(sandbox.id, sandbox);
-    this.byName.set(sandboxNameKey(sandbox.config), sandbox.id);
   }
 
   async create(record: SandboxRecord): Promise<Sandbox> {
@@ -121,11 +110,11 @@ export class SandboxStore {
     await fsp.mkdir(dir, { mode: 0o700 });
     const sandbox = new Sandbox(record, dir);
     await this.persist(sandbox);
-    this.index(sandbox);
+    this.index.add(sandbox);
     return sandbox;
   }
 
-  async persist(sandbox: Sandbox): Promise<void> {
+  private async persist(sandbox: Sandbox): Promise<void> {
     await writeJsonAtomic(path.join(sandbox.dir, 'sandbox.json'), sandbox.record);
   }
 
@@ -134,42 +123,40 @@ export class SandboxStore {
   }
 
   async delete(sandbox: Sandbox): Promise<void> {
-    this.byId.delete(sandbox.id);
-    if (this.byName.get(sandboxNameKey(sandbox.config)) === sandbox.id) this.byName.delete(sandboxNameKey(sandbox.config));
+    this.index.remove(sandbox);
     await removeTree(sandbox.dir);
   }
 
   get(id: string): Sandbox | undefined {
-    return this.byId.get(id);
+    return this.index.get(id);
   }
 
   idByName(key: string): string | undefined {
-    return this.byName.get(key);
+    return this.index.idByName(key);
   }
 
   list(): Sandbox[] {
-    return [...this.byId.values()];
+    return this.index.list();
   }
 
   /** Like resolve(), but undefined for an unknown id: Stop and Remove of a gone pod succeed. */
   find(idOrPrefix: string): Sandbox | undefined {
-    try {
-      return this.resolve(idOrPrefix);
-    } catch (err) {
-      if (err instanceof CrispError && err.code === 'NotFound') return undefined;
-      throw err;
-    }
+    return this.index.find(idOrPrefix);
   }
 
   /** Resolves a full id or a unique prefix, as crictl passes truncated ids. */
   resolve(idOrPrefix: string): Sandbox {
-    if (!idOrPrefix) throw notFound('pod sandbox id is empty');
-    const exact = this.byId.get(idOrPrefix);
-    if (exact) return exact;
-    const matches = [...this.byId.keys()].filter((id) => id.startsWith(idOrPrefix));
-    if (matches.length === 1) return this.byId.get(matches[0])!;
-    if (matches.length > 1) throw failedPrecondition(`pod sandbox id prefix "${idOrPrefix}" is ambiguous`);
-    throw notFound(`pod sandbox "${idOrPrefix}" not found`);
+    return this.index.resolve(idOrPrefix);
+  }
+
+  /** Whether a RunPodSandbox of the name key is in flight. */
+  creating(nameKey: string): boolean {
+    return this.index.creating(nameKey);
+  }
+
+  /** Runs `create` unless a create of the name key is in flight (joined) or done (its sandbox). */
+  createOnce(nameKey: string, create: () => Promise<string>): Promise<{ id: string; via: 'created' | 'joined' | 'existing' }> {
+    return this.index.createOnce(nameKey, create);
   }
 }
 
@@ -182,7 +169,6 @@ function orphanRecord(id: string): SandboxRecord {
     state: 'creating',
     createdAt: '0',
     runtimeHandler: '',
-    hostNetwork: false,
     ips: [],
     resources: { pinned: true, shmMounted: true, network: true },
     stage: 'orphan',

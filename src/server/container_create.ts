@@ -7,6 +7,7 @@ import { requestedCdiDevices } from '../container/cdi';
 import { buildSpec, imageSubPath, imageVolumeKey, type ImageVolumeSource } from '../container/spec_builder';
 import { type Container, containerNameKey } from '../container/container_store';
 import { cgroupResources } from '../sandbox/pod_runtime';
+import { markCreated, msToNanos } from '../state/container_state';
 import { type SandboxNamespaces, sandboxNamespaces } from '../sandbox/sandbox_spec';
 import type { Sandbox } from '../sandbox/sandbox_store';
 import { CleanupStack } from '../util/cleanup';
@@ -30,19 +31,8 @@ export async function createContainer(svc: CriService, req: CreateContainerReque
   if (sandbox.state !== 'ready' || !svc.pods.alive(sandbox)) {
     throw failedPrecondition(`pod sandbox ${sandbox.id} is not ready: containers can only be created in a running pod`);
   }
-  const key = containerNameKey(sandbox.id, config);
-  const inflight = svc.containerCreates.get(key);
-  if (inflight) return { containerId: await inflight };
-  const existing = svc.containers.idByName(key);
-  if (existing) return { containerId: existing };
-
-  const create = doCreate(svc, sandbox, config, ctx);
-  svc.containerCreates.set(key, create);
-  try {
-    return { containerId: await create };
-  } finally {
-    svc.containerCreates.delete(key);
-  }
+  const { id } = await svc.containers.createOnce(containerNameKey(sandbox.id, config), () => doCreate(svc, sandbox, config, ctx));
+  return { containerId: id };
 }
 
 async function doCreate(svc: CriService, sandbox: Sandbox, config: ContainerConfig, ctx: CallContext): Promise<string> {
@@ -69,7 +59,7 @@ async function doCreate(svc: CriService, sandbox: Sandbox, config: ContainerConf
     sandboxId: sandbox.id,
     config: ContainerConfig.toJSON(config),
     state: 'creating',
-    createdAt: (BigInt(Date.now()) * 1_000_000n).toString(),
+    createdAt: msToNanos(Date.now()),
     startedAt: '0',
     finishedAt: '0',
     image: imageName,
@@ -136,9 +126,9 @@ async function doCreate(svc: CriService, sandbox: Sandbox, config: ContainerConf
     await writeJsonAtomic(path.join(container.bundleDir, 'config.json'), spec, 0o600, { durable: false });
 
     const user = spec.process?.user;
-    const monitor = await svc.pods.client(sandbox);
-    cleanup.push('monitor process', () => svc.pods.killContainer(sandbox, id));
-    const created = await monitor.request<{ pid: number }>('create', {
+    const runtime = await svc.pods.runtimeOf(sandbox);
+    cleanup.push('container process', () => svc.pods.killContainer(sandbox, id));
+    const created = await runtime.create({
       containerId: id,
       bundleDir: container.bundleDir,
       // Without a log path from kubelet the output still has to be drained somewhere.
@@ -152,9 +142,7 @@ async function doCreate(svc: CriService, sandbox: Sandbox, config: ContainerConf
       earlyReply: true,
     });
     await svc.containers.update(container, (r) => {
-      r.state = 'created';
-      r.pid = created.pid;
-      r.stage = 'created';
+      markCreated(r, created.pid);
       if (user) r.user = { uid: user.uid, gid: user.gid, additionalGids: user.additionalGids ?? [] };
     });
     cleanup.release();

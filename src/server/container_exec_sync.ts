@@ -18,14 +18,6 @@ const TRUNCATED_MARKER = Buffer.from(`\n[crisp: output truncated at ${EXEC_OUTPU
 const EXEC_ID_PREFIX = `sync-${crypto.randomBytes(4).toString('hex')}-`;
 let execCounter = 0;
 
-interface ExecReply {
-  exitCode: number;
-  stdout: string;
-  stderr: string;
-  timedOut: boolean;
-  truncated?: boolean;
-}
-
 /**
  * Runs a command in a running container through the pod's monitor (no helper binary per call) and
  * returns its output and exit code. The timeout is enforced by the monitor, which kills the
@@ -39,9 +31,8 @@ export async function execSync(svc: CriService, req: ExecSyncRequest, ctx: CallC
   if (c.state !== 'running') throw failedPrecondition(`container ${c.id} is not running (${c.state})`);
   const sandbox = svc.sandboxes.resolve(c.record.sandboxId);
   const timeoutMs = Number(req.timeout) * 1000;
-  const client = await svc.pods.client(sandbox);
-  const reply = await client.request<ExecReply>(
-    'exec',
+  const runtime = await svc.pods.runtimeOf(sandbox);
+  const reply = await runtime.execSync(
     {
       containerId: c.id,
       execId: `${EXEC_ID_PREFIX}${(++execCounter).toString(36)}`,
@@ -57,8 +48,7 @@ export async function execSync(svc: CriService, req: ExecSyncRequest, ctx: CallC
   );
   if (reply.timedOut) throw deadlineExceeded(`command ${JSON.stringify(req.cmd)} timed out after ${req.timeout}s`);
   const cap = (b: Buffer): Buffer => (b.length > EXEC_OUTPUT_LIMIT ? Buffer.concat([b.subarray(0, EXEC_OUTPUT_LIMIT), TRUNCATED_MARKER]) : b);
-  const stdout = Buffer.from(reply.stdout, 'base64');
-  const stderr = Buffer.from(reply.stderr, 'base64');
+  const { stdout, stderr } = reply;
   if (reply.truncated || stdout.length > EXEC_OUTPUT_LIMIT || stderr.length > EXEC_OUTPUT_LIMIT) {
     ctx.log.warn({ container: c.id.slice(0, 12) }, 'exec output truncated');
   }

@@ -10,6 +10,6 @@ export async function reopenContainerLog(svc: CriService, req: ReopenContainerLo
   await svc.exits.reconcile(c);
   if (c.state !== 'running') throw failedPrecondition(`container ${c.id} is not running`);
   const sandbox = svc.sandboxes.resolve(c.record.sandboxId);
-  await (await svc.pods.client(sandbox)).request('reopen_log', { containerId: c.id });
+  await (await svc.pods.runtimeOf(sandbox)).reopenLog(c.id);
   return {};
 }

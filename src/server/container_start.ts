@@ -1,4 +1,5 @@
 import { ContainerEventType, type StartContainerRequest, type StartContainerResponse } from '../generated/runtime/v1/api';
+import { markExited, markRunning, startFailedExit } from '../state/container_state';
 import { failedPrecondition, internal, invalidArgument } from '../util/errors';
 import type { CallContext } from './instrument';
 import type { CriService } from './service';
@@ -16,27 +17,16 @@ export async function startContainer(svc: CriService, req: StartContainerRequest
     }
     if (container.state !== 'created') throw failedPrecondition(`container ${container.id} is ${container.state}, not created`);
     const sandbox = svc.sandboxes.resolve(container.record.sandboxId);
-    const client = await svc.pods.client(sandbox);
+    const runtime = await svc.pods.runtimeOf(sandbox);
     let started: { pid: number; startedAtMs: number };
     try {
-      started = await client.request<{ pid: number; startedAtMs: number }>('start', { containerId: container.id });
+      started = await runtime.start(container.id);
     } catch (err) {
       // The process is gone: record it as exited with the reason, as kubelet expects to see it.
-      await svc.containers.update(container, (r) => {
-        r.state = 'exited';
-        r.pid = 0;
-        r.exitCode = 128;
-        r.reason = 'StartError';
-        r.message = (err as Error).message;
-        r.finishedAt = (BigInt(Date.now()) * 1_000_000n).toString();
-      });
+      await svc.containers.update(container, (r) => markExited(r, startFailedExit((err as Error).message)));
       throw err;
     }
-    await svc.containers.update(container, (r) => {
-      r.state = 'running';
-      r.pid = started.pid;
-      r.startedAt = (BigInt(started.startedAtMs) * 1_000_000n).toString();
-    });
+    await svc.containers.update(container, (r) => markRunning(r, started.pid, started.startedAtMs));
   });
   svc.events.publishContainer(container.id, svc.sandboxes.resolve(container.record.sandboxId), ContainerEventType.CONTAINER_STARTED_EVENT);
   // The process may already have exited between exec and now. A subscribed monitor connection

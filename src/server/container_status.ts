@@ -2,17 +2,15 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
   type Container as CriContainer,
-  ContainerState,
   type ContainerStatus,
   type ContainerStatusRequest,
   type ContainerStatusResponse,
 } from '../generated/runtime/v1/api';
 import type { Container } from '../container/container_store';
+import { criContainerState } from '../state/container_state';
 import { invalidArgument } from '../util/errors';
 import type { CallContext } from './instrument';
 import type { CriService } from './service';
-
-const CRI_STATE = { creating: ContainerState.CONTAINER_CREATED, created: ContainerState.CONTAINER_CREATED, running: ContainerState.CONTAINER_RUNNING, exited: ContainerState.CONTAINER_EXITED };
 
 /** What kubelet shows as the pod's imageID: the repo digest when known, else the image id. */
 function imageRefOf(svc: CriService, c: Container): string {
@@ -26,7 +24,7 @@ export function toCriContainer(svc: CriService, c: Container): CriContainer {
     metadata: c.config.metadata,
     image: { image: c.record.image, annotations: {}, userSpecifiedImage: c.record.image, runtimeHandler: '', imageRef: '' },
     imageRef: imageRefOf(svc, c),
-    state: CRI_STATE[c.state],
+    state: criContainerState(c.state),
     createdAt: BigInt(c.record.createdAt),
     labels: c.config.labels,
     annotations: c.config.annotations,

@@ -1,5 +1,6 @@
 import { Signal, type StopContainerRequest, type StopContainerResponse } from '../generated/runtime/v1/api';
 import type { Container } from '../container/container_store';
+import { goneWithoutRuntimeExit, markExited } from '../state/container_state';
 import { internal, invalidArgument, isCrispError } from '../util/errors';
 import type { CallContext } from './instrument';
 import type { CriService } from './service';
@@ -52,13 +53,7 @@ export async function stopContainerProcess(svc: CriService, container: Container
   const sandbox = svc.sandboxes.get(container.record.sandboxId);
   if (!sandbox || !svc.pods.alive(sandbox)) {
     // No monitor, no process: nothing can still run.
-    await svc.containers.update(container, (r) => {
-      r.state = 'exited';
-      r.pid = 0;
-      r.reason = r.reason || 'Error';
-      r.exitCode = r.exitCode || 137;
-      r.finishedAt = (BigInt(Date.now()) * 1_000_000n).toString();
-    });
+    await svc.containers.update(container, (r) => markExited(r, goneWithoutRuntimeExit(r)));
     return;
   }
   const signal = async (n: number): Promise<void> => {

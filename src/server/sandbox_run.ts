@@ -6,6 +6,8 @@ import { writePodFiles } from '../sandbox/pod_files';
 import { DEFAULT_CGROUP_PARENT } from '../sandbox/pod_runtime';
 import { sandboxNamespaces, validateSandboxConfig, validateSysctls } from '../sandbox/sandbox_spec';
 import { type Sandbox, sandboxNameKey } from '../sandbox/sandbox_store';
+import { msToNanos } from '../state/container_state';
+import { markReady } from '../state/sandbox_state';
 import { CleanupStack } from '../util/cleanup';
 import { errorMessage, invalidArgument } from '../util/errors';
 import { failpoint } from '../util/failpoint';
@@ -28,21 +30,9 @@ export async function runPodSandbox(svc: CriService, req: RunPodSandboxRequest, 
     throw invalidArgument(`runtime handler "${req.runtimeHandler}" is not configured (known: ${svc.runtimeHandlers().join(', ')})`);
   }
   const key = sandboxNameKey(config);
-  const inflight = svc.sandboxCreates.get(key);
-  if (inflight) {
-    ctx.log.info({ key }, 'joining the create already in flight for this pod');
-    return { podSandboxId: await inflight };
-  }
-  const existing = svc.sandboxes.idByName(key);
-  if (existing) return { podSandboxId: existing };
-
-  const create = createSandbox(svc, config, handler, ctx);
-  svc.sandboxCreates.set(key, create);
-  try {
-    return { podSandboxId: await create };
-  } finally {
-    svc.sandboxCreates.delete(key);
-  }
+  if (svc.sandboxes.creating(key)) ctx.log.info({ key }, 'joining the create already in flight for this pod');
+  const { id } = await svc.sandboxes.createOnce(key, () => createSandbox(svc, config, handler, ctx));
+  return { podSandboxId: id };
 }
 
 async function createSandbox(svc: CriService, config: PodSandboxConfig, handler: string, ctx: CallContext): Promise<string> {
@@ -58,9 +48,8 @@ async function createSandbox(svc: CriService, config: PodSandboxConfig, handler:
     id,
     config: PodSandboxConfig.toJSON(config),
     state: 'creating',
-    createdAt: (BigInt(Date.now()) * 1_000_000n).toString(),
+    createdAt: msToNanos(Date.now()),
     runtimeHandler: handler,
-    hostNetwork: ns.network === 'node',
     ips: [],
     // What will be acquired is recorded up front, so that recovery after a crash knows what to release.
     resources: {
@@ -98,19 +87,20 @@ async function createSandbox(svc: CriService, config: PodSandboxConfig, handler:
     failpoint('sandbox-after-monitor');
     // The control connection every container call needs is opened and subscribed while CNI
     // runs, not by the pod's first CreateContainer. A failure here is seen again by that call.
-    svc.pods.client(sandbox).catch(() => undefined);
+    svc.pods.runtimeOf(sandbox).catch(() => undefined);
 
+    let ips: string[] = [];
     if (ns.network === 'pod') {
       cleanup.push('network', () => svc.cni.del(cniParams(sandbox)));
       const result = await svc.cni.add({ ...cniParams(sandbox), signal: ctx.signal });
-      sandbox.record.ips = podIPs(result);
+      ips = podIPs(result);
     }
     failpoint('sandbox-after-network');
 
     // The IPs are persisted with the final state: a crash before this undoes the network anyway.
     await svc.sandboxes.update(sandbox, (r) => {
-      r.state = 'ready';
-      r.stage = 'ready';
+      r.ips = ips;
+      markReady(r);
     });
     cleanup.release();
     svc.events.publishSandbox(sandbox, ContainerEventType.CONTAINER_CREATED_EVENT);

@@ -36,7 +36,7 @@ export function podStatsTarget(svc: CriService, sandbox: Sandbox): PodStatsTarge
   return {
     cgroupPath: podStatsCgroup(svc, sandbox),
     // A host-network pod's interfaces are the node's: kubelet reports those itself.
-    netnsPid: sandbox.record.hostNetwork ? undefined : sandbox.record.resources.monitorPid,
+    netnsPid: sandbox.hostNetwork ? undefined : sandbox.record.resources.monitorPid,
   };
 }
 

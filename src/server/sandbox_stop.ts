@@ -1,5 +1,6 @@
 import { ContainerEventType, type StopPodSandboxRequest, type StopPodSandboxResponse } from '../generated/runtime/v1/api';
 import type { Sandbox } from '../sandbox/sandbox_store';
+import { markStopped } from '../state/sandbox_state';
 import { invalidArgument } from '../util/errors';
 import type { CallContext } from './instrument';
 import { stopContainerProcess } from './container_stop';
@@ -39,8 +40,7 @@ export async function stopSandbox(svc: CriService, sandbox: Sandbox, ctx: CallCo
     // One write for both: a crash before it makes recovery repeat the (idempotent) CNI DEL.
     await svc.sandboxes.update(sandbox, (r) => {
       r.resources.network = false;
-      r.state = 'stopped';
-      r.stage = 'stopped';
+      markStopped(r);
     });
     svc.events.publishSandbox(sandbox, ContainerEventType.CONTAINER_STOPPED_EVENT);
     ctx.log.info({ sandbox: sandbox.id.slice(0, 12) }, 'pod sandbox stopped');

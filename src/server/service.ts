@@ -49,12 +49,8 @@ export class CriService {
   metrics: RuntimeMetrics = noMetrics;
   /** Cached, batched pod and container usage for the stats and metrics RPCs. */
   stats!: StatsCollector;
-  /** RunPodSandbox calls in flight, by pod name key, so kubelet's retries join them. */
-  readonly sandboxCreates = new Map<string, Promise<string>>();
   readonly sandboxLocks = new KeyedLock();
   containers!: ContainerStore;
-  /** CreateContainer calls in flight, by `<pod>/<name>_<attempt>`, so kubelet's retries join them. */
-  readonly containerCreates = new Map<string, Promise<string>>();
   /** Small image files (/etc/passwd, /etc/group) read through layers; set once the native core is loaded. */
   imageFiles!: ImageFileCache;
   /** CDI spec files, read when a container asks for a CDI device. */

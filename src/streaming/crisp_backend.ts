@@ -1,11 +1,9 @@
 import * as crypto from 'node:crypto';
 import * as net from 'node:net';
-import * as path from 'node:path';
 import type { Duplex, Readable, Writable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import type { CriService } from '../server/service';
-import { MONITOR_SOCKET_FILE } from '../sandbox/monitor_spawn';
-import { type MonitorStream, openAttachStream, openExecStream } from '../sandbox/monitor_stream';
+import type { ProcessStream } from '../runtime/container_runtime';
 import { CrispError, failedPrecondition, unavailable } from '../util/errors';
 import type { AttachCall, ExecCall, StreamingBackend, StreamingIO } from './types';
 
@@ -13,8 +11,8 @@ import type { AttachCall, ExecCall, StreamingBackend, StreamingIO } from './type
 const PORT_FORWARD_CONNECT_TIMEOUT_MS = 5000;
 
 /**
- * Runs streaming sessions against crisp's pods: exec and attach over a stream connection to the
- * pod's monitor, port-forward through a socket the native core connects inside the pod's network
+ * Runs streaming sessions against crisp's pods: exec and attach through the pod's container
+ * runtime (a stream connection of their own to the pod's monitor), port-forward through a socket the native core connects inside the pod's network
  * namespace.
  */
 export class CrispStreamingBackend implements StreamingBackend {
@@ -25,12 +23,12 @@ export class CrispStreamingBackend implements StreamingBackend {
     await this.svc.exits.reconcile(c);
     if (c.state !== 'running') throw failedPrecondition(`container ${c.id} is not running`);
     const sandbox = this.svc.sandboxes.resolve(c.record.sandboxId);
-    return { c, socketPath: path.join(sandbox.dir, MONITOR_SOCKET_FILE) };
+    return { c, runtime: await this.svc.pods.runtimeOf(sandbox) };
   }
 
   async exec(call: ExecCall, io: StreamingIO): Promise<{ exitCode: number }> {
-    const { c, socketPath } = await this.runningContainer(call.containerId);
-    const stream = await openExecStream(socketPath, {
+    const { c, runtime } = await this.runningContainer(call.containerId);
+    const stream = await runtime.exec({
       containerId: c.id,
       execId: crypto.randomBytes(8).toString('hex'),
       // Environment, working directory and user default to the container's.
@@ -50,8 +48,8 @@ export class CrispStreamingBackend implements StreamingBackend {
   }
 
   async attach(call: AttachCall, io: StreamingIO): Promise<void> {
-    const { c, socketPath } = await this.runningContainer(call.containerId);
-    const stream = await openAttachStream(socketPath, {
+    const { c, runtime } = await this.runningContainer(call.containerId);
+    const stream = await runtime.attach({
       containerId: c.id,
       stdin: io.stdin !== undefined,
       stdout: io.stdout !== undefined,
@@ -64,7 +62,7 @@ export class CrispStreamingBackend implements StreamingBackend {
   async portForward(podSandboxId: string, port: number, conn: Duplex, signal: AbortSignal): Promise<void> {
     const sandbox = this.svc.sandboxes.resolve(podSandboxId);
     if (sandbox.state !== 'ready') throw failedPrecondition(`pod sandbox ${sandbox.id} is not ready`);
-    const nsPath = sandbox.record.hostNetwork ? undefined : sandbox.netnsPath;
+    const nsPath = sandbox.hostNetwork ? undefined : sandbox.netnsPath;
     const fd = await this.svc.native.connectInNetns(nsPath, port, PORT_FORWARD_CONNECT_TIMEOUT_MS);
     const socket = new net.Socket({ fd, readable: true, writable: true });
     await new Promise<void>((resolve, reject) => {
@@ -100,7 +98,7 @@ export class CrispStreamingBackend implements StreamingBackend {
  * (resolving with it once all output is handed on) or the session ends otherwise (undefined).
  * An abort closes the session, which makes the monitor kill an exec or detach an attach.
  */
-async function connect(stream: MonitorStream, io: StreamingIO, signal: AbortSignal): Promise<number | undefined> {
+async function connect(stream: ProcessStream, io: StreamingIO, signal: AbortSignal): Promise<number | undefined> {
   // Output a departed client will never take must not keep the call waiting.
   let clientGone!: () => void;
   const aborted = new Promise<void>((resolve) => (clientGone = resolve));
