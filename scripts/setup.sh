@@ -18,6 +18,7 @@ packages=(
   librust-serde-dev librust-serde-derive-dev librust-serde-json-dev librust-sha2-dev
   containernetworking-plugins iproute2 iptables
   docker-registry umoci skopeo busybox-static zstd openssl tar util-linux attr apparmor
+  runc crun
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -17,3 +17,4 @@ pub mod tree;
 pub mod layer_lookup;
 pub mod lock_file;
 pub mod rootfs_diff;
+pub mod oci_runtime;

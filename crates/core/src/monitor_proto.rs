@@ -309,6 +309,23 @@ pub struct CreateRequest {
     /// CreateContainer creates no process at all.
     #[serde(default)]
     pub early_reply: bool,
+    /// Launch through this OCI runtime (`runtime create` with the bundle) instead of crisp's own
+    /// launcher; the monitor still parents the container and writes its log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<OciRuntime>,
+}
+
+/// An OCI runtime binary and how to call it (a RuntimeClass handler of `type = "oci"`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OciRuntime {
+    pub path: String,
+    /// Global options placed before the subcommand (`--systemd-cgroup`, `--platform=…`).
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// The runtime's state directory (`--root`); its own default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -841,6 +858,7 @@ mod tests {
                 stdin: false,
                 stdin_once: false,
                 early_reply: false,
+                runtime: None,
             })
         );
         let r: RequestEnvelope = serde_json::from_str(
